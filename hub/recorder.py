@@ -1,0 +1,358 @@
+"""The recording functions: every write the worker makes to studies, series, events, jobs.
+
+Everything that reaches the QI views goes through here, so tests (and the demo
+seeder) build their fixtures with these same functions. Each function takes an open
+connection and never commits: the caller owns the transaction, which is how the
+/changes cursor advances atomically with what it produced.
+
+Stage timestamps are written once and never reset by a later re-stabilisation (the
+defect that made the old dashboards read a 0 s AI round trip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from hub.jsonutil import jsonable
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """Study-level tags as read from Orthanc."""
+
+    study_uid: str
+    orthanc_id: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+    description: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """Series-level tags and reception facts as read from Orthanc."""
+
+    series_uid: str
+    study_uid: str
+    orthanc_id: str | None = None
+    modality: str | None = None
+    description: str | None = None
+    series_number: str | None = None
+    sender_aet: str | None = None
+    instance_count: int = 0
+    first_received_at: datetime | None = None
+    last_received_at: datetime | None = None
+
+
+def add_event(
+    conn: Connection,
+    study_id: int,
+    type_: str,
+    at: datetime,
+    *,
+    series_id: int | None = None,
+    job_id: int | None = None,
+    destination: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> int:
+    """Append one timeline event and return its id."""
+    return conn.execute(
+        text(
+            "INSERT INTO events (study_id, series_id, job_id, type, at, destination, detail) "
+            "VALUES (:study, :series, :job, :type, :at, :dest, CAST(:detail AS jsonb)) RETURNING id"
+        ),
+        {
+            "study": study_id, "series": series_id, "job": job_id, "type": type_, "at": at,
+            "dest": destination, "detail": jsonable(detail or {}),
+        },
+    ).scalar_one()
+
+
+def upsert_study(conn: Connection, info: StudyInfo, *, source_aet: str | None, received_at: datetime | None) -> int:
+    """Create or update the study row; first_received_at only ever moves earlier."""
+    return conn.execute(
+        text(
+            """
+            INSERT INTO studies (study_uid, orthanc_id, patient_id, patient_name, accession_number,
+                                 description, study_date, study_time, source_aet,
+                                 first_received_at, last_received_at)
+            VALUES (:uid, :oid, :pid, :pname, :acc, :descr, :sdate, :stime, :aet, :at, :at)
+            ON CONFLICT (study_uid) DO UPDATE SET
+                orthanc_id = COALESCE(studies.orthanc_id, EXCLUDED.orthanc_id),
+                patient_id = COALESCE(EXCLUDED.patient_id, studies.patient_id),
+                patient_name = COALESCE(EXCLUDED.patient_name, studies.patient_name),
+                accession_number = COALESCE(EXCLUDED.accession_number, studies.accession_number),
+                description = COALESCE(EXCLUDED.description, studies.description),
+                study_date = COALESCE(EXCLUDED.study_date, studies.study_date),
+                study_time = COALESCE(EXCLUDED.study_time, studies.study_time),
+                source_aet = COALESCE(studies.source_aet, EXCLUDED.source_aet),
+                first_received_at = LEAST(studies.first_received_at, EXCLUDED.first_received_at),
+                last_received_at = GREATEST(studies.last_received_at, EXCLUDED.last_received_at),
+                updated_at = now()
+            RETURNING id
+            """
+        ),
+        {
+            "uid": info.study_uid, "oid": info.orthanc_id, "pid": info.patient_id,
+            "pname": info.patient_name, "acc": info.accession_number, "descr": info.description,
+            "sdate": info.study_date, "stime": info.study_time, "aet": source_aet, "at": received_at,
+        },
+    ).scalar_one()
+
+
+def find_study_for_ai_result(conn: Connection, study_uid: str, accession: str | None) -> tuple[int, str] | None:
+    """The original study an AI result belongs to: by StudyInstanceUID, then accession."""
+    row = conn.execute(
+        text("SELECT id FROM studies WHERE study_uid = :uid AND NOT orphan_ai_result"), {"uid": study_uid}
+    ).first()
+    if row:
+        return row.id, "study_uid"
+    if accession:
+        row = conn.execute(
+            text(
+                "SELECT id FROM studies WHERE accession_number = :acc AND NOT orphan_ai_result "
+                "ORDER BY first_received_at LIMIT 1"
+            ),
+            {"acc": accession},
+        ).first()
+        if row:
+            return row.id, "accession"
+    return None
+
+
+def upsert_series(
+    conn: Connection, study_id: int, info: SeriesInfo, *, kind: str, linked_by: str | None
+) -> tuple[int, bool]:
+    """Create or update the series row; returns (series id, created now)."""
+    row = conn.execute(
+        text(
+            """
+            INSERT INTO series (series_uid, orthanc_id, study_id, study_uid, kind, linked_by,
+                                sender_aet, modality, description, series_number, instance_count,
+                                first_received_at, last_received_at)
+            VALUES (:uid, :oid, :study, :study_uid, :kind, :linked, :aet, :mod, :descr, :num,
+                    :count, :first, :last)
+            ON CONFLICT (series_uid) DO UPDATE SET
+                orthanc_id = COALESCE(series.orthanc_id, EXCLUDED.orthanc_id),
+                sender_aet = COALESCE(series.sender_aet, EXCLUDED.sender_aet),
+                modality = COALESCE(EXCLUDED.modality, series.modality),
+                description = COALESCE(EXCLUDED.description, series.description),
+                series_number = COALESCE(EXCLUDED.series_number, series.series_number),
+                instance_count = GREATEST(series.instance_count, EXCLUDED.instance_count),
+                first_received_at = LEAST(series.first_received_at, EXCLUDED.first_received_at),
+                last_received_at = GREATEST(series.last_received_at, EXCLUDED.last_received_at)
+            RETURNING id, (xmax = 0) AS created
+            """
+        ),
+        {
+            "uid": info.series_uid, "oid": info.orthanc_id, "study": study_id, "study_uid": info.study_uid,
+            "kind": kind, "linked": linked_by, "aet": info.sender_aet, "mod": info.modality,
+            "descr": info.description, "num": info.series_number, "count": info.instance_count,
+            "first": info.first_received_at, "last": info.last_received_at,
+        },
+    ).one()
+    return row.id, bool(row.created)
+
+
+def mark_series_stable(conn: Connection, series_id: int, at: datetime) -> bool:
+    """Record the first stability of a series; False when it was already stable."""
+    return conn.execute(
+        text("UPDATE series SET stable_at = :at WHERE id = :id AND stable_at IS NULL"),
+        {"id": series_id, "at": at},
+    ).rowcount == 1
+
+
+def mark_study_stable(conn: Connection, study_id: int, at: datetime) -> bool:
+    """Record stability: stable_at is set once, last_stable_at follows every stabilisation."""
+    return conn.execute(
+        text(
+            "UPDATE studies SET stable_at = COALESCE(stable_at, :at), last_stable_at = :at, "
+            "updated_at = now() WHERE id = :id RETURNING (stable_at = :at)"
+        ),
+        {"id": study_id, "at": at},
+    ).scalar_one()
+
+
+def mark_series_routed(conn: Connection, series_ids: Iterable[int], at: datetime) -> None:
+    ids = list(series_ids)
+    if ids:
+        conn.execute(
+            text("UPDATE series SET routed_at = :at WHERE id = ANY(:ids) AND routed_at IS NULL"),
+            {"ids": ids, "at": at},
+        )
+
+
+def set_orphan(conn: Connection, study_id: int) -> None:
+    conn.execute(text("UPDATE studies SET orphan_ai_result = true WHERE id = :id"), {"id": study_id})
+
+
+def queue_job(
+    conn: Connection,
+    *,
+    study_id: int,
+    purpose: str,
+    destination: str,
+    series_ids: Sequence[int],
+    payload: str,
+    rule_name: str | None,
+    at: datetime,
+    resend: bool = False,
+) -> int | None:
+    """Queue one job for the series not yet sent to `destination`.
+
+    Series already claimed by an earlier job for the same destination are dropped
+    (a partial unique index enforces it, even across concurrent workers), unless
+    `resend` is set. Returns the job id, or None when nothing is left to send.
+    """
+    if not series_ids:
+        return None
+    job_id = conn.execute(
+        text(
+            "INSERT INTO routing_jobs (study_id, purpose, destination, rule_name, payload, "
+            "next_attempt_at, created_at, updated_at) "
+            "VALUES (:study, :purpose, :dest, :rule, :payload, :at, :at, :at) RETURNING id"
+        ),
+        {"study": study_id, "purpose": purpose, "dest": destination, "rule": rule_name,
+         "payload": payload, "at": at},
+    ).scalar_one()
+    inserted = conn.execute(
+        text(
+            "INSERT INTO job_series (job_id, series_id, destination, is_resend) "
+            "SELECT :job, unnest(CAST(:ids AS bigint[])), :dest, :resend "
+            "ON CONFLICT (series_id, destination) WHERE NOT is_resend DO NOTHING RETURNING series_id"
+        ),
+        {"job": job_id, "ids": list(series_ids), "dest": destination, "resend": resend},
+    ).scalars().all()
+    if not inserted:
+        conn.execute(text("DELETE FROM routing_jobs WHERE id = :id"), {"id": job_id})
+        return None
+    add_event(
+        conn, study_id, "delivery_queued", at, job_id=job_id, destination=destination,
+        detail={"purpose": purpose, "rule": rule_name, "series": len(inserted), "resend": resend},
+    )
+    return job_id
+
+
+def job_started(conn: Connection, job_id: int, *, orthanc_job_id: str, at: datetime) -> None:
+    row = conn.execute(
+        text(
+            "UPDATE routing_jobs SET orthanc_job_id = :oj, started_at = COALESCE(started_at, :at), "
+            "attempts = attempts + 1, updated_at = :at WHERE id = :id "
+            "RETURNING study_id, destination, attempts"
+        ),
+        {"id": job_id, "oj": orthanc_job_id, "at": at},
+    ).one()
+    add_event(conn, row.study_id, "delivery_started", at, job_id=job_id, destination=row.destination,
+              detail={"attempt": row.attempts, "orthanc_job": orthanc_job_id})
+
+
+def job_succeeded(conn: Connection, job_id: int, *, at: datetime, instances_sent: int | None) -> None:
+    """Mark success; an AI job's success is the study's `ai_sent` event."""
+    row = conn.execute(
+        text(
+            "UPDATE routing_jobs SET state = 'succeeded', finished_at = :at, updated_at = :at, "
+            "instances_sent = :n, last_error = NULL, last_error_code = NULL, claimed_by = NULL "
+            "WHERE id = :id RETURNING study_id, destination, purpose"
+        ),
+        {"id": job_id, "at": at, "n": instances_sent},
+    ).one()
+    kind = "ai_sent" if row.purpose == "ai" else "delivered"
+    add_event(conn, row.study_id, kind, at, job_id=job_id, destination=row.destination,
+              detail={"instances": instances_sent})
+    refresh_study_status(conn, row.study_id)
+
+
+def job_failed(
+    conn: Connection,
+    job_id: int,
+    *,
+    at: datetime,
+    error: str,
+    error_code: int | None,
+    retry_at: datetime | None,
+) -> None:
+    """Record a failed attempt: `failed` until `retry_at`, or `dead` when None."""
+    state = "failed" if retry_at is not None else "dead"
+    row = conn.execute(
+        text(
+            "UPDATE routing_jobs SET state = :state, last_error = :err, last_error_code = :code, "
+            "next_attempt_at = COALESCE(:retry, next_attempt_at), updated_at = :at, claimed_by = NULL, "
+            "finished_at = CASE WHEN :state = 'dead' THEN CAST(:at AS timestamptz) END "
+            "WHERE id = :id RETURNING study_id, destination, attempts"
+        ),
+        {"id": job_id, "state": state, "err": error[:2000], "code": error_code, "retry": retry_at, "at": at},
+    ).one()
+    add_event(
+        conn, row.study_id, "delivery_failed" if state == "failed" else "delivery_dead", at,
+        job_id=job_id, destination=row.destination,
+        detail={"error": error[:500], "code": error_code, "attempt": row.attempts,
+                "retry_at": retry_at.isoformat() if retry_at else None},
+    )
+    refresh_study_status(conn, row.study_id)
+
+
+def refresh_study_status(conn: Connection, study_id: int) -> None:
+    """Recompute the study's workflow status from its jobs, series and events."""
+    conn.execute(
+        text(
+            """
+            WITH j AS (
+                SELECT
+                    count(*) FILTER (WHERE purpose = 'ai' AND state = 'succeeded') AS ai_ok,
+                    count(*) FILTER (WHERE purpose = 'ai') AS ai_jobs,
+                    count(*) FILTER (WHERE state = 'dead') AS dead,
+                    count(*) FILTER (WHERE state IN ('queued', 'sending', 'failed')) AS open,
+                    count(*) FILTER (WHERE purpose = 'delivery' AND state = 'succeeded') AS delivered,
+                    count(*) AS total
+                FROM routing_jobs WHERE study_id = :id AND state <> 'cancelled'
+            ), s AS (
+                SELECT count(*) FILTER (WHERE kind = 'ai_result') AS ai_results,
+                       count(*) FILTER (WHERE routed_at IS NOT NULL) AS routed
+                FROM series WHERE study_id = :id
+            ), e AS (
+                SELECT bool_or(type = 'ai_overdue') AS overdue, bool_or(type = 'unrouted') AS unrouted
+                FROM events WHERE study_id = :id
+            )
+            UPDATE studies SET updated_at = now(), status = CASE
+                WHEN j.dead > 0 THEN 'failed'
+                WHEN j.ai_jobs > 0 AND s.ai_results = 0 AND j.ai_ok > 0 AND e.overdue THEN 'ai_overdue'
+                WHEN j.ai_jobs > 0 AND s.ai_results = 0 THEN 'ai_pending'
+                WHEN j.open > 0 THEN 'delivering'
+                WHEN j.delivered > 0 THEN 'delivered'
+                WHEN j.total = 0 AND e.unrouted THEN 'unrouted'
+                WHEN j.total > 0 THEN 'ai_pending'
+                ELSE 'received' END
+            FROM j, s, e WHERE studies.id = :id
+            """
+        ),
+        {"id": study_id},
+    )
+
+
+def audit(
+    conn: Connection,
+    *,
+    actor: str,
+    source: str,
+    action: str,
+    target: str | None,
+    before: Any = None,
+    after: Any = None,
+) -> None:
+    """Append to the audit log (who did what, with before and after values)."""
+    conn.execute(
+        text(
+            "INSERT INTO audit_log (actor, source, action, target, before, after) "
+            "VALUES (:actor, :source, :action, :target, CAST(:before AS jsonb), CAST(:after AS jsonb))"
+        ),
+        {"actor": actor, "source": source, "action": action, "target": target,
+         "before": None if before is None else jsonable(before),
+         "after": None if after is None else jsonable(after)},
+    )

@@ -1,0 +1,7 @@
+"""`python -m worker` runs the routing daemon."""
+
+import sys
+
+from worker.main import main
+
+sys.exit(main())

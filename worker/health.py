@@ -1,0 +1,62 @@
+"""The worker's HTTP surface on ROUTING_API_PORT: /health (JSON) and /metrics (Prometheus).
+
+It binds to BIND_ADDRESS (loopback by default) and exposes no PHI: only counts,
+states and sequence numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import Engine, text
+
+from worker.metrics import JOBS_BY_STATE, REGISTRY
+
+log = logging.getLogger(__name__)
+JOB_STATES = ("queued", "sending", "succeeded", "failed", "dead", "cancelled")
+
+
+def refresh_job_gauges(engine: Engine) -> None:
+    with engine.connect() as conn:
+        counts = dict(conn.execute(text("SELECT state, count(*) FROM routing_jobs GROUP BY state")).all())
+    for state in JOB_STATES:
+        JOBS_BY_STATE.labels(state).set(counts.get(state, 0))
+
+
+def serve(host: str, port: int, engine: Engine, health: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
+    """Start the HTTP server in a daemon thread and return it (call .shutdown() to stop)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path == "/health":
+                body = health()
+                self._send(200 if body["status"] == "ok" else 503, "application/json", json.dumps(body).encode())
+            elif self.path == "/metrics":
+                try:
+                    refresh_job_gauges(engine)
+                except Exception:  # metrics must still answer while the database is down
+                    log.warning("job gauges not refreshed: database unavailable")
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+            else:
+                self._send(404, "text/plain", b"not found\n")
+
+        def _send(self, code: int, ctype: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:  # scrapes every few seconds would flood the log
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server

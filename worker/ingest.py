@@ -1,0 +1,144 @@
+"""Turn Orthanc resources into recorded studies and series, with their kind.
+
+A series is an AI result when its sender AET (the instances' `RemoteAET` metadata)
+is in AI_RESULT_AETS: the sender is the evidence, not a tag any sender could forge.
+An AI result links to its original study by StudyInstanceUID, then AccessionNumber;
+when neither matches, it is recorded on a study of its own and flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, text
+
+from hub import recorder
+from hub.orthanc_client import OrthancClient, parse_orthanc_time
+from hub.recorder import SeriesInfo, StudyInfo
+from worker.metrics import AI_ROUND_TRIP
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OrthancSeries:
+    """What Orthanc says about one series, fetched before any database write."""
+
+    orthanc_id: str
+    study: StudyInfo
+    info: SeriesInfo
+    first_instance: str | None
+
+
+def fetch_series(orthanc: OrthancClient, series_id: str) -> OrthancSeries:
+    """Read a series, its study and its first instance's reception metadata."""
+    series = orthanc.series(series_id)
+    study = orthanc.study(series["ParentStudy"])
+    tags = series.get("MainDicomTags", {})
+    study_tags = study.get("MainDicomTags", {})
+    patient = study.get("PatientMainDicomTags", {})
+    instances = series.get("Instances", [])
+    meta = orthanc.instance_metadata(instances[0]) if instances else {}
+    received = parse_orthanc_time(meta.get("ReceptionDate"))
+    study_info = StudyInfo(
+        study_uid=study_tags["StudyInstanceUID"],
+        orthanc_id=study["ID"],
+        patient_id=patient.get("PatientID"),
+        patient_name=patient.get("PatientName"),
+        accession_number=study_tags.get("AccessionNumber"),
+        description=study_tags.get("StudyDescription"),
+        study_date=study_tags.get("StudyDate"),
+        study_time=study_tags.get("StudyTime"),
+    )
+    info = SeriesInfo(
+        series_uid=tags["SeriesInstanceUID"],
+        study_uid=study_info.study_uid,
+        orthanc_id=series_id,
+        modality=tags.get("Modality"),
+        description=tags.get("SeriesDescription"),
+        series_number=tags.get("SeriesNumber"),
+        sender_aet=meta.get("RemoteAET"),
+        instance_count=len(instances),
+        first_received_at=received,
+        last_received_at=parse_orthanc_time(series.get("LastUpdate")) or received,
+    )
+    return OrthancSeries(series_id, study_info, info, instances[0] if instances else None)
+
+
+@dataclass(frozen=True)
+class RecordedSeries:
+    series_id: int
+    study_id: int
+    kind: str
+    created: bool
+
+
+def record_series(
+    conn: Connection, fetched: OrthancSeries, ai_aets: frozenset[str], now: datetime
+) -> RecordedSeries:
+    """Record a series (idempotent) and, the first time, its arrival event."""
+    existing = conn.execute(
+        text("SELECT id, study_id, kind FROM series WHERE series_uid = :uid"), {"uid": fetched.info.series_uid}
+    ).first()
+    if existing:
+        recorder.upsert_series(conn, existing.study_id, fetched.info, kind=existing.kind, linked_by=None)
+        return RecordedSeries(existing.id, existing.study_id, existing.kind, False)
+
+    at = fetched.info.first_received_at or now
+    is_ai = (fetched.info.sender_aet or "") in ai_aets
+    if not is_ai:
+        study_id = recorder.upsert_study(
+            conn, fetched.study, source_aet=fetched.info.sender_aet, received_at=at
+        )
+        series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind="original", linked_by=None)
+        recorder.add_event(conn, study_id, "received", at, series_id=series_id,
+                           detail={"sender": fetched.info.sender_aet, "modality": fetched.info.modality})
+        _update_modalities(conn, study_id)
+        recorder.refresh_study_status(conn, study_id)
+        return RecordedSeries(series_id, study_id, "original", True)
+
+    link = recorder.find_study_for_ai_result(conn, fetched.study.study_uid, fetched.study.accession_number)
+    if link is None:
+        study_id = recorder.upsert_study(conn, fetched.study, source_aet=fetched.info.sender_aet, received_at=at)
+        recorder.set_orphan(conn, study_id)
+        linked_by = "unmatched"
+    else:
+        study_id, linked_by = link
+    series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind="ai_result", linked_by=linked_by)
+    recorder.add_event(
+        conn, study_id, "ai_result_received" if link else "ai_result_unmatched", at, series_id=series_id,
+        detail={"sender": fetched.info.sender_aet, "linked_by": linked_by, "modality": fetched.info.modality},
+    )
+    if link is not None:
+        _observe_round_trip(conn, study_id, at)
+    else:
+        log.warning("AI result for an unknown study recorded and flagged",
+                    extra={"fields": {"series": fetched.orthanc_id, "sender": fetched.info.sender_aet}})
+    recorder.refresh_study_status(conn, study_id)
+    return RecordedSeries(series_id, study_id, "ai_result", True)
+
+
+def _observe_round_trip(conn: Connection, study_id: int, result_at: datetime) -> None:
+    """Feed the AI round-trip histogram once per study, at its first AI result."""
+    sent_at, results = conn.execute(
+        text(
+            "SELECT min(at) FILTER (WHERE type = 'ai_sent'), count(*) FILTER (WHERE type = 'ai_result_received') "
+            "FROM events WHERE study_id = :id"
+        ),
+        {"id": study_id},
+    ).one()
+    if sent_at is not None and results == 1:
+        AI_ROUND_TRIP.observe(max(0.0, (result_at - sent_at).total_seconds()))
+
+
+def _update_modalities(conn: Connection, study_id: int) -> None:
+    """Keep studies.modalities as the sorted set of its original series' modalities."""
+    conn.execute(
+        text(
+            "UPDATE studies SET modalities = (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality) "
+            "FROM series WHERE study_id = :id AND kind = 'original' AND modality IS NOT NULL) WHERE id = :id"
+        ),
+        {"id": study_id},
+    )

@@ -1,0 +1,204 @@
+"""The worker daemon: tail /changes (when it owns the cursor), dispatch jobs, heartbeat.
+
+Several workers may run against one database: all of them dispatch; the one holding
+the advisory lock tails /changes and raises AI-overdue events. SIGTERM stops claiming,
+lets in-flight sends finish for a grace period, and leaves every job consistent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from hub.db import engine_for
+from hub.jsonutil import jsonable
+from hub.logs import setup_logging
+from hub.orthanc_client import OrthancClient, OrthancError
+from hub.settings import Settings, SettingsError, load_settings
+from worker import health
+from worker.dispatcher import Dispatcher
+from worker.rules_watch import RulesHolder, watch
+from worker.tailer import CURSOR_LOCK_KEY, ChangeFailed, Tailer, check_ai_overdue
+
+log = logging.getLogger("worker")
+HEARTBEAT_S = 2.0
+OVERDUE_CHECK_S = 5.0
+SHUTDOWN_GRACE_S = 20.0
+MAX_BACKOFF_S = 30.0
+
+
+class CursorLock:
+    """Session-level advisory lock on a dedicated connection: held while the connection lives."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.conn: Connection | None = None
+
+    def held(self) -> bool:
+        if self.conn is not None:
+            try:
+                self.conn.execute(text("SELECT 1"))
+                return True
+            except DBAPIError:
+                self.release()
+        self.conn = self.engine.connect()
+        if self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": CURSOR_LOCK_KEY}).scalar_one():
+            self.conn.commit()
+            return True
+        self.release()
+        return False
+
+    def release(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(DBAPIError):
+                self.conn.close()
+            self.conn = None
+
+
+class Worker:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.engine = engine_for(settings, pool_size=settings.worker_concurrency + 4)
+        self.orthanc = OrthancClient.from_settings(settings)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.rules = RulesHolder(settings.routing_rules, self.engine)
+        self.tailer = Tailer(settings, self.engine, self.orthanc, self.rules)
+        self.dispatcher = Dispatcher(settings, self.engine, self.orthanc, self.worker_id)
+        self.cursor_lock = CursorLock(self.engine)
+        self.stop = threading.Event()
+        self.started_at = datetime.now(UTC)
+        self.owns_cursor = False
+        self.orthanc_ok: bool | None = None
+        self.db_ok: bool | None = None
+        self.last_heartbeat = 0.0
+
+    # --- health ----------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        age = time.monotonic() - self.last_heartbeat if self.last_heartbeat else None
+        ok = bool(self.orthanc_ok and self.db_ok and age is not None and age < 5 * HEARTBEAT_S + 10)
+        return {
+            "status": "ok" if ok else "degraded",
+            "worker_id": self.worker_id,
+            "orthanc": self.orthanc_ok,
+            "database": self.db_ok,
+            "owns_cursor": self.owns_cursor,
+            "cursor": self.tailer.cursor,
+            "orthanc_last": self.tailer.last_seen,
+            "cursor_lag": max(0, self.tailer.last_seen - self.tailer.cursor) if self.owns_cursor else None,
+            "heartbeat_age_s": round(age, 1) if age is not None else None,
+            "rules_error": self.rules.last_error,
+        }
+
+    def heartbeat(self) -> None:
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    """
+                    INSERT INTO worker_heartbeats (worker_id, hostname, pid, started_at, heartbeat_at,
+                                                   owns_cursor, orthanc_ok, cursor_lag, info)
+                    VALUES (:id, :host, :pid, :started, :now, :owns, :ook, :lag, CAST(:info AS jsonb))
+                    ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at,
+                        owns_cursor = EXCLUDED.owns_cursor, orthanc_ok = EXCLUDED.orthanc_ok,
+                        cursor_lag = EXCLUDED.cursor_lag, info = EXCLUDED.info
+                    """
+                ),
+                {
+                    "id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
+                    "started": self.started_at, "now": now, "owns": self.owns_cursor, "ook": self.orthanc_ok,
+                    "lag": self.health()["cursor_lag"],
+                    "info": jsonable({"cursor": self.tailer.cursor, "inflight": len(self.dispatcher.inflight)}),
+                },
+            )
+        self.last_heartbeat = time.monotonic()
+
+    # --- main loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        server = health.serve(self.settings.bind_address, self.settings.routing_api_port, self.engine, self.health)
+        observer = None
+        backoff = 1.0
+        last_overdue = 0.0
+        log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
+        while not self.stop.is_set():
+            try:
+                if observer is None:
+                    self.rules.reload()
+                    observer = watch(self.rules)
+                if time.monotonic() - self.last_heartbeat >= HEARTBEAT_S:
+                    self.heartbeat()
+                self.db_ok = True
+                busy = 0
+                self.owns_cursor = self.cursor_lock.held()
+                if self.owns_cursor:
+                    busy += self.tailer.step()
+                    if time.monotonic() - last_overdue >= OVERDUE_CHECK_S:
+                        check_ai_overdue(self.engine, self.settings.ai_result_timeout)
+                        last_overdue = time.monotonic()
+                self.orthanc_ok = True
+                busy += self.dispatcher.tick()
+                backoff = 1.0
+                if not busy:
+                    self.stop.wait(self.settings.poll_interval)
+            except ChangeFailed:
+                self.stop.wait(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+            except (OperationalError, InterfaceError) as exc:
+                self.db_ok = False
+                self.owns_cursor = False
+                self.cursor_lock.release()
+                log.warning("database unavailable; backing off",
+                            extra={"fields": {"retry_in_s": backoff, "error": type(exc.orig).__name__}})
+                self.stop.wait(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+            except OrthancError as exc:
+                self.orthanc_ok = False
+                log.warning("Orthanc unavailable; backing off",
+                            extra={"fields": {"retry_in_s": backoff, "error": str(exc)[:200]}})
+                self.stop.wait(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+            except Exception:  # the daemon must outlive any single bad iteration
+                log.exception("unexpected error in the worker loop; backing off")
+                self.stop.wait(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+        log.info("worker stopping: finishing in-flight sends")
+        self.dispatcher.shutdown(SHUTDOWN_GRACE_S)
+        if observer is not None:
+            observer.stop()
+        server.shutdown()
+        self.cursor_lock.release()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("DELETE FROM worker_heartbeats WHERE worker_id = :id"), {"id": self.worker_id})
+        except DBAPIError:
+            pass
+        self.orthanc.close()
+        self.engine.dispose()
+        log.info("worker stopped")
+
+
+def main() -> int:
+    setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    worker = Worker(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop.set())
+    worker.run()
+    return 0

@@ -1,0 +1,26 @@
+"""Prometheus metrics of the worker, served on ROUTING_API_PORT at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+CHANGES_PROCESSED = Counter(
+    "hub_changes_processed", "Orthanc /changes entries processed", ["change_type"], registry=REGISTRY
+)
+CHANGES_FAILED = Counter(
+    "hub_changes_skipped", "Changes skipped after repeated processing errors (see the log)", registry=REGISTRY
+)
+CURSOR_LAG = Gauge("hub_cursor_lag", "Orthanc's last change sequence minus the worker's cursor", registry=REGISTRY)
+JOBS_BY_STATE = Gauge("hub_jobs", "Routing jobs by state", ["state"], registry=REGISTRY)
+SEND_SECONDS = Histogram(
+    "hub_send_duration_seconds", "Duration of one Orthanc store job, start to outcome", ["destination", "outcome"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900), registry=REGISTRY,
+)
+AI_ROUND_TRIP = Histogram(
+    "hub_ai_round_trip_seconds", "AI sent to first AI result received",
+    buckets=(5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200), registry=REGISTRY,
+)
+FAILURES = Counter("hub_send_failures", "Failed send attempts by destination", ["destination"], registry=REGISTRY)
+ROUTED_JOBS = Counter("hub_jobs_queued", "Jobs queued by the rules", ["purpose"], registry=REGISTRY)

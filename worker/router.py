@@ -1,0 +1,97 @@
+"""Apply the routing rules to a stable study's not-yet-routed series and queue the jobs.
+
+Runs inside the /changes transaction, so the jobs exist if and only if the cursor
+moved past the StableStudy change that produced them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, text
+
+from hub import recorder
+from hub.orthanc_client import OrthancClient
+from worker.metrics import ROUTED_JOBS
+from worker.rules import RuleSet, SeriesFacts
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A recorded, not-yet-routed series with the tags the rules may test."""
+
+    series_id: int
+    study_id: int
+    kind: str
+    sender_aet: str | None
+    tags: dict[str, str]
+
+
+def series_tags(orthanc: OrthancClient, series_orthanc_id: str) -> dict[str, str]:
+    """Study, series and first-instance tags of a series, by DICOM keyword (text values only)."""
+    series = orthanc.series(series_orthanc_id)
+    study = orthanc.study(series["ParentStudy"])
+    tags: dict[str, str] = {}
+    instances = series.get("Instances", [])
+    if instances:
+        simplified = orthanc.get(f"/instances/{instances[0]}/simplified-tags")
+        tags.update({k: v for k, v in simplified.items() if isinstance(v, str)})
+    tags.update(study.get("PatientMainDicomTags", {}))
+    tags.update(study.get("MainDicomTags", {}))
+    tags.update(series.get("MainDicomTags", {}))
+    return tags
+
+
+def unrouted_series(conn: Connection, series_orthanc_ids: list[str]) -> list[tuple[int, int, str, str | None, str]]:
+    return [
+        tuple(row)
+        for row in conn.execute(
+            text(
+                "SELECT id, study_id, kind, sender_aet, orthanc_id FROM series "
+                "WHERE orthanc_id = ANY(:ids) AND routed_at IS NULL ORDER BY id FOR UPDATE"
+            ),
+            {"ids": series_orthanc_ids},
+        )
+    ]
+
+
+def route(
+    conn: Connection, candidates: list[Candidate], rules: RuleSet, ai_modality: str, now: datetime
+) -> list[int]:
+    """Queue the jobs the rules ask for; returns the new job ids."""
+    if not candidates:
+        return []
+    by_key = {str(c.series_id): c for c in candidates}
+    facts = [SeriesFacts(str(c.series_id), c.kind, c.sender_aet, c.tags) for c in candidates]
+    plan = rules.plan(facts, ai_modality)
+    jobs: list[int] = []
+    matched_rules: dict[int, set[str]] = defaultdict(set)
+    for planned in plan:
+        per_study: dict[int, list[int]] = defaultdict(list)
+        for key in planned.series_keys:
+            per_study[by_key[key].study_id].append(by_key[key].series_id)
+        for study_id, series_ids in per_study.items():
+            matched_rules[study_id].update(planned.rules)
+            job_id = recorder.queue_job(
+                conn, study_id=study_id, purpose=planned.purpose, destination=planned.destination,
+                series_ids=series_ids, payload=planned.payload, rule_name=",".join(planned.rules), at=now,
+            )
+            if job_id is not None:
+                jobs.append(job_id)
+                ROUTED_JOBS.labels(planned.purpose).inc()
+    for study_id, names in matched_rules.items():
+        recorder.add_event(conn, study_id, "rule_matched", now, detail={"rules": sorted(names)})
+    recorder.mark_series_routed(conn, (c.series_id for c in candidates), now)
+    for study_id in {c.study_id for c in candidates}:
+        if study_id not in matched_rules and not _has_jobs(conn, study_id):
+            recorder.add_event(conn, study_id, "unrouted", now, detail={"reason": "no rule matched"})
+        recorder.refresh_study_status(conn, study_id)
+    return jobs
+
+
+def _has_jobs(conn: Connection, study_id: int) -> bool:
+    return conn.execute(
+        text("SELECT EXISTS (SELECT 1 FROM routing_jobs WHERE study_id = :id)"), {"id": study_id}
+    ).scalar_one()

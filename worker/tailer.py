@@ -1,0 +1,178 @@
+"""Tail Orthanc's /changes with a cursor stored in PostgreSQL.
+
+Each change that produces records is handled in one transaction together with the
+cursor advance, so a crash at any point neither loses nor repeats work. Changes that
+produce nothing (NewInstance, patients) only move the cursor, in the next commit.
+Only one worker owns the cursor at a time (a PostgreSQL advisory lock).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from hub import recorder
+from hub.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, parse_orthanc_time
+from hub.settings import Settings
+from worker import ingest
+from worker.metrics import CHANGES_FAILED, CHANGES_PROCESSED, CURSOR_LAG
+from worker.router import Candidate, route, series_tags, unrouted_series
+from worker.rules_watch import RulesHolder
+
+log = logging.getLogger(__name__)
+CURSOR = "changes_cursor"
+CURSOR_LOCK_KEY = 0x0A7C_0001
+HANDLED = {"NewSeries", "StableSeries", "StableStudy"}
+MAX_CHANGE_FAILURES = 5
+
+
+class ChangeFailed(RuntimeError):
+    """Processing a change failed for a reason other than connectivity; it will be retried."""
+
+
+def read_cursor(conn: Connection) -> int:
+    value = conn.execute(text("SELECT value FROM worker_state WHERE name = :n"), {"n": CURSOR}).scalar()
+    return int(value or 0)
+
+
+def write_cursor(conn: Connection, seq: int) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO worker_state (name, value, updated_at) VALUES (:n, :v, now()) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+        ),
+        {"n": CURSOR, "v": seq},
+    )
+
+
+class Tailer:
+    """Processes /changes pages; `step()` handles one page and returns how many changes it saw."""
+
+    def __init__(self, settings: Settings, engine: Engine, orthanc: OrthancClient, rules: RulesHolder):
+        self.settings = settings
+        self.engine = engine
+        self.orthanc = orthanc
+        self.rules = rules
+        self.last_seen = 0
+        self.cursor = 0
+        self.failures: dict[int, int] = {}
+
+    def step(self) -> int:
+        with self.engine.connect() as conn:
+            cursor = read_cursor(conn)
+        page = self.orthanc.changes(cursor, self.settings.changes_batch)
+        last = int(page["Last"])
+        if last < cursor:
+            log.warning("Orthanc's change log restarted below the cursor; resuming from 0",
+                        extra={"fields": {"cursor": cursor, "orthanc_last": last}})
+            with self.engine.begin() as conn:
+                write_cursor(conn, 0)
+            return 0
+        pending = cursor
+        for change in page["Changes"]:
+            seq = int(change["Seq"])
+            if change["ChangeType"] in HANDLED:
+                self._handle_once(change, seq)
+                pending = None
+            else:
+                pending = seq
+            CHANGES_PROCESSED.labels(change["ChangeType"]).inc()
+            self.cursor = seq
+        if pending is not None and pending != cursor:
+            with self.engine.begin() as conn:
+                write_cursor(conn, pending)
+        self.cursor = max(self.cursor, cursor)
+        self.last_seen = last
+        CURSOR_LAG.set(max(0, last - self.cursor))
+        return len(page["Changes"])
+
+    def _handle_once(self, change: dict[str, Any], seq: int) -> None:
+        """Handle one change with its cursor advance; skip it, loudly, after repeated data errors.
+
+        Connectivity errors propagate (the main loop backs off and retries the same
+        change). A change that fails for any other reason MAX_CHANGE_FAILURES times in
+        a row would block the hub for good, so it is logged with its path and skipped:
+        the resource stays in Orthanc and is picked up again by its next Stable* change.
+        """
+        try:
+            with self.engine.begin() as conn:
+                self.handle(conn, change)
+                write_cursor(conn, seq)
+            self.failures.pop(seq, None)
+        except (OperationalError, InterfaceError, OrthancUnavailable):
+            raise
+        except Exception:
+            self.failures[seq] = self.failures.get(seq, 0) + 1
+            log.exception("change could not be processed",
+                          extra={"fields": {"seq": seq, "path": change.get("Path"), "attempt": self.failures[seq]}})
+            if self.failures[seq] < MAX_CHANGE_FAILURES:
+                raise ChangeFailed(seq) from None
+            CHANGES_FAILED.inc()
+            with self.engine.begin() as conn:
+                write_cursor(conn, seq)
+            self.failures.pop(seq, None)
+
+    def handle(self, conn: Connection, change: dict[str, Any]) -> None:
+        now = datetime.now(UTC)
+        at = parse_orthanc_time(change.get("Date")) or now
+        try:
+            if change["ChangeType"] == "StableStudy":
+                self._stable_study(conn, change["ID"], at, now)
+            else:
+                fetched = ingest.fetch_series(self.orthanc, change["ID"])
+                recorded = ingest.record_series(conn, fetched, self.settings.ai_result_aet_set, now)
+                stable_now = change["ChangeType"] == "StableSeries" and recorder.mark_series_stable(
+                    conn, recorded.series_id, at
+                )
+                if stable_now and recorded.kind == "ai_result":
+                    recorder.add_event(conn, recorded.study_id, "ai_result_stable", at, series_id=recorded.series_id)
+        except OrthancError as exc:
+            if exc.status == 404:  # deleted since the change was logged: nothing left to record
+                log.info("resource gone before it was processed", extra={"fields": {"path": change["Path"]}})
+                return
+            raise
+
+    def _stable_study(self, conn: Connection, study_id: str, at: datetime, now: datetime) -> None:
+        study = self.orthanc.study(study_id)
+        recorded = [
+            ingest.record_series(conn, ingest.fetch_series(self.orthanc, sid), self.settings.ai_result_aet_set, now)
+            for sid in study.get("Series", [])
+        ]
+        for study_row in {r.study_id for r in recorded if r.kind == "original"}:
+            first = recorder.mark_study_stable(conn, study_row, at)
+            recorder.add_event(conn, study_row, "stable", at, detail={"first": bool(first)})
+        candidates = [
+            Candidate(sid, study_row, kind, sender, series_tags(self.orthanc, oid))
+            for sid, study_row, kind, sender, oid in unrouted_series(conn, study.get("Series", []))
+        ]
+        route(conn, candidates, self.rules.rules, self.settings.ai_modality, now)
+
+
+def check_ai_overdue(engine: Engine, timeout_s: int) -> int:
+    """Raise `ai_overdue` once for each study whose AI result is later than the timeout."""
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        rows = conn.execute(
+            text(
+                """
+                SELECT s.id, sent.at AS sent_at FROM studies s
+                CROSS JOIN LATERAL (
+                    SELECT min(e.at) AS at FROM events e WHERE e.study_id = s.id AND e.type = 'ai_sent'
+                ) sent
+                WHERE s.status = 'ai_pending' AND sent.at < :limit
+                  AND NOT EXISTS (SELECT 1 FROM series r WHERE r.study_id = s.id AND r.kind = 'ai_result')
+                  AND NOT EXISTS (SELECT 1 FROM events o WHERE o.study_id = s.id AND o.type = 'ai_overdue')
+                FOR UPDATE OF s SKIP LOCKED
+                """
+            ),
+            {"limit": now - timedelta(seconds=timeout_s)},
+        ).all()
+        for row in rows:
+            recorder.add_event(conn, row.id, "ai_overdue", now,
+                               detail={"sent_at": row.sent_at.isoformat(), "timeout_s": timeout_s})
+            recorder.refresh_study_status(conn, row.id)
+    return len(rows)
