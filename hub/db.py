@@ -169,8 +169,9 @@ app_users = Table(
 
 
 def make_engine(url: str, **kwargs: object) -> Engine:
-    """An engine that pings pooled connections, so a restarted PostgreSQL is survived."""
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    """An engine that survives a restarted PostgreSQL (pre-ping) and never puts query
+    parameters, which can hold patient data, into exception messages and logs."""
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
 
 
 def engine_for(settings: Settings, **kwargs: object) -> Engine:

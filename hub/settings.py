@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(ge=1, le=100)
     dest_concurrency: int = Field(ge=1, le=64)
     worker_concurrency: int = Field(ge=1, le=256)
+    orthanc_concurrent_jobs: int = Field(ge=1, le=64)
+    send_batch: int = Field(ge=1, le=500)
     jobs_history_size: int = Field(ge=10)
 
     sla_turnaround_s: int = Field(ge=1)

@@ -1,5 +1,10 @@
 """Send routing jobs through Orthanc's asynchronous store, with retries.
 
+Due jobs for one destination are sent together, up to SEND_BATCH jobs per Orthanc
+store job: the per-job cost of claiming, recording and polling is then shared, which
+is what lets the worker keep up with Orthanc's own store rate (bench/worker_bench.py).
+Each job keeps its own outcome, attempts and retry schedule.
+
 Jobs are claimed with FOR UPDATE SKIP LOCKED under a short transaction-level advisory
 lock, which makes the per-destination concurrency limit hold across several workers.
 A job's Orthanc job id is committed as soon as Orthanc accepts the store, so a worker
@@ -27,7 +32,10 @@ from worker.metrics import FAILURES, SEND_SECONDS
 log = logging.getLogger(__name__)
 CLAIM_LOCK_KEY = 0x0A7C_0002
 HEARTBEAT_STALE_S = 20
-POLL_S = 0.2
+# Orthanc store jobs of a few instances finish in tens of milliseconds: poll fast first,
+# then back off, so a short job is seen done quickly and a long one costs few requests.
+POLL_FIRST_S = 0.01
+POLL_MAX_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,31 @@ class ClaimedJob:
     purpose: str
     orthanc_job_id: str | None
     attempts: int
+
+
+def make_batches(jobs: list[ClaimedJob], size: int) -> list[list[ClaimedJob]]:
+    """Group claimed jobs into batches that can share one Orthanc store job.
+
+    First sends to the same destination travel together, up to `size` jobs. A job that
+    already failed once is retried alone, so one study the peer rejects cannot drag
+    its batch mates to `dead`. Adopted jobs (already holding an Orthanc job id) stay
+    grouped by that id, so they are polled, never resent.
+    """
+    groups: dict[tuple[str, str | None], list[ClaimedJob]] = {}
+    batches = []
+    for job in jobs:
+        if job.orthanc_job_id is None and job.attempts > 0:
+            batches.append([job])
+        else:
+            groups.setdefault((job.destination, job.orthanc_job_id), []).append(job)
+    for (_, orthanc_job), members in groups.items():
+        step = len(members) if orthanc_job else size
+        batches.extend(members[i:i + step] for i in range(0, len(members), step))
+    return batches
+
+
+def _ids(batch: list[ClaimedJob]) -> list[int]:
+    return [j.id for j in batch]
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -55,28 +88,53 @@ class Dispatcher:
         self.orthanc = orthanc
         self.worker_id = worker_id
         self.pool = ThreadPoolExecutor(settings.worker_concurrency, thread_name_prefix="send")
-        self.inflight: set[int] = set()
+        self.inflight: set[int] = set()  # job ids being sent by this worker
+        self.slots: set[int] = set()  # one entry (the first job id) per batch in flight
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self.wake = threading.Event()
+
+    def run_forever(self, idle_s: float) -> None:
+        """Claim whenever a slot frees or the tailer queues work; otherwise every `idle_s`."""
+        backoff = 1.0
+        while not self.stopping.is_set():
+            try:
+                started = self.tick()
+                backoff = 1.0
+            except Exception:  # database or Orthanc down: the main loop reports it, we retry
+                log.warning("dispatcher could not claim jobs; retrying", exc_info=True)
+                self.stopping.wait(backoff)
+                backoff = min(30.0, backoff * 2)
+                continue
+            if not started:
+                self.wake.wait(idle_s)
+                self.wake.clear()
 
     def tick(self) -> int:
-        """Claim as many jobs as there are free slots; returns how many were started."""
+        """Fill the free send slots with batches; returns how many jobs were started."""
         if self.stopping.is_set():
             return 0
         with self._lock:
-            free = self.settings.worker_concurrency - len(self.inflight)
+            free = self.settings.worker_concurrency - len(self.slots)
         if free <= 0:
             return 0
-        jobs = self.claim(free)
-        for job in jobs:
+        batches = make_batches(self.claim(free * self.settings.send_batch), self.settings.send_batch)[:free]
+        claimed = [j.id for batch in batches for j in batch]
+        if self.stopping.is_set():  # shutdown began while we were claiming: hand them back
+            self._release(claimed)
+            return 0
+        for batch in batches:
             with self._lock:
-                self.inflight.add(job.id)
-            self.pool.submit(self._run_guarded, job)
-        return len(jobs)
+                self.slots.add(batch[0].id)
+                self.inflight.update(j.id for j in batch)
+            self.pool.submit(self._run_guarded, batch)
+        return len(claimed)
 
     def claim(self, limit: int) -> list[ClaimedJob]:
         """Claim due jobs and adopt orphaned `sending` jobs, honouring DEST_CONCURRENCY."""
         now = datetime.now(UTC)
+        with self._lock:
+            mine = list(self.inflight)
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_KEY})
             rows = conn.execute(
@@ -91,10 +149,11 @@ class Dispatcher:
                         GROUP BY destination
                     ), locked AS (
                         SELECT j.id, j.destination, j.next_attempt_at FROM routing_jobs j
-                        WHERE (j.state IN ('queued', 'failed') AND j.next_attempt_at <= :now)
+                        WHERE ((j.state IN ('queued', 'failed') AND j.next_attempt_at <= :now)
                            OR (j.state = 'sending' AND (j.claimed_by IS NULL
-                               OR j.claimed_by NOT IN (SELECT worker_id FROM live)))
-                        ORDER BY j.next_attempt_at, j.id LIMIT 1000
+                               OR j.claimed_by NOT IN (SELECT worker_id FROM live))))
+                          AND j.id <> ALL(CAST(:mine AS bigint[]))
+                        ORDER BY j.next_attempt_at, j.id LIMIT 2000
                         FOR UPDATE SKIP LOCKED
                     ), ranked AS (
                         SELECT id, destination, next_attempt_at,
@@ -106,7 +165,8 @@ class Dispatcher:
                     ORDER BY ranked.next_attempt_at, ranked.id LIMIT :limit
                     """
                 ),
-                {"now": now, "stale": HEARTBEAT_STALE_S, "per_dest": self.settings.dest_concurrency, "limit": limit},
+                {"now": now, "stale": HEARTBEAT_STALE_S, "limit": limit, "mine": mine,
+                 "per_dest": self.settings.dest_concurrency * self.settings.send_batch},
             ).scalars().all()
             if not rows:
                 return []
@@ -118,96 +178,111 @@ class Dispatcher:
                 ),
                 {"w": self.worker_id, "now": now, "ids": list(rows)},
             ).all()
-        return [ClaimedJob(*row) for row in claimed]
+        return sorted((ClaimedJob(*row) for row in claimed), key=lambda j: j.id)
 
-    def _run_guarded(self, job: ClaimedJob) -> None:
+    def _run_guarded(self, batch: list[ClaimedJob]) -> None:
         try:
-            self.run(job)
-        except Exception:  # a job must never take the pool thread down; it is re-adopted later
-            log.exception("send crashed; the job will be adopted again", extra={"fields": {"job": job.id}})
-            self._release(job.id)
+            self.run(batch)
+        except Exception:  # a batch must never take the pool thread down; its jobs are re-adopted later
+            log.exception("send crashed; the jobs will be adopted again", extra={"fields": {"jobs": _ids(batch)}})
+            self._release([j.id for j in batch])
         finally:
             with self._lock:
-                self.inflight.discard(job.id)
+                self.slots.discard(batch[0].id)
+                self.inflight.difference_update(j.id for j in batch)
+            self.wake.set()
 
-    def run(self, job: ClaimedJob) -> None:
+    def run(self, batch: list[ClaimedJob]) -> None:
+        """Send a batch as one Orthanc store job (or adopt its running job) and record the outcome."""
         start = time.monotonic()
-        orthanc_job = job.orthanc_job_id
+        orthanc_job = batch[0].orthanc_job_id
+        destination = batch[0].destination
         if orthanc_job is None:
-            resources = self._resources(job.id)
             try:
-                orthanc_job = self.orthanc.store_async(job.destination, resources)
+                orthanc_job = self.orthanc.store_async(destination, self._resources([j.id for j in batch]))
             except OrthancError as exc:
-                self._fail(job, str(exc), exc.orthanc_status, start, count_attempt=True)
+                self._fail(batch, str(exc), exc.orthanc_status, start, count_attempt=True)
                 return
             with self.engine.begin() as conn:
-                recorder.job_started(conn, job.id, orthanc_job_id=orthanc_job, at=datetime.now(UTC))
+                now = datetime.now(UTC)
+                for job in batch:
+                    recorder.job_started(conn, job.id, orthanc_job_id=orthanc_job, at=now)
+        delay = POLL_FIRST_S
         while True:
             if self.stopping.is_set() and not self._grace_left():
-                self._release(job.id)
+                self._release([j.id for j in batch])
                 return
             try:
                 status = self.orthanc.job(orthanc_job)
             except OrthancError as exc:
                 if exc.status == 404:
-                    self._fail(job, f"Orthanc no longer knows job {orthanc_job}", None, start)
+                    self._fail(batch, f"Orthanc no longer knows job {orthanc_job}", None, start)
                     return
                 time.sleep(1)
                 continue
             if status["State"] == "Success":
-                self._succeed(job, status, start)
+                self._succeed(batch, status, start)
                 return
             if status["State"] == "Failure":
                 detail = status.get("ErrorDetails") or status.get("ErrorDescription") or "store failed"
-                self._fail(job, f"{status.get('ErrorDescription', '')}: {detail}".strip(": "),
+                self._fail(batch, f"{status.get('ErrorDescription', '')}: {detail}".strip(": "),
                            status.get("ErrorCode"), start)
                 return
-            time.sleep(POLL_S)
+            time.sleep(delay)
+            delay = min(POLL_MAX_S, delay * 2)
 
-    def _resources(self, job_id: int) -> list[str]:
+    def _resources(self, job_ids: list[int]) -> list[str]:
         with self.engine.connect() as conn:
             return list(conn.execute(
-                text("SELECT s.orthanc_id FROM job_series js JOIN series s ON s.id = js.series_id "
-                     "WHERE js.job_id = :id ORDER BY s.id"),
-                {"id": job_id},
+                text("SELECT DISTINCT s.orthanc_id, s.id FROM job_series js JOIN series s ON s.id = js.series_id "
+                     "WHERE js.job_id = ANY(:ids) ORDER BY s.id"),
+                {"ids": job_ids},
             ).scalars())
 
-    def _succeed(self, job: ClaimedJob, status: dict, start: float) -> None:
+    def _succeed(self, batch: list[ClaimedJob], status: dict, start: float) -> None:
         at = parse_orthanc_time(status.get("CompletionTime")) or datetime.now(UTC)
         sent = (status.get("Content") or {}).get("InstancesCount")
         with self.engine.begin() as conn:
-            recorder.job_succeeded(conn, job.id, at=at, instances_sent=sent)
-        SEND_SECONDS.labels(job.destination, "success").observe(time.monotonic() - start)
-        log.info("job delivered", extra={"fields": {"job": job.id, "destination": job.destination,
-                                                    "purpose": job.purpose, "instances": sent}})
+            for job in batch:
+                recorder.job_succeeded(conn, job.id, at=at, instances_sent=sent if len(batch) == 1 else None)
+        SEND_SECONDS.labels(batch[0].destination, "success").observe(time.monotonic() - start)
+        log.info("jobs delivered", extra={"fields": {"jobs": _ids(batch), "destination": batch[0].destination,
+                                                     "instances": sent}})
 
-    def _fail(self, job: ClaimedJob, error: str, code: int | None, start: float, count_attempt: bool = False) -> None:
-        """Record a failed attempt; `count_attempt` when Orthanc refused before a job started."""
+    def _fail(self, batch: list[ClaimedJob], error: str, code: int | None, start: float,
+              count_attempt: bool = False) -> None:
+        """Record a failed attempt for every job of the batch; each retries on its own schedule.
+
+        `count_attempt` is set when Orthanc refused the store before a job started.
+        """
         now = datetime.now(UTC)
+        dead = []
         with self.engine.begin() as conn:
-            attempts = conn.execute(
-                text("UPDATE routing_jobs SET attempts = attempts + :inc WHERE id = :id RETURNING attempts"),
-                {"id": job.id, "inc": 1 if count_attempt else 0},
-            ).scalar_one()
-            retry_at = None
-            if attempts < self.settings.retry_max_attempts:
-                delay = backoff_delay(attempts, self.settings.retry_base, self.settings.retry_cap)
-                retry_at = now + timedelta(seconds=delay)
-            conn.execute(text("UPDATE routing_jobs SET orthanc_job_id = NULL WHERE id = :id"), {"id": job.id})
-            recorder.job_failed(conn, job.id, at=now, error=error, error_code=code, retry_at=retry_at)
-        SEND_SECONDS.labels(job.destination, "failure").observe(time.monotonic() - start)
-        FAILURES.labels(job.destination).inc()
-        log.warning("send failed", extra={"fields": {"job": job.id, "destination": job.destination,
-                                                     "attempt": attempts, "error": error[:300],
-                                                     "dead": retry_at is None}})
+            for job in batch:
+                attempts = conn.execute(
+                    text("UPDATE routing_jobs SET attempts = attempts + :inc, orthanc_job_id = NULL "
+                         "WHERE id = :id RETURNING attempts"),
+                    {"id": job.id, "inc": 1 if count_attempt else 0},
+                ).scalar_one()
+                retry_at = None
+                if attempts < self.settings.retry_max_attempts:
+                    delay = backoff_delay(attempts, self.settings.retry_base, self.settings.retry_cap)
+                    retry_at = now + timedelta(seconds=delay)
+                else:
+                    dead.append(job.id)
+                recorder.job_failed(conn, job.id, at=now, error=error, error_code=code, retry_at=retry_at)
+        SEND_SECONDS.labels(batch[0].destination, "failure").observe(time.monotonic() - start)
+        FAILURES.labels(batch[0].destination).inc(len(batch))
+        log.warning("send failed", extra={"fields": {"jobs": _ids(batch), "destination": batch[0].destination,
+                                                     "error": error[:300], "dead": dead}})
 
-    def _release(self, job_id: int) -> None:
-        """Hand an unfinished job back: it keeps its Orthanc job id, so it is adopted, not resent."""
+    def _release(self, job_ids: list[int]) -> None:
+        """Hand unfinished jobs back: they keep their Orthanc job id, so they are adopted, not resent."""
         with self.engine.begin() as conn:
             conn.execute(
                 text("UPDATE routing_jobs SET claimed_by = NULL, updated_at = now() "
-                     "WHERE id = :id AND state = 'sending' AND claimed_by = :w"),
-                {"id": job_id, "w": self.worker_id},
+                     "WHERE id = ANY(:ids) AND state = 'sending' AND claimed_by = :w"),
+                {"ids": job_ids, "w": self.worker_id},
             )
 
     _deadline: float | None = None
@@ -215,8 +290,15 @@ class Dispatcher:
     def _grace_left(self) -> bool:
         return self._deadline is not None and time.monotonic() < self._deadline
 
-    def shutdown(self, grace_s: float) -> None:
-        """Stop claiming, let in-flight sends finish for `grace_s`, then release the rest."""
+    def shutdown(self, grace_s: float, loop: threading.Thread | None = None) -> None:
+        """Stop claiming, let in-flight sends finish for `grace_s`, then release the rest.
+
+        `loop` is the thread running `run_forever`; it is joined before the pool closes,
+        so no batch can be claimed after the pool stopped taking work.
+        """
         self._deadline = time.monotonic() + grace_s
         self.stopping.set()
+        self.wake.set()
+        if loop is not None:
+            loop.join(grace_s)
         self.pool.shutdown(wait=True)

@@ -75,6 +75,25 @@ class RecordedSeries:
     created: bool
 
 
+def known_series(conn: Connection, orthanc_id: str) -> RecordedSeries | None:
+    """The recorded series with this Orthanc id, if any (saves re-reading Orthanc)."""
+    row = conn.execute(
+        text("SELECT id, study_id, kind FROM series WHERE orthanc_id = :oid"), {"oid": orthanc_id}
+    ).first()
+    return RecordedSeries(row.id, row.study_id, row.kind, False) if row else None
+
+
+def refresh_counts(conn: Connection, series_id: int, series: dict) -> None:
+    """Update a known series' instance count and last reception from Orthanc's series JSON."""
+    conn.execute(
+        text(
+            "UPDATE series SET instance_count = GREATEST(instance_count, :n), "
+            "last_received_at = GREATEST(last_received_at, :last) WHERE id = :id"
+        ),
+        {"id": series_id, "n": len(series.get("Instances", [])), "last": parse_orthanc_time(series.get("LastUpdate"))},
+    )
+
+
 def record_series(
     conn: Connection, fetched: OrthancSeries, ai_aets: frozenset[str], now: datetime
 ) -> RecordedSeries:

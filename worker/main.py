@@ -125,10 +125,29 @@ class Worker:
             )
         self.last_heartbeat = time.monotonic()
 
+    def _heartbeat_loop(self) -> None:
+        """Heartbeats on their own thread: a long /changes page must not make us look dead."""
+        while not self.stop.is_set():
+            try:
+                self.heartbeat()
+            except DBAPIError:
+                self.db_ok = False
+            self.stop.wait(HEARTBEAT_S)
+
+    def _dispatch_after_first_heartbeat(self) -> None:
+        """Claims only start once our heartbeat is visible, so our own sends never look orphaned."""
+        while not self.stop.is_set() and not self.last_heartbeat:
+            self.stop.wait(0.1)
+        self.dispatcher.run_forever(self.settings.poll_interval)
+
     # --- main loop -------------------------------------------------------------
 
     def run(self) -> None:
         server = health.serve(self.settings.bind_address, self.settings.routing_api_port, self.engine, self.health)
+        beats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beats.start()
+        sender = threading.Thread(target=self._dispatch_after_first_heartbeat, name="dispatcher", daemon=True)
+        sender.start()
         observer = None
         backoff = 1.0
         last_overdue = 0.0
@@ -138,8 +157,6 @@ class Worker:
                 if observer is None:
                     self.rules.reload()
                     observer = watch(self.rules)
-                if time.monotonic() - self.last_heartbeat >= HEARTBEAT_S:
-                    self.heartbeat()
                 self.db_ok = True
                 busy = 0
                 self.owns_cursor = self.cursor_lock.held()
@@ -149,7 +166,8 @@ class Worker:
                         check_ai_overdue(self.engine, self.settings.ai_result_timeout)
                         last_overdue = time.monotonic()
                 self.orthanc_ok = True
-                busy += self.dispatcher.tick()
+                if busy:
+                    self.dispatcher.wake.set()
                 backoff = 1.0
                 if not busy:
                     self.stop.wait(self.settings.poll_interval)
@@ -175,7 +193,8 @@ class Worker:
                 self.stop.wait(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
         log.info("worker stopping: finishing in-flight sends")
-        self.dispatcher.shutdown(SHUTDOWN_GRACE_S)
+        self.dispatcher.shutdown(SHUTDOWN_GRACE_S, sender)
+        beats.join(HEARTBEAT_S + 5)
         if observer is not None:
             observer.stop()
         server.shutdown()

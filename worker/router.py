@@ -29,10 +29,9 @@ class Candidate:
     tags: dict[str, str]
 
 
-def series_tags(orthanc: OrthancClient, series_orthanc_id: str) -> dict[str, str]:
+def series_tags(orthanc: OrthancClient, series_orthanc_id: str, study: dict) -> dict[str, str]:
     """Study, series and first-instance tags of a series, by DICOM keyword (text values only)."""
     series = orthanc.series(series_orthanc_id)
-    study = orthanc.study(series["ParentStudy"])
     tags: dict[str, str] = {}
     instances = series.get("Instances", [])
     if instances:

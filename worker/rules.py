@@ -257,9 +257,11 @@ def parse_rules(text: str, source: str = "routing.yml") -> RuleSet:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
+        context = getattr(exc, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RulesError(f"{where}: YAML syntax error: {problem}") from None
+        opened = f" ({exc.context} at line {context.line + 1})" if context and getattr(exc, "context", None) else ""
+        raise RulesError(f"{where}: YAML syntax error: {problem}{opened}") from None
     if not isinstance(data, dict):
         raise RulesError(f"{source}:1: the file must be a mapping with a 'rules' list")
     try:

@@ -122,31 +122,39 @@ class Tailer:
         try:
             if change["ChangeType"] == "StableStudy":
                 self._stable_study(conn, change["ID"], at, now)
+            elif change["ChangeType"] == "StableSeries":
+                self._stable_series(conn, change["ID"], at, now)
             else:
-                fetched = ingest.fetch_series(self.orthanc, change["ID"])
-                recorded = ingest.record_series(conn, fetched, self.settings.ai_result_aet_set, now)
-                stable_now = change["ChangeType"] == "StableSeries" and recorder.mark_series_stable(
-                    conn, recorded.series_id, at
-                )
-                if stable_now and recorded.kind == "ai_result":
-                    recorder.add_event(conn, recorded.study_id, "ai_result_stable", at, series_id=recorded.series_id)
+                self._record(conn, change["ID"], now)
         except OrthancError as exc:
             if exc.status == 404:  # deleted since the change was logged: nothing left to record
                 log.info("resource gone before it was processed", extra={"fields": {"path": change["Path"]}})
                 return
             raise
 
+    def _record(self, conn: Connection, series_id: str, now: datetime) -> ingest.RecordedSeries:
+        fetched = ingest.fetch_series(self.orthanc, series_id)
+        return ingest.record_series(conn, fetched, self.settings.ai_result_aet_set, now)
+
+    def _stable_series(self, conn: Connection, series_id: str, at: datetime, now: datetime) -> None:
+        known = ingest.known_series(conn, series_id)
+        if known is None:
+            known = self._record(conn, series_id, now)
+        else:
+            ingest.refresh_counts(conn, known.series_id, self.orthanc.series(series_id))
+        if recorder.mark_series_stable(conn, known.series_id, at) and known.kind == "ai_result":
+            recorder.add_event(conn, known.study_id, "ai_result_stable", at, series_id=known.series_id)
+
     def _stable_study(self, conn: Connection, study_id: str, at: datetime, now: datetime) -> None:
         study = self.orthanc.study(study_id)
         recorded = [
-            ingest.record_series(conn, ingest.fetch_series(self.orthanc, sid), self.settings.ai_result_aet_set, now)
-            for sid in study.get("Series", [])
+            ingest.known_series(conn, sid) or self._record(conn, sid, now) for sid in study.get("Series", [])
         ]
         for study_row in {r.study_id for r in recorded if r.kind == "original"}:
             first = recorder.mark_study_stable(conn, study_row, at)
             recorder.add_event(conn, study_row, "stable", at, detail={"first": bool(first)})
         candidates = [
-            Candidate(sid, study_row, kind, sender, series_tags(self.orthanc, oid))
+            Candidate(sid, study_row, kind, sender, series_tags(self.orthanc, oid, study))
             for sid, study_row, kind, sender, oid in unrouted_series(conn, study.get("Series", []))
         ]
         route(conn, candidates, self.rules.rules, self.settings.ai_modality, now)

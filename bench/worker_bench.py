@@ -1,0 +1,212 @@
+"""Worker forwarding throughput against Orthanc's own direct store, side by side.
+
+    .venv/bin/python -m bench.worker_bench [--studies 200] [--instances 10]
+
+One real PostgreSQL, one real Orthanc (TCP_NODELAY=1) and one dcmtk `storescp` peer.
+The same stored studies are forwarded twice to the same peer:
+  1. direct: one asynchronous Orthanc store job per study, all submitted at once;
+  2. worker: `python -m worker` with a rule sending every study to the peer, timed
+     from its start (it reads /changes from 0, records and routes every study) until
+     the last job succeeded.
+Then a live phase sends more studies while the worker runs and measures the latency
+from the StableStudy change (seen by this script polling /changes every 20 ms) to the
+worker's send start (delivery_started), which includes the worker's POLL_INTERVAL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from hub import pgcluster
+from hub.db import migrate
+from hub.dicom_peers import send_datasets
+from hub.envfile import generate_secret
+from hub.settings import PROJECT_ROOT, settings_from_values
+from hub.synthetic import make_study
+from tests.harness.ports import free_port
+from tests.harness.stack import OrthancServer, PostgresServer, make_values, remove_tree, write_env
+from tests.harness.waiting import wait_until
+
+RULES = """
+version: 1
+rules:
+  - name: all-to-peer
+    when: {kind: original}
+    then: {deliver_to: [PEER], payload: study}
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def send_all(studies, settings, senders: int = 4) -> None:
+    chunks = [studies[i::senders] for i in range(senders)]
+
+    def run(chunk) -> None:
+        for study in chunk:
+            statuses = send_datasets(study, "127.0.0.1", settings.dicom_port, "BENCHMOD", settings.orthanc_aet)
+            assert all(s == 0 for s in statuses), f"C-STORE statuses {sorted(set(statuses))}"
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def count_stable(rest, n: int) -> None:
+    def done() -> bool:
+        seen, since = 0, 0
+        while True:
+            page = rest.get("/changes", since=since, limit=1000)
+            seen += sum(1 for c in page["Changes"] if c["ChangeType"] == "StableStudy")
+            since = page["Last"]
+            if page["Done"]:
+                return seen >= n
+    wait_until(done, timeout=600, interval=0.5, what=f"{n} stable studies")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=200)
+    parser.add_argument("--instances", type=int, default=10)
+    parser.add_argument("--live", type=int, default=40, help="studies in the live latency phase")
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="hub-bench-"))
+    os.chmod(base, 0o755)
+    values = make_values(base, base / "pgdata", STABLE_AGE="2", POLL_INTERVAL="0.5")
+    settings = settings_from_values(values)
+    pg = PostgresServer(datadir=settings.postgres_storage, host="127.0.0.1", port=settings.postgres_port,
+                        superuser_password=generate_secret(), logfile=base / "pg.log")
+    orthanc = OrthancServer(settings, base / "orthanc")
+    peer_dir = base / "peer"
+    peer_dir.mkdir()
+    peer_port = free_port()
+    peer = subprocess.Popen(["storescp", "-aet", "PEER", "-od", str(peer_dir),
+                             str(peer_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+    worker = None
+    try:
+        pg.start()
+        pgcluster.ensure_roles_and_databases(settings, superuser_password=pg.superuser_password)
+        migrate(settings.pg_url())
+        orthanc.start()
+        rest = orthanc.rest
+        rest.put_modality("PEER", "PEER", peer_port)
+
+        studies = [make_study(1, args.instances, f"CR BENCH {i}") for i in range(args.studies)]
+        total = args.studies * args.instances
+        t = time.perf_counter()
+        send_all(studies, settings)
+        ingest_s = time.perf_counter() - t
+        count_stable(rest, args.studies)
+        study_ids = [rest.lookup(s[0].StudyInstanceUID) for s in studies]
+
+        # 1. Orthanc's own store, every study as its own job, all at once.
+        t = time.perf_counter()
+        jobs = [rest.store_async("PEER", [sid]) for sid in study_ids]
+        for job in jobs:
+            assert rest.wait_job(job, timeout=900)["State"] == "Success"
+        direct_s = time.perf_counter() - t
+
+        # 2. The worker forwarding the same studies to the same peer.
+        rules = base / "routing.yml"
+        rules.write_text(RULES)
+        values["ROUTING_RULES"] = str(rules)
+        env_file = write_env(values, base / ".env")
+        engine = create_engine(settings.pg_url())
+        t = time.perf_counter()
+        with open(base / "worker.log", "wb") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "worker"], cwd=PROJECT_ROOT,
+                                      env={**os.environ, "HUB_ENV_FILE": str(env_file)},
+                                      stdout=log, stderr=subprocess.STDOUT)
+
+        def succeeded() -> int:
+            with engine.connect() as conn:
+                return conn.execute(text("SELECT count(*) FROM routing_jobs WHERE state = 'succeeded'")).scalar_one()
+
+        wait_until(lambda: succeeded() >= args.studies, timeout=1800, interval=0.2, what="worker deliveries")
+        worker_s = time.perf_counter() - t
+        worker_cpu_s = cpu_seconds(worker.pid)
+        with engine.connect() as conn:
+            first_start, last_done = conn.execute(text(
+                "SELECT min(started_at), max(finished_at) FROM routing_jobs WHERE state = 'succeeded'")).one()
+        send_phase_s = (last_done - first_start).total_seconds()
+
+        # 3. Live latency: StableStudy seen by this script -> delivery_started by the worker.
+        seen: dict[str, float] = {}
+        stop = threading.Event()
+
+        def watch() -> None:
+            since = rest.get("/changes", last="")["Last"]
+            while not stop.is_set():
+                page = rest.get("/changes", since=since, limit=1000)
+                now = time.time()
+                for change in page["Changes"]:
+                    if change["ChangeType"] == "StableStudy":
+                        seen.setdefault(change["ID"], now)
+                since = page["Last"]
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        live = [make_study(1, args.instances, f"CR LIVE {i}") for i in range(args.live)]
+        for study in live:
+            send_all([study], settings, senders=1)
+            time.sleep(0.3)
+        wait_until(lambda: succeeded() >= args.studies + args.live, timeout=600, what="live deliveries")
+        stop.set()
+        with engine.connect() as conn:
+            started = dict(conn.execute(text(
+                "SELECT s.orthanc_id, min(e.at) FROM events e JOIN studies s ON s.id = e.study_id "
+                "WHERE e.type = 'delivery_started' GROUP BY s.orthanc_id")).all())
+        latencies = [started[oid].timestamp() - t_seen for oid, t_seen in seen.items() if oid in started]
+
+        direct_rate = total / direct_s
+        worker_rate = total / worker_s
+        print(f"studies={args.studies} instances/study={args.instances} total={total} (ingest {total / ingest_s:.0f} inst/s)")
+        print(f"direct Orthanc store : {direct_s:7.2f} s  {direct_rate:7.1f} inst/s")
+        print(f"worker forwarding    : {worker_s:7.2f} s  {worker_rate:7.1f} inst/s (includes reading /changes from 0)")
+        print(f"worker process CPU   : {worker_cpu_s:7.2f} s for {args.studies} jobs "
+              f"({1000 * worker_cpu_s / args.studies:.1f} ms per job)")
+        print(f"worker send phase    : {send_phase_s:7.2f} s  {total / send_phase_s:7.1f} inst/s "
+              "(first send start to last success)")
+        print(f"throughput ratio worker/direct = {worker_rate / direct_rate:.2f} end to end, "
+              f"{(total / send_phase_s) / direct_rate:.2f} send phase")
+        print(f"StableStudy -> send start over {len(latencies)} live studies (POLL_INTERVAL 0.5 s): "
+              f"p50 {statistics.median(latencies):.3f} s, p95 {percentile(latencies, 0.95):.3f} s, "
+              f"max {max(latencies):.3f} s")
+        print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
+        return 0
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(60)
+        peer.terminate()
+        orthanc.stop()
+        pg.stop()
+        remove_tree(base)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Real DICOM peers on loopback, built on pynetdicom: a sender, a PACS and an AI node.
+
+Used by the tests, the benchmarks and the demo, so that every DICOM exchange goes
+over a real TCP association with Orthanc.
+
+pynetdicom never sets TCP_NODELAY. With Nagle's algorithm on, each small PDU waits
+for the peer's delayed ACK and loopback transfers crawl at about 10 instances/s. An
+`EVT_CONN_OPEN` handler sets it on every association socket, on both sides: the
+event fires after `connect()` for a requestor and before the association's reactor
+starts for an acceptor, so no PDU is ever sent with Nagle on.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import (
+    StoragePresentationContexts,
+    VerificationPresentationContexts,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from hub.synthetic import derive_ai_series
+
+LOG = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_NO_RESPONSE = -1
+MAX_CONTEXTS = 128
+
+
+def _set_nodelay(event: Event) -> None:
+    """EVT_CONN_OPEN handler: disable Nagle's algorithm on the association socket."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+NODELAY_HANDLER: tuple[Any, Any] = (evt.EVT_CONN_OPEN, _set_nodelay)
+
+
+class AssociationFailed(ConnectionError):
+    """The peer refused, aborted or never answered the association request."""
+
+
+def send_datasets(
+    datasets: Sequence[Dataset],
+    host: str,
+    port: int,
+    calling_aet: str,
+    called_aet: str,
+    *,
+    timeout: float = 30,
+) -> list[int]:
+    """C-STORE `datasets` over one association; return one DIMSE status per dataset.
+
+    A dataset that got no response (the association dropped) has status -1. Raises
+    AssociationFailed when no association could be established.
+    """
+    if not datasets:
+        return []
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    pairs = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
+    syntaxes: dict[str, list[str]] = {}
+    for sop_class, syntax in pairs:
+        syntaxes.setdefault(sop_class, [])
+        if syntax not in syntaxes[sop_class]:
+            syntaxes[sop_class].append(syntax)
+    if len(syntaxes) > MAX_CONTEXTS:
+        raise ValueError(f"more than {MAX_CONTEXTS} SOP classes in one association")
+    for sop_class, wanted in syntaxes.items():
+        for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if fallback not in wanted:
+                wanted.append(fallback)
+        ae.add_requested_context(sop_class, wanted)
+    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[NODELAY_HANDLER])
+    if not assoc.is_established:
+        raise AssociationFailed(f"no association with {called_aet}@{host}:{port}")
+    statuses: list[int] = []
+    try:
+        for ds in datasets:
+            if not assoc.is_established:
+                statuses.append(STATUS_NO_RESPONSE)
+                continue
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if "Status" in status else STATUS_NO_RESPONSE)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return statuses
+
+
+@dataclass
+class Receipt:
+    """One received C-STORE, as the tests want to inspect it."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    calling_aet: str
+    received_at: float
+
+
+class StorageSCP:
+    """A storage SCP acting as a PACS destination, on 127.0.0.1 in a background thread.
+
+    Files are written to `out_dir/<SOPInstanceUID>.dcm`; `receipts` counts every
+    C-STORE per SOPInstanceUID, so a test can assert exactly-once delivery even though
+    a duplicate overwrites the file. `set_mode('refuse')` answers 0xA700 (out of
+    resources) without storing; `stop()` closes the port to simulate a PACS that is
+    down, and `start()` brings it back on the same port.
+    """
+
+    def __init__(
+        self, aet: str, port: int, out_dir: Path | None = None, mode: str = "accept", host: str = LOOPBACK
+    ) -> None:
+        self.aet = aet
+        self.port = port
+        self.host = host
+        self.out_dir = Path(out_dir) if out_dir else None
+        self._mode = "accept"
+        self.set_mode(mode)
+        self._lock = threading.Lock()
+        self.receipts: Counter[str] = Counter()
+        self.history: list[Receipt] = []
+        self.refused = 0
+        self._server: ThreadedAssociationServer | None = None
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- control ---------------------------------------------------------------
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in ("accept", "refuse"):
+            raise ValueError("mode is 'accept' or 'refuse'")
+        self._mode = mode
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        ae = AE(ae_title=self.aet)
+        ae.network_timeout = 30
+        ae.maximum_associations = 16
+        ae.supported_contexts = StoragePresentationContexts + VerificationPresentationContexts
+        self._server = ae.start_server(
+            (self.host, self.port), block=False,
+            evt_handlers=[NODELAY_HANDLER, (evt.EVT_C_STORE, self._on_c_store)],
+        )
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- inspection ------------------------------------------------------------
+
+    @property
+    def instance_count(self) -> int:
+        """Distinct SOPInstanceUIDs received."""
+        with self._lock:
+            return len(self.receipts)
+
+    @property
+    def total_receipts(self) -> int:
+        with self._lock:
+            return sum(self.receipts.values())
+
+    def duplicates(self) -> dict[str, int]:
+        with self._lock:
+            return {uid: n for uid, n in self.receipts.items() if n > 1}
+
+    def received_from(self, study_uid: str) -> list[Receipt]:
+        with self._lock:
+            return [r for r in self.history if r.study_instance_uid == study_uid]
+
+    def wait_for(self, count: int, timeout: float = 30) -> bool:
+        """Wait until at least `count` distinct instances arrived; True when they did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.instance_count >= count:
+                return True
+            time.sleep(0.05)
+        return self.instance_count >= count
+
+    def reset(self) -> None:
+        with self._lock:
+            self.receipts.clear()
+            self.history.clear()
+            self.refused = 0
+
+    # -- handler ---------------------------------------------------------------
+
+    def _on_c_store(self, event: Event) -> int:
+        if self._mode == "refuse":
+            with self._lock:
+                self.refused += 1
+            return STATUS_OUT_OF_RESOURCES
+        ds: Dataset = event.dataset
+        ds.file_meta = event.file_meta
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        if self.out_dir:
+            ds.save_as(self.out_dir / f"{sop_uid}.dcm", enforce_file_format=True)
+        receipt = Receipt(
+            sop_instance_uid=sop_uid,
+            series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+            study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+            calling_aet=str(event.assoc.requestor.ae_title),
+            received_at=time.time(),
+        )
+        with self._lock:
+            self.receipts[sop_uid] += 1
+            self.history.append(receipt)
+        self._received(ds, receipt)
+        return STATUS_SUCCESS
+
+    def _received(self, ds: Dataset, receipt: Receipt) -> None:
+        """Hook for subclasses, called after a successful store."""
+
+
+@dataclass
+class _PendingStudy:
+    datasets: list[Dataset] = field(default_factory=list)
+    last_received: float = 0.0
+
+
+class AINode(StorageSCP):
+    """An AI orchestrator like mercure: receives studies, returns results into them.
+
+    When a study has had no new instance for `quiet_s` seconds (mercure's "study
+    complete" timer), the node waits `delay_s` (the inference time) and C-STOREs one
+    derived series per entry of `results` back to Orthanc, in the same
+    StudyInstanceUID and from its own calling AET, which is how the worker recognises
+    AI results. Instances arriving for a study after its results went out start a
+    new round, as they would in mercure.
+    """
+
+    def __init__(
+        self,
+        aet: str = "MERCURE",
+        port: int = 11112,
+        *,
+        orthanc_host: str = LOOPBACK,
+        orthanc_dicom_port: int,
+        orthanc_aet: str,
+        delay_s: float = 0.5,
+        quiet_s: float = 1.0,
+        results: Sequence[tuple[str, str]] = (("QA VISUALIZATION", "OT"), ("AI REPORT", "SR")),
+        out_dir: Path | None = None,
+        host: str = LOOPBACK,
+    ) -> None:
+        super().__init__(aet, port, out_dir=out_dir, host=host)
+        self.orthanc_host = orthanc_host
+        self.orthanc_dicom_port = orthanc_dicom_port
+        self.orthanc_aet = orthanc_aet
+        self.delay_s = delay_s
+        self.quiet_s = quiet_s
+        self.results = list(results)
+        self._pending: dict[str, _PendingStudy] = {}
+        self.returned = 0  # instances sent back to Orthanc successfully
+        self.returned_studies: list[str] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def received(self) -> int:
+        return self.total_receipts
+
+    def start(self) -> Self:
+        super().start()
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name=f"AINode-{self.aet}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10 + self.delay_s)
+            self._thread = None
+
+    def wait_returned(self, studies: int, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.returned_studies) >= studies:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def _received(self, ds: Dataset, receipt: Receipt) -> None:
+        with self._lock:
+            pending = self._pending.setdefault(receipt.study_instance_uid, _PendingStudy())
+            if not pending.datasets:  # the patient and study modules are all we need
+                pending.datasets.append(ds)
+            pending.last_received = time.monotonic()
+
+    def _due(self) -> list[tuple[str, list[Dataset]]]:
+        now = time.monotonic()
+        with self._lock:
+            ready = [uid for uid, p in self._pending.items() if now - p.last_received >= self.quiet_s]
+            return [(uid, self._pending.pop(uid).datasets) for uid in ready]
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for study_uid, datasets in self._due():
+                if self._stop.wait(self.delay_s):
+                    return
+                self._return_results(study_uid, datasets)
+            self._stop.wait(0.05)
+
+    def _return_results(self, study_uid: str, datasets: list[Dataset]) -> None:
+        derived: list[Dataset] = []
+        for description, modality in self.results:
+            derived.extend(derive_ai_series(datasets, description, modality))
+        try:
+            statuses = send_datasets(
+                derived, self.orthanc_host, self.orthanc_dicom_port, self.aet, self.orthanc_aet
+            )
+        except (AssociationFailed, OSError) as exc:
+            with self._lock:
+                self.errors.append(f"{study_uid}: {exc}")
+            return
+        ok = sum(1 for s in statuses if s == STATUS_SUCCESS)
+        with self._lock:
+            self.returned += ok
+            if ok == len(derived):
+                self.returned_studies.append(study_uid)
+            else:
+                self.errors.append(f"{study_uid}: statuses {[hex(s) for s in statuses]}")
+
+
+def echo(host: str, port: int, calling_aet: str, called_aet: str, timeout: float = 10) -> int:
+    """C-ECHO; return the status, or -1 when no association could be made."""
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[NODELAY_HANDLER])
+    if not assoc.is_established:
+        return STATUS_NO_RESPONSE
+    try:
+        status = assoc.send_c_echo()
+        return int(status.Status) if "Status" in status else STATUS_NO_RESPONSE
+    finally:
+        assoc.release()
+
+
+def datasets_by_study(datasets: Iterable[Dataset]) -> dict[str, list[Dataset]]:
+    out: dict[str, list[Dataset]] = {}
+    for ds in datasets:
+        out.setdefault(str(ds.StudyInstanceUID), []).append(ds)
+    return out

@@ -1,0 +1,129 @@
+"""Orthanc 1.10.1 configuration rendered from the hub's Settings.
+
+One renderer serves the native stack, the compose stack and the test harness, so
+the Orthanc that tests exercise is configured exactly like the one in production.
+The rendered file holds the Orthanc and PostgreSQL passwords: it is written mode 600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hub.envfile import write_private
+from hub.settings import PROJECT_ROOT, Settings
+
+ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
+PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
+# Loaded one by one: a folder would also load the PostgreSQL *storage* plugin and the
+# worklist and serve-folders plugins, which the hub does not want.
+PLUGINS = ("libOrthancPostgreSQLIndex.so", "libOrthancDicomWeb.so", "libOrthancWebViewer.so")
+DEFAULT_LUA = PROJECT_ROOT / "stack" / "lua" / "hub.lua"
+
+
+def render_orthanc_config(settings: Settings, *, lua_scripts: list[Path] | None = None) -> dict[str, Any]:
+    """Return Orthanc's JSON configuration (as a dict) for `settings`."""
+    scripts = [DEFAULT_LUA] if lua_scripts is None else lua_scripts
+    storage = str(settings.dicom_storage)
+    return {
+        "Name": f"Routing hub {settings.orthanc_aet}",
+        "StorageDirectory": storage,
+        # Unused while the PostgreSQL index is enabled, but Orthanc still creates it:
+        # keep it inside the hub's storage rather than the Debian default.
+        "IndexDirectory": storage,
+        "StorageCompression": False,
+        # Recycling must never delete a study the worker has not delivered yet: with
+        # a size or patient limit, Orthanc silently drops the oldest patients when the
+        # disk fills, including studies still queued for a destination or the AI.
+        # Disk space is managed by an operator-run purge of delivered studies instead.
+        "MaximumStorageSize": 0,
+        "MaximumPatientCount": 0,
+        # A resent instance must not replace the stored one (and its ReceptionDate and
+        # RemoteAET metadata, which the QI timings and AI-result detection rely on).
+        "OverwriteInstances": False,
+        "Plugins": [str(PLUGIN_DIR / name) for name in PLUGINS],
+        "LuaScripts": [str(Path(p).resolve()) for p in scripts],
+        "HttpServerEnabled": True,
+        "HttpPort": settings.orthanc_web_port,
+        "HttpDescribeErrors": True,
+        "HttpCompressionEnabled": True,
+        "KeepAlive": True,
+        "TcpNoDelay": True,
+        # Orthanc 1.10.1 listens on every interface; authentication is what protects it.
+        "RemoteAccessAllowed": True,
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {settings.orthanc_username: settings.orthanc_password.get_secret_value()},
+        "DicomServerEnabled": True,
+        "DicomAet": settings.orthanc_aet,
+        "DicomPort": settings.dicom_port,
+        "DicomCheckCalledAet": False,
+        # Modalities are managed through REST (`make seed-modalities`, the app) and
+        # must survive restarts, so they live in the PostgreSQL index.
+        "DicomModalitiesInDatabase": True,
+        "DicomModalities": {},
+        # Any sender may store and echo (a routing hub receives from many modalities
+        # whose addresses change); the sender AET is recorded as RemoteAET metadata.
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowEcho": True,
+        "DicomCheckModalityHost": False,
+        "DicomScuTimeout": 10,
+        "DeidentifyLogs": True,
+        "StableAge": settings.stable_age,
+        # The worker reads each job's outcome from /jobs/{id}; the default history of
+        # 10 loses outcomes under load. SaveJobs keeps them across restarts.
+        "JobsHistorySize": settings.jobs_history_size,
+        "SaveJobs": True,
+        "ConcurrentJobs": settings.orthanc_concurrent_jobs,
+        "PostgreSQL": {
+            "EnableIndex": True,
+            "EnableStorage": False,
+            "Host": settings.postgres_host,
+            "Port": settings.postgres_port,
+            "Database": settings.postgres_db,
+            "Username": settings.postgres_user,
+            "Password": settings.postgres_password.get_secret_value(),
+            "EnableSsl": False,
+            # One Orthanc per index database (the plugin's advisory lock).
+            "Lock": True,
+            # PostgreSQL may still be starting when Orthanc is (re)started.
+            "MaximumConnectionRetries": 10,
+            "ConnectionRetryInterval": 2,
+        },
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "WadoRoot": "/wado",
+            "Ssl": False,
+        },
+        "WebViewer": {"CachePath": str(settings.dicom_storage / "WebViewerCache")},
+    }
+
+
+def write_orthanc_config(settings: Settings, path: Path, *, lua_scripts: list[Path] | None = None) -> Path:
+    """Write the rendered configuration to `path` with mode 600 (it holds passwords)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(render_orthanc_config(settings, lua_scripts=lua_scripts), indent=2, sort_keys=True)
+    write_private(path, text + "\n")
+    return path
+
+
+def orthanc_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for the Orthanc process.
+
+    TCP_NODELAY=1 makes DCMTK disable Nagle's algorithm: on loopback it takes DICOM
+    transfers from about 10 to well over 100 instances/s. TZ is the site's zone, so
+    that Orthanc's local-time values are those of the site, not of the host.
+    """
+    env = dict(os.environ if base is None else base)
+    env["TCP_NODELAY"] = "1"
+    env["TZ"] = settings.tz
+    return env
+
+
+def orthanc_argv(config_path: Path) -> list[str]:
+    """Foreground command line for Orthanc (for a subprocess or supervisord)."""
+    return [str(ORTHANC_BINARY), str(config_path)]

@@ -1,0 +1,1 @@
+"""Test harness: real PostgreSQL, real Orthanc and real DICOM peers on loopback."""

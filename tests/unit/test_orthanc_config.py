@@ -1,0 +1,72 @@
+"""The Orthanc configuration rendered from Settings."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from hub.orthanc_config import orthanc_env, render_orthanc_config, write_orthanc_config
+from hub.settings import Settings
+
+
+def test_identity_ports_and_storage(hub_settings: Settings) -> None:
+    config = render_orthanc_config(hub_settings)
+    assert config["DicomAet"] == hub_settings.orthanc_aet
+    assert config["DicomPort"] == hub_settings.dicom_port
+    assert config["HttpPort"] == hub_settings.orthanc_web_port
+    assert config["StorageDirectory"] == str(hub_settings.dicom_storage)
+    assert config["IndexDirectory"] == str(hub_settings.dicom_storage)
+
+
+def test_plugins_are_listed_by_file_and_exist(hub_settings: Settings) -> None:
+    plugins = render_orthanc_config(hub_settings)["Plugins"]
+    assert [Path(p).name for p in plugins] == [
+        "libOrthancPostgreSQLIndex.so", "libOrthancDicomWeb.so", "libOrthancWebViewer.so"]
+    assert all(Path(p).is_file() for p in plugins)
+
+
+def test_postgresql_index_only(hub_settings: Settings) -> None:
+    pg = render_orthanc_config(hub_settings)["PostgreSQL"]
+    assert pg["EnableIndex"] is True and pg["EnableStorage"] is False
+    assert (pg["Host"], pg["Port"], pg["Database"], pg["Username"]) == (
+        hub_settings.postgres_host, hub_settings.postgres_port, hub_settings.postgres_db, hub_settings.postgres_user)
+    assert pg["Password"] == hub_settings.postgres_password.get_secret_value()
+
+
+def test_security_and_routing_behaviour(hub_settings: Settings) -> None:
+    config = render_orthanc_config(hub_settings)
+    assert config["AuthenticationEnabled"] is True
+    assert config["RemoteAccessAllowed"] is True
+    assert config["RegisteredUsers"] == {
+        hub_settings.orthanc_username: hub_settings.orthanc_password.get_secret_value()}
+    assert config["DicomWeb"]["Enable"] is True and config["DicomWeb"]["Root"] == "/dicom-web/"
+    assert config["StableAge"] == hub_settings.stable_age
+    assert config["JobsHistorySize"] == hub_settings.jobs_history_size
+    assert config["SaveJobs"] is True
+    assert config["ConcurrentJobs"] == hub_settings.orthanc_concurrent_jobs
+    assert config["DicomModalitiesInDatabase"] is True
+    assert config["DicomAlwaysAllowStore"] is True and config["DicomAlwaysAllowEcho"] is True
+    assert config["DicomCheckModalityHost"] is False
+    # Recycling would delete undelivered studies: never on.
+    assert config["MaximumStorageSize"] == 0 and config["MaximumPatientCount"] == 0
+    assert config["OverwriteInstances"] is False
+
+
+def test_lua_scripts(hub_settings: Settings, tmp_path: Path) -> None:
+    default = render_orthanc_config(hub_settings)["LuaScripts"]
+    assert len(default) == 1 and default[0].endswith("stack/lua/hub.lua") and Path(default[0]).is_file()
+    script = tmp_path / "x.lua"
+    assert render_orthanc_config(hub_settings, lua_scripts=[script])["LuaScripts"] == [str(script)]
+    assert render_orthanc_config(hub_settings, lua_scripts=[])["LuaScripts"] == []
+
+
+def test_written_file_is_private_json(hub_settings: Settings, tmp_path: Path) -> None:
+    path = write_orthanc_config(hub_settings, tmp_path / "sub" / "orthanc.json")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text()) == render_orthanc_config(hub_settings)
+
+
+def test_environment_has_nodelay_and_site_tz(hub_settings: Settings) -> None:
+    env = orthanc_env(hub_settings, base={"PATH": "/usr/bin", "TZ": "UTC"})
+    assert env == {"PATH": "/usr/bin", "TZ": hub_settings.tz, "TCP_NODELAY": "1"}
