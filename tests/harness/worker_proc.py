@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import httpx
+from sqlalchemy import Engine, text
 
+from hub.dicom_peers import send_datasets
 from hub.settings import PROJECT_ROOT
 from tests.harness.procs import spawn
 from tests.harness.stack import write_env
@@ -65,3 +67,53 @@ class WorkerProcess:
             code = self.proc.wait(10)
         self.proc = None
         return code
+
+
+# --- helpers shared by the worker tests -------------------------------------------------
+
+ALL_TO_PACS = """
+version: 1
+rules:
+  - name: everything-to-pacs
+    when: {kind: original}
+    then: {deliver_to: [PACS], payload: matched}
+"""
+
+
+def rules_file(directory: Path, content: str) -> str:
+    path = directory / "routing.yml"
+    path.write_text(content)
+    return str(path)
+
+
+def send(datasets, settings, calling_aet: str = "MODALITY1") -> None:
+    """C-STORE datasets to the test Orthanc and insist every one was accepted."""
+    statuses = send_datasets(datasets, "127.0.0.1", settings.dicom_port, calling_aet, settings.orthanc_aet)
+    assert statuses and all(s == 0 for s in statuses), statuses
+
+
+def jobs(engine: Engine) -> list:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT * FROM routing_jobs ORDER BY id")).mappings().all()
+
+
+def event_types(engine: Engine, study_uid: str) -> list[tuple[str, str | None]]:
+    with engine.connect() as conn:
+        return [
+            (r.type, r.destination)
+            for r in conn.execute(
+                text("SELECT e.type, e.destination FROM events e JOIN studies s ON s.id = e.study_id "
+                     "WHERE s.study_uid = :uid ORDER BY e.at, e.id"),
+                {"uid": study_uid},
+            )
+        ]
+
+
+def study_row(engine: Engine, study_uid: str):  # noqa: ANN201 - a RowMapping or None
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT * FROM studies WHERE study_uid = :u"), {"u": study_uid}).mappings().first()
+
+
+def all_jobs_final(engine: Engine, n: int) -> bool:
+    rows = jobs(engine)
+    return len(rows) >= n and all(r["state"] in ("succeeded", "dead", "cancelled") for r in rows)

@@ -8,103 +8,20 @@ the storage SCPs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from hub.dicom_peers import AINode, send_datasets
+from hub.dicom_peers import AINode
 from hub.synthetic import derive_ai_series, make_study
 from tests.harness.ports import free_port
 from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import WorkerProcess
+from tests.harness.worker_proc import ALL_TO_PACS, all_jobs_final, event_types, jobs, rules_file, send, study_row
 
 pytestmark = pytest.mark.integration
 
 LEG_LENGTH = "XR EXTREMITY BILATERAL BONE LENGTH"
-
-ALL_TO_PACS = """
-version: 1
-rules:
-  - name: everything-to-pacs
-    when: {kind: original}
-    then: {deliver_to: [PACS], payload: matched}
-"""
-
-
-@pytest.fixture
-def env(qi_db, hub_values, clean_orthanc, tmp_path) -> dict:
-    """Raw settings for workers on this test's database, with fast retries."""
-    return {
-        **hub_values,
-        "QI_DB": qi_db.name,
-        "ROUTING_API_PORT": str(free_port()),
-        "RETRY_BASE": "0.5",
-        "RETRY_CAP": "2",
-        "RETRY_MAX_ATTEMPTS": "30",
-        "POLL_INTERVAL": "0.2",
-    }
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(values: dict, name: str = "worker") -> WorkerProcess:
-        proc = WorkerProcess(values, tmp_path, name).start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-
-
-@pytest.fixture
-def db(qi_db):
-    engine = create_engine(qi_db.url)
-    yield engine
-    engine.dispose()
-
-
-def rules_file(tmp_path: Path, content: str) -> str:
-    path = tmp_path / "routing.yml"
-    path.write_text(content)
-    return str(path)
-
-
-def send(datasets, settings, calling_aet: str = "MODALITY1") -> None:
-    statuses = send_datasets(datasets, "127.0.0.1", settings.dicom_port, calling_aet, settings.orthanc_aet)
-    assert statuses and all(s == 0 for s in statuses), statuses
-
-
-def jobs(engine) -> list:
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT * FROM routing_jobs ORDER BY id")).mappings().all()
-
-
-def event_types(engine, study_uid: str) -> list[tuple[str, str | None]]:
-    with engine.connect() as conn:
-        return [
-            (r.type, r.destination)
-            for r in conn.execute(
-                text("SELECT e.type, e.destination FROM events e JOIN studies s ON s.id = e.study_id "
-                     "WHERE s.study_uid = :uid ORDER BY e.at, e.id"),
-                {"uid": study_uid},
-            )
-        ]
-
-
-def study_row(engine, study_uid: str):
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT * FROM studies WHERE study_uid = :u"), {"u": study_uid}).mappings().first()
-
-
-def all_jobs_final(engine, n: int) -> bool:
-    rows = jobs(engine)
-    return len(rows) >= n and all(r["state"] in ("succeeded", "dead", "cancelled") for r in rows)
-
 
 def test_full_flow_through_ai_to_two_pacs(env, workers, db, clean_orthanc, make_pacs, hub_settings, tmp_path):
     """Leg-length study -> MERCURE -> results back -> QA viz to both routers, SR to MODLINK."""
