@@ -114,6 +114,14 @@ job_series = Table(
     Column("is_resend", Boolean, nullable=False),
 )
 
+destination_holds = Table(
+    "destination_holds", metadata,
+    Column("destination", Text, primary_key=True),
+    Column("held_at", TZ, nullable=False),
+    Column("held_by", Text, nullable=False),
+    Column("reason", Text),
+)
+
 worker_state = Table(
     "worker_state", metadata,
     Column("name", Text, primary_key=True),

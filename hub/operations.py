@@ -102,3 +102,27 @@ def resend_study(
           after={"destination": destination, "job": job_id, "series": len(series_ids)})
     refresh_study_status(conn, study_id)
     return job_id
+
+
+def hold_destination(conn: Connection, destination: str, *, actor: str, source: str, reason: str | None = None) -> bool:
+    """Stop sending to `destination` (jobs wait, without spending attempts); False if already held."""
+    held = conn.execute(
+        text("INSERT INTO destination_holds (destination, held_by, reason) VALUES (:d, :a, :r) "
+             "ON CONFLICT DO NOTHING"),
+        {"d": destination, "a": actor, "r": reason},
+    ).rowcount == 1
+    if held:
+        audit(conn, actor=actor, source=source, action="destination.hold", target=f"destination:{destination}",
+              after={"held": True, "reason": reason})
+    return held
+
+
+def release_destination(conn: Connection, destination: str, *, actor: str, source: str) -> bool:
+    """Resume sending to `destination`; False if it was not held."""
+    released = conn.execute(
+        text("DELETE FROM destination_holds WHERE destination = :d"), {"d": destination}
+    ).rowcount == 1
+    if released:
+        audit(conn, actor=actor, source=source, action="destination.release", target=f"destination:{destination}",
+              before={"held": True}, after={"held": False})
+    return released

@@ -153,6 +153,7 @@ class Dispatcher:
                            OR (j.state = 'sending' AND (j.claimed_by IS NULL
                                OR j.claimed_by NOT IN (SELECT worker_id FROM live))))
                           AND j.id <> ALL(CAST(:mine AS bigint[]))
+                          AND NOT EXISTS (SELECT 1 FROM destination_holds h WHERE h.destination = j.destination)
                         ORDER BY j.next_attempt_at, j.id LIMIT 2000
                         FOR UPDATE SKIP LOCKED
                     ), ranked AS (

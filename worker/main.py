@@ -77,6 +77,7 @@ class Worker:
         self.tailer = Tailer(settings, self.engine, self.orthanc, self.rules)
         self.dispatcher = Dispatcher(settings, self.engine, self.orthanc, self.worker_id)
         self.cursor_lock = CursorLock(self.engine)
+        self.tailer.on_commit = self.dispatcher.wake.set
         self.stop = threading.Event()
         self.started_at = datetime.now(UTC)
         self.owns_cursor = False
@@ -166,8 +167,6 @@ class Worker:
                         check_ai_overdue(self.engine, self.settings.ai_result_timeout)
                         last_overdue = time.monotonic()
                 self.orthanc_ok = True
-                if busy:
-                    self.dispatcher.wake.set()
                 backoff = 1.0
                 if not busy:
                     self.stop.wait(self.settings.poll_interval)

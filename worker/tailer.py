@@ -9,6 +9,8 @@ Only one worker owns the cursor at a time (a PostgreSQL advisory lock).
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +30,8 @@ CURSOR = "changes_cursor"
 CURSOR_LOCK_KEY = 0x0A7C_0001
 HANDLED = {"NewSeries", "StableSeries", "StableStudy"}
 MAX_CHANGE_FAILURES = 5
+GROUP_MAX = 50
+GROUP_S = 0.25
 
 
 class ChangeFailed(RuntimeError):
@@ -60,6 +64,7 @@ class Tailer:
         self.last_seen = 0
         self.cursor = 0
         self.failures: dict[int, int] = {}
+        self.on_commit: Callable[[], None] | None = None  # wakes the dispatcher when jobs may be new
 
     def step(self) -> int:
         with self.engine.connect() as conn:
@@ -72,49 +77,70 @@ class Tailer:
             with self.engine.begin() as conn:
                 write_cursor(conn, 0)
             return 0
-        pending = cursor
-        for change in page["Changes"]:
-            seq = int(change["Seq"])
-            if change["ChangeType"] in HANDLED:
-                self._handle_once(change, seq)
-                pending = None
-            else:
-                pending = seq
-            CHANGES_PROCESSED.labels(change["ChangeType"]).inc()
-            self.cursor = seq
-        if pending is not None and pending != cursor:
-            with self.engine.begin() as conn:
-                write_cursor(conn, pending)
+        changes = page["Changes"]
+        index = 0
+        while index < len(changes):
+            index = self._commit_group(changes, index)
+            if self.on_commit is not None:
+                self.on_commit()
         self.cursor = max(self.cursor, cursor)
         self.last_seen = last
         CURSOR_LAG.set(max(0, last - self.cursor))
-        return len(page["Changes"])
+        return len(changes)
 
-    def _handle_once(self, change: dict[str, Any], seq: int) -> None:
-        """Handle one change with its cursor advance; skip it, loudly, after repeated data errors.
+    def _commit_group(self, changes: list[dict[str, Any]], start: int) -> int:
+        """Handle changes from `start` in one transaction that also advances the cursor.
 
-        Connectivity errors propagate (the main loop backs off and retries the same
-        change). A change that fails for any other reason MAX_CHANGE_FAILURES times in
-        a row would block the hub for good, so it is logged with its path and skipped:
-        the resource stays in Orthanc and is picked up again by its next Stable* change.
+        A group ends after GROUP_MAX handled changes or GROUP_S seconds, so commits are
+        shared without delaying the dispatcher. Each change runs in a savepoint:
+        connectivity errors abort the group (nothing of it is kept; it is redone after
+        the backoff). Any other error keeps what came before, moves the cursor up to the
+        failing change and raises ChangeFailed; after MAX_CHANGE_FAILURES tries the
+        change is logged and skipped, since one bad change must not block the hub (its
+        resource stays in Orthanc and its next Stable* change brings it back).
+        Returns the index after the last change the group consumed.
         """
-        try:
-            with self.engine.begin() as conn:
-                self.handle(conn, change)
-                write_cursor(conn, seq)
-            self.failures.pop(seq, None)
-        except (OperationalError, InterfaceError, OrthancUnavailable):
-            raise
-        except Exception:
-            self.failures[seq] = self.failures.get(seq, 0) + 1
-            log.exception("change could not be processed",
-                          extra={"fields": {"seq": seq, "path": change.get("Path"), "attempt": self.failures[seq]}})
-            if self.failures[seq] < MAX_CHANGE_FAILURES:
-                raise ChangeFailed(seq) from None
-            CHANGES_FAILED.inc()
-            with self.engine.begin() as conn:
-                write_cursor(conn, seq)
-            self.failures.pop(seq, None)
+        began = time.monotonic()
+        handled = 0
+        index = start
+        failed: int | None = None
+        with self.engine.begin() as conn:
+            while index < len(changes) and handled < GROUP_MAX and time.monotonic() - began < GROUP_S:
+                change = changes[index]
+                seq = int(change["Seq"])
+                if change["ChangeType"] in HANDLED:
+                    try:
+                        with conn.begin_nested():
+                            self.handle(conn, change)
+                        handled += 1
+                        self.failures.pop(seq, None)
+                    except (OperationalError, InterfaceError, OrthancUnavailable):
+                        raise
+                    except Exception:
+                        if not self._skip_after_failure(change, seq):
+                            failed = seq
+                            break
+                CHANGES_PROCESSED.labels(change["ChangeType"]).inc()
+                index += 1
+            if index > start:
+                write_cursor(conn, int(changes[index - 1]["Seq"]))
+        if index > start:
+            self.cursor = int(changes[index - 1]["Seq"])
+        if failed is not None:
+            raise ChangeFailed(failed)
+        return index
+
+    def _skip_after_failure(self, change: dict[str, Any], seq: int) -> bool:
+        """Count a failed change; True when it has failed often enough to be skipped."""
+        self.failures[seq] = self.failures.get(seq, 0) + 1
+        log.exception("change could not be processed",
+                      extra={"fields": {"seq": seq, "path": change.get("Path"), "attempt": self.failures[seq]}})
+        if self.failures[seq] < MAX_CHANGE_FAILURES:
+            return False
+        CHANGES_FAILED.inc()
+        self.failures.pop(seq, None)
+        log.error("change skipped after repeated failures", extra={"fields": {"seq": seq, "path": change.get("Path")}})
+        return True
 
     def handle(self, conn: Connection, change: dict[str, Any]) -> None:
         now = datetime.now(UTC)

@@ -231,3 +231,25 @@ def test_sigterm_leaves_consistent_state(env, workers, db, pacs, clean_orthanc, 
         beats = conn.execute(text("SELECT count(*) FROM worker_heartbeats")).scalar_one()
     assert orphaned == 0 and beats == 0
 
+
+
+def test_held_destination_waits_without_spending_attempts(env, workers, db, pacs, clean_orthanc, hub_settings,
+                                                          tmp_path):
+    from hub.operations import hold_destination, release_destination
+
+    clean_orthanc.rest.put_modality("PACS", pacs.aet, pacs.port)
+    with db.begin() as conn:
+        assert hold_destination(conn, "PACS", actor="ops", source="cli", reason="PACS downtime")
+        assert not hold_destination(conn, "PACS", actor="ops", source="cli")
+    workers({**env, "ROUTING_RULES": rules_file(tmp_path, ALL_TO_PACS)})
+    send(make_study(1, 2, "CR HELD"), hub_settings)
+    wait_until(lambda: len(jobs(db)) == 1, timeout=30, what="the job queued")
+    time.sleep(2)
+    assert [(j["state"], j["attempts"]) for j in jobs(db)] == [("queued", 0)]
+    assert pacs.instance_count == 0
+    with db.begin() as conn:
+        assert release_destination(conn, "PACS", actor="ops", source="cli")
+    wait_until(lambda: all_jobs_final(db, 1) and pacs.instance_count == 2, timeout=30, what="delivery after release")
+    with db.connect() as conn:
+        actions = [r.action for r in conn.execute(text("SELECT action FROM audit_log ORDER BY id"))]
+    assert actions == ["destination.hold", "destination.release"]

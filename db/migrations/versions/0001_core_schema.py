@@ -118,6 +118,15 @@ CREATE TABLE job_series (
 );
 CREATE UNIQUE INDEX job_series_once_idx ON job_series (series_id, destination) WHERE NOT is_resend;
 
+-- Destinations an operator has put on hold (for example during a PACS downtime): their
+-- jobs stay queued, are not attempted and so do not burn retries, until released.
+CREATE TABLE destination_holds (
+    destination text PRIMARY KEY,
+    held_at     timestamptz NOT NULL DEFAULT now(),
+    held_by     text NOT NULL,
+    reason      text
+);
+
 CREATE TABLE worker_state (
     name        text PRIMARY KEY,
     value       bigint NOT NULL,
@@ -170,7 +179,7 @@ CREATE TABLE app_users (
 """
 
 DOWNGRADE = """
-DROP TABLE app_users, audit_log, config_status, worker_heartbeats, worker_state,
+DROP TABLE app_users, audit_log, config_status, worker_heartbeats, worker_state, destination_holds,
     job_series, routing_jobs, events, series, studies;
 """
 
