@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from hub import qi
 from hub.db import engine_for
 from hub.jsonutil import jsonable
 from hub.logs import setup_logging
@@ -35,6 +36,7 @@ from worker.tailer import CURSOR_LOCK_KEY, ChangeFailed, Tailer, check_ai_overdu
 log = logging.getLogger("worker")
 HEARTBEAT_S = 2.0
 OVERDUE_CHECK_S = 5.0
+QI_REFRESH_S = 30.0
 SHUTDOWN_GRACE_S = 20.0
 MAX_BACKOFF_S = 30.0
 
@@ -152,6 +154,8 @@ class Worker:
         observer = None
         backoff = 1.0
         last_overdue = 0.0
+        last_qi_refresh = 0.0
+        qi_synced = False
         log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
         while not self.stop.is_set():
             try:
@@ -159,6 +163,10 @@ class Worker:
                     self.rules.reload()
                     observer = watch(self.rules)
                 self.db_ok = True
+                if not qi_synced:
+                    with self.engine.begin() as conn:
+                        qi.sync_qi_settings(conn, self.settings)
+                    qi_synced = True
                 busy = 0
                 self.owns_cursor = self.cursor_lock.held()
                 if self.owns_cursor:
@@ -166,6 +174,10 @@ class Worker:
                     if time.monotonic() - last_overdue >= OVERDUE_CHECK_S:
                         check_ai_overdue(self.engine, self.settings.ai_result_timeout)
                         last_overdue = time.monotonic()
+                    if time.monotonic() - last_qi_refresh >= QI_REFRESH_S:
+                        with self.engine.begin() as conn:  # keeps the QI cache warm for Grafana
+                            qi.refresh(conn)
+                        last_qi_refresh = time.monotonic()
                 self.orthanc_ok = True
                 backoff = 1.0
                 if not busy:

@@ -19,6 +19,13 @@ def health_status(worker) -> dict:
         return {}
 
 
+def orthanc_answers(orthanc) -> bool:
+    try:
+        return orthanc.rest.http.get("/system", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def test_recovers_after_orthanc_restart(env, workers, db, pacs, orthanc, clean_orthanc, hub_settings, tmp_path):
     clean_orthanc.rest.put_modality("PACS", pacs.aet, pacs.port)
     worker = workers({**env, "ROUTING_RULES": rules_file(tmp_path, ALL_TO_PACS)})
@@ -45,7 +52,7 @@ def test_recovers_after_postgres_restart(env, workers, db, pacs, pg_server, clea
     wait_until(lambda: health_status(worker).get("status") == "ok", timeout=60, what="worker healthy again")
     # Orthanc's index is in the same PostgreSQL: it refuses C-STOREs during the outage
     # (so the modality keeps the study) and accepts again once the database is back.
-    wait_until(lambda: clean_orthanc.rest.get("/system"), timeout=30, what="Orthanc answering")
+    wait_until(lambda: orthanc_answers(clean_orthanc), timeout=60, what="Orthanc answering again")
     send(make_study(1, 2, "CR AFTER DB OUTAGE"), hub_settings)
     wait_until(lambda: all_jobs_final(db, 1) and pacs.instance_count == 2, timeout=90,
                what="delivery after the database came back")

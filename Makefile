@@ -1,0 +1,77 @@
+# Routing hub: `make run` starts the whole stack, `make test` runs every check.
+#
+# The stack commands are implemented in hub/stack (python -m hub.stack); this file
+# only makes sure the virtual environment exists first. STACK_MODE=auto uses Docker
+# Compose when a Docker engine answers and `docker compose` works, and the native
+# stack (supervisord) otherwise; force one with STACK_MODE=native or STACK_MODE=compose.
+# Tooling targets (setup, backup, restore, ...) live in mk/*.mk, included at the end.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.requirements-installed
+STACK_MODE ?= auto
+STACK := $(VENV_PY) -m hub.stack --mode $(STACK_MODE)
+# make logs SERVICE=orthanc FOLLOW=1 LINES=200
+SERVICE ?=
+FOLLOW ?=
+LINES ?= 100
+# make test PYTEST_ARGS="-k compose -x"
+PYTEST_ARGS ?=
+
+.PHONY: help venv env run start stop restart status logs lint test
+
+help: ## list the targets
+	@echo "Routing hub. Quick start: make run (start everything), make test (all checks)."
+	@echo
+	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
+		awk 'BEGIN {FS = ":.*## "} {printf "  make %-18s %s\n", $$1, $$2}'
+
+$(VENV_STAMP): requirements.txt requirements-dev.txt
+	@if [ ! -x $(VENV_PY) ]; then \
+		echo "Creating the virtual environment in $(VENV)"; \
+		$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+			rm -rf $(VENV); \
+			if [ "$$(id -u)" -eq 0 ]; then bash stack/native/install-debian-packages.sh python3-venv; \
+			else echo "python3 -m venv failed: install python3-venv (sudo apt-get install python3-venv)" >&2; exit 1; fi; \
+			$(PYTHON) -m venv $(VENV); }; \
+	fi
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+venv: $(VENV_STAMP) ## create or update the Python virtual environment (.venv)
+
+env: $(VENV_STAMP) ## create .env from config/env.defaults with generated passwords, if absent
+	@$(STACK) env
+
+run: $(VENV_STAMP) ## install what is missing, create .env if absent, start the stack, wait for health
+	@$(STACK) run
+
+start: $(VENV_STAMP) ## start the stack (like run, without installing Debian packages)
+	@$(STACK) start
+
+stop: $(VENV_STAMP) ## stop everything `make run` started
+	@$(STACK) stop
+
+restart: $(VENV_STAMP) ## stop, then start the stack (applies changes to .env)
+	@$(STACK) restart
+
+status: $(VENV_STAMP) ## each service's state and a real health probe (exit code 1 if unhealthy)
+	@$(STACK) status
+
+logs: $(VENV_STAMP) ## show the logs (SERVICE=postgres|orthanc|worker|app, FOLLOW=1, LINES=N)
+	@$(STACK) logs -n $(LINES) $(if $(FOLLOW),--follow) $(SERVICE)
+
+lint: $(VENV_STAMP) ## ruff on the whole project
+	$(VENV)/bin/ruff check .
+
+test: $(VENV_STAMP) ## ruff, then the whole pytest suite (unit, integration, browser)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Tooling targets (setup, quick-setup, menu, seed-modalities, backup, restore, rebuild,
+# upgrade, clean, reset, uninstall, demo) are defined in mk/*.mk.
+-include mk/*.mk

@@ -1,0 +1,136 @@
+"""Plotly charts for the QI pages: every chart has its definition and a "download data" button.
+
+`chart_block` is the only way a QI page shows a chart, which is how the rule "each
+chart explains its definition in one line and offers its data" is kept. Buckets are
+local calendar days, weeks (starting Monday) or months in the configured TZ, so the
+x axes are plain dates and need no conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from hub.reports import frame_bytes
+
+PERCENTILES: tuple[str, ...] = ("p50", "p90", "p95")
+WEEKDAYS: tuple[str, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_LAYOUT = {"margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "legend": {"orientation": "h", "y": -0.2}}
+
+
+def chart_block(title: str, fig: go.Figure | None, data: pd.DataFrame, definition: str, key: str,
+                zone: ZoneInfo) -> None:
+    """Title, the chart (or a plain "no data" note), its one-line definition and its data."""
+    st.markdown(f"**{title}**")
+    if fig is None or data.empty:
+        st.info("No data for these filters.")
+    else:
+        fig.update_layout(**_LAYOUT)
+        st.plotly_chart(fig, key=f"chart_{key}", width="stretch")
+    st.caption(definition)
+    download_data(data, key, zone)
+
+
+def download_data(data: pd.DataFrame, key: str, zone: ZoneInfo, label: str = "Download data") -> None:
+    """A CSV download of exactly what the chart shows (generated when clicked)."""
+    st.download_button(
+        label, data=lambda: frame_bytes(data, "csv", zone), file_name=f"{key}.csv", mime="text/csv",
+        key=f"download_{key}", on_click="ignore", icon=":material/download:", disabled=data.empty,
+    )
+
+
+def minutes(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """A copy with the given second columns converted to minutes (for readable axes)."""
+    out = frame.copy()
+    for column in columns:
+        out[column] = out[column].astype(float) / 60.0
+    return out
+
+
+def percentile_trend(stats: pd.DataFrame, *, sla_s: float | None = None, title_y: str = "minutes",
+                     color: str | None = None) -> go.Figure | None:
+    """p50, p90 and p95 per bucket (one line each), with the SLA threshold as a line."""
+    if stats.empty:
+        return None
+    long = minutes(stats, PERCENTILES).melt(
+        id_vars=[c for c in ("bucket", "grp", "stage", "n") if c in stats.columns],
+        value_vars=list(PERCENTILES), var_name="percentile", value_name=title_y)
+    if color:
+        long["series"] = long[color].astype(str) + " " + long["percentile"]
+        fig = px.line(long, x="bucket", y=title_y, color="series", markers=True, hover_data=["n"])
+    else:
+        fig = px.line(long, x="bucket", y=title_y, color="percentile", markers=True, hover_data=["n"])
+    if sla_s is not None:
+        fig.add_hline(y=sla_s / 60.0, line_dash="dash", line_color="red",
+                      annotation_text=f"SLA {sla_s / 60:g} min", annotation_position="top left")
+    fig.update_xaxes(title=None)
+    return fig
+
+
+def histogram(hist: pd.DataFrame, *, bin_s: float, sla_s: float | None = None) -> go.Figure | None:
+    """Bars of a binned distribution (seconds -> minutes); the overflow bin is labelled."""
+    if hist.empty:
+        return None
+    frame = hist.copy()
+    frame["from_min"] = frame["bin_start"].astype(float) / 60.0
+    frame["label"] = [
+        f"≥ {s / 60:g} min" if e == float("inf") else f"{s / 60:g}–{e / 60:g} min"
+        for s, e in zip(frame["bin_start"], frame["bin_end"], strict=True)
+    ]
+    fig = px.bar(frame, x="from_min", y="n", hover_data=["label"], labels={"from_min": "minutes", "n": "studies"})
+    fig.update_traces(width=bin_s / 60.0 * 0.95, offset=0)
+    if sla_s is not None:
+        fig.add_vline(x=sla_s / 60.0, line_dash="dash", line_color="red",
+                      annotation_text=f"SLA {sla_s / 60:g} min")
+    return fig
+
+
+def rate_trend(frame: pd.DataFrame, rate: str, *, color: str | None = None, target: float | None = None,
+               y_title: str = "share") -> go.Figure | None:
+    """A rate (0..1) per bucket as percentages, optionally one line per group."""
+    if frame.empty:
+        return None
+    data = frame.copy()
+    data[y_title] = data[rate].astype(float) * 100.0
+    fig = px.line(data, x="bucket", y=y_title, color=color, markers=True)
+    fig.update_yaxes(ticksuffix=" %", rangemode="tozero")
+    if target is not None:
+        fig.add_hline(y=target * 100.0, line_dash="dot", line_color="grey")
+    fig.update_xaxes(title=None)
+    return fig
+
+
+def stacked_bars(frame: pd.DataFrame, x: str, columns: Sequence[str], *, y_title: str = "count") -> go.Figure | None:
+    if frame.empty:
+        return None
+    long = frame.melt(id_vars=[x], value_vars=list(columns), var_name="kind", value_name=y_title)
+    fig = px.bar(long, x=x, y=y_title, color="kind")
+    fig.update_xaxes(title=None)
+    return fig
+
+
+def grouped_bars(frame: pd.DataFrame, x: str, y: str, color: str | None = None) -> go.Figure | None:
+    if frame.empty:
+        return None
+    fig = px.bar(frame, x=x, y=y, color=color, barmode="stack")
+    fig.update_xaxes(title=None)
+    return fig
+
+
+def weekday_hour_heatmap(heat: pd.DataFrame) -> go.Figure | None:
+    """Studies per local hour (x) and ISO weekday (y), every cell shown (zeros included)."""
+    if heat.empty:
+        return None
+    grid = pd.DataFrame(0, index=range(1, 8), columns=range(24))
+    for row in heat.itertuples(index=False):
+        grid.loc[int(row.isodow), int(row.hour)] = int(row.studies)
+    fig = go.Figure(go.Heatmap(z=grid.values, x=[f"{h:02d}" for h in range(24)], y=list(WEEKDAYS),
+                               colorscale="Blues", hovertemplate="%{y} %{x}:00 — %{z} studies<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title="hour of day")
+    return fig

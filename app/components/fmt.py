@@ -1,0 +1,77 @@
+"""Display helpers: times in the site's zone, ages, and tables ready for st.dataframe.
+
+All timestamps are stored in UTC; operators read them in the configured TZ, and the
+zone's name is always shown next to them so nobody has to guess.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+
+TS_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def local(value: datetime | None, zone: ZoneInfo, fmt: str = TS_FORMAT) -> str:
+    return value.astimezone(zone).strftime(fmt) if value is not None else ""
+
+
+def age(seconds: float | None) -> str:
+    """A short human duration: 42 s, 3 min 12 s, 2 h 5 min, 4 d 3 h."""
+    if seconds is None:
+        return "–"
+    s = int(round(seconds))
+    sign = "-" if s < 0 else ""
+    s = abs(s)
+    if s < 60:
+        return f"{sign}{s} s"
+    if s < 3600:
+        return f"{sign}{s // 60} min {s % 60} s"
+    if s < 86400:
+        return f"{sign}{s // 3600} h {s % 3600 // 60} min"
+    return f"{sign}{s // 86400} d {s % 86400 // 3600} h"
+
+
+def dicom_datetime(date: str | None, time: str | None) -> str:
+    """DICOM DA/TM (20261128, 034842.123) as 2026-11-28 03:48:42; anything odd is shown as is."""
+    if not date:
+        return "–"
+    text = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 and date.isdigit() else date
+    clock = (time or "").split(".")[0]
+    if len(clock) >= 4 and clock.isdigit():
+        text += f" {clock[:2]}:{clock[2:4]}" + (f":{clock[4:6]}" if len(clock) >= 6 else "")
+    elif clock:
+        text += f" {clock}"
+    return text
+
+
+def compact_json(value: Any) -> str:
+    if value is None:
+        return ""
+    return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def table(
+    rows: Sequence[dict[str, Any]],
+    columns: dict[str, str],
+    zone: ZoneInfo,
+    *,
+    json_columns: Iterable[str] = (),
+) -> pd.DataFrame:
+    """A DataFrame with `columns` (key -> header), datetimes rendered in `zone`."""
+    json_cols = set(json_columns)
+    data: dict[str, list[Any]] = {header: [] for header in columns.values()}
+    for row in rows:
+        for key, header in columns.items():
+            value = row.get(key)
+            if isinstance(value, datetime):
+                value = local(value, zone)
+            elif key in json_cols:
+                value = compact_json(value)
+            data[header].append(value)
+    return pd.DataFrame(data)

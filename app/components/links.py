@@ -1,0 +1,78 @@
+"""Links that open a study in the viewer and in Orthanc's own UI.
+
+The links are followed by the operator's browser, not by the app, so they use the
+host name the browser used to reach the app (the Host header) with the viewer's and
+Orthanc's ports from .env. OHIF is linked when its server answers; otherwise (native
+mode without OHIF) the Orthanc web viewer plugin, or Orthanc Explorer without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import streamlit as st
+
+from app.components.orthanc import plugins, port_open
+from hub.settings import Settings
+
+
+@dataclass(frozen=True)
+class Link:
+    label: str
+    url: str
+
+
+def browser_host(settings: Settings) -> str:
+    """The host part of the URL the browser used for the app (IPv6 kept in brackets)."""
+    host = ""
+    try:
+        host = st.context.headers.get("Host") or ""
+    except Exception:  # noqa: BLE001 - no request context (tests, scripts)
+        host = ""
+    if host.startswith("["):
+        return host.split("]")[0] + "]"
+    host = host.split(":")[0]
+    if host:
+        return host
+    fallback = settings.orthanc_host
+    return "127.0.0.1" if fallback in ("0.0.0.0", "::") else fallback
+
+
+def orthanc_base(settings: Settings) -> str:
+    return f"http://{browser_host(settings)}:{settings.orthanc_web_port}"
+
+
+def orthanc_study_url(settings: Settings, orthanc_id: str) -> str:
+    return f"{orthanc_base(settings)}/app/explorer.html#study?uuid={quote(orthanc_id)}"
+
+
+def web_viewer_url(settings: Settings, series_orthanc_id: str) -> str:
+    return f"{orthanc_base(settings)}/web-viewer/app/viewer.html?series={quote(series_orthanc_id)}"
+
+
+def ohif_url(settings: Settings, study_uid: str) -> str:
+    return f"http://{browser_host(settings)}:{settings.ohif_port}/viewer?StudyInstanceUIDs={quote(study_uid)}"
+
+
+def ohif_running(settings: Settings) -> bool:
+    probe_host = settings.bind_address if settings.bind_address not in ("0.0.0.0", "::") else "127.0.0.1"
+    return port_open(probe_host, settings.ohif_port)
+
+
+def web_viewer_loaded() -> bool:
+    return "web-viewer" in plugins()
+
+
+def viewer_links(
+    settings: Settings, study_uid: str, orthanc_id: str | None, series_orthanc_ids: list[str]
+) -> list[Link]:
+    """The viewer link(s) for a study, best available first, then Orthanc's UI."""
+    links: list[Link] = []
+    if ohif_running(settings):
+        links.append(Link("Open in OHIF viewer", ohif_url(settings, study_uid)))
+    elif series_orthanc_ids and web_viewer_loaded():
+        links.append(Link("Open in Orthanc web viewer", web_viewer_url(settings, series_orthanc_ids[0])))
+    if orthanc_id:
+        links.append(Link("Open in Orthanc Explorer", orthanc_study_url(settings, orthanc_id)))
+    return links

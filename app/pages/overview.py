@@ -1,0 +1,186 @@
+"""Overview: the real health of the hub, measured on every render.
+
+Orthanc is asked for /system, PostgreSQL answers a query, and each worker's health
+comes from its own heartbeat row; the counts come from indexed queries over the
+core tables. Nothing is hard-coded: a service that cannot be reached shows as Down
+with the error that proved it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.components.access import require_role
+from app.components.db import describe, reading, show_error
+from app.components.fmt import age, local, table
+from app.components.kpi import health_card, metric
+from app.components.orthanc import orthanc_health
+from app.context import get_settings
+from hub import queries
+from hub.settings import Settings
+
+
+def worker_stale_after(poll_interval: float) -> float:
+    """Seconds without a heartbeat after which a worker counts as down."""
+    return max(30.0, 10 * poll_interval)
+
+
+def _storage_card(settings: Settings) -> None:
+    path = settings.dicom_storage
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError as exc:
+        health_card("DICOM storage", False, f"{path}: {exc.strerror or exc}")
+        return
+    pct = usage.used / usage.total * 100 if usage.total else 0.0
+    gib = 1024 ** 3
+    health_card(
+        "DICOM storage", True,
+        f"{path}: {usage.used / gib:.1f} of {usage.total / gib:.1f} GiB used ({pct:.0f} %), "
+        f"{usage.free / gib:.1f} GiB free",
+        warn=pct >= 85,
+    )
+
+
+def render() -> None:
+    settings = get_settings()
+    zone = settings.zone
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+
+    st.title("Overview")
+    st.caption(f"Measured at {local(now, zone)} ({settings.tz}). Reload or press Refresh for new figures.")
+    st.button("Refresh", key="overview_refresh")
+
+    orthanc = orthanc_health()
+    db_error: BaseException | None = None
+    data: dict = {}
+    db_started = time.perf_counter()
+    try:
+        today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+        with reading() as conn:
+            data["db"] = queries.database_info(conn)
+            data["db_ms"] = (time.perf_counter() - db_started) * 1000
+            data["workers"] = queries.worker_heartbeats(conn)
+            data["backlog"] = queries.job_backlog(conn)
+            data["today"] = queries.day_counts(conn, today)
+            data["last24"] = queries.failure_counts(conn, now - timedelta(hours=24))
+    except SQLAlchemyError as exc:
+        db_error = exc
+
+    # --- health ---------------------------------------------------------------------
+    st.subheader("Health")
+    cols = st.columns(4)
+    with cols[0]:
+        if orthanc.ok:
+            stats = orthanc.statistics or {}
+            extra = f", {stats.get('CountStudies', '?')} studies stored" if stats else ""
+            health_card("Orthanc", True, f"version {orthanc.version}, answered in {orthanc.latency_ms:.0f} ms{extra}")
+        else:
+            health_card("Orthanc", False, orthanc.error or "no answer")
+    with cols[1]:
+        if db_error is None:
+            health_card("PostgreSQL", True, f"version {data['db']['version']}, answered in {data['db_ms']:.0f} ms")
+        else:
+            health_card("PostgreSQL", False, describe(db_error))
+    stale_after = worker_stale_after(settings.poll_interval)
+    with cols[2]:
+        if db_error is not None:
+            health_card("Workers", False, "unknown: the database is unreachable")
+        else:
+            workers = data["workers"]
+            alive = [w for w in workers if w["age_s"] <= stale_after]
+            owner = [w for w in alive if w["owns_cursor"]]
+            if not workers:
+                health_card("Workers", False, "no worker has ever reported a heartbeat")
+            elif not alive:
+                newest = min(w["age_s"] for w in workers)
+                health_card("Workers", False, f"no heartbeat for {age(newest)} (limit {age(stale_after)})")
+            else:
+                lag = owner[0]["cursor_lag"] if owner else None
+                detail = f"{len(alive)} of {len(workers)} alive; " + (
+                    f"cursor owner {owner[0]['worker_id']}, lag {lag if lag is not None else '?'} change(s)"
+                    if owner else "no live worker owns the /changes cursor"
+                )
+                health_card("Workers", True, detail, warn=not owner or len(alive) < len(workers))
+    with cols[3]:
+        _storage_card(settings)
+
+    if db_error is not None:
+        show_error("Job and study figures are unavailable", db_error)
+        return
+
+    # --- backlog ----------------------------------------------------------------------
+    backlog = data["backlog"]
+    st.subheader("Job backlog")
+    cols = st.columns(6)
+    with cols[0]:
+        metric("Queued", backlog["queued"], "Jobs waiting for their first attempt or a manual retry.")
+    with cols[1]:
+        metric("Sending", backlog["sending"], "Jobs Orthanc is sending now.")
+    with cols[2]:
+        metric("Waiting to retry", backlog["failed"], "Jobs whose last attempt failed; retried automatically.")
+    with cols[3]:
+        metric("Due now", backlog["due_now"], "Queued or failed jobs whose next attempt time has passed.")
+    with cols[4]:
+        metric("Dead", backlog["dead"], "Jobs out of attempts; they wait for an operator (Queue page).")
+    with cols[5]:
+        oldest = backlog["oldest_queued_at"]
+        metric("Oldest queued job", age((now - oldest).total_seconds()) if oldest else "none",
+               "Age of the oldest job in the queued state.")
+
+    # --- today -----------------------------------------------------------------------
+    counts = data["today"]
+    st.subheader(f"Today ({settings.tz}, since {today.strftime('%Y-%m-%d %H:%M')})")
+    cols = st.columns(4)
+    with cols[0]:
+        metric("Studies received", counts["received"], "Studies whose first instance arrived today.")
+    with cols[1]:
+        metric(f"Sent to {settings.ai_modality}", counts["ai_sent"], "Studies with a successful AI send today.")
+    with cols[2]:
+        metric("AI results back", counts["ai_results"], "Studies with an AI result received today.")
+    with cols[3]:
+        metric("Delivered", counts["delivered"], "Studies with at least one successful delivery today.")
+
+    # --- failures ----------------------------------------------------------------------
+    last24 = data["last24"]
+    st.subheader("Failures")
+    cols = st.columns(4)
+    with cols[0]:
+        metric("Failed attempts (24 h)", last24["failed_attempts"], "Send attempts that failed in the last 24 hours.")
+    with cols[1]:
+        metric("Jobs gone dead (24 h)", last24["dead_jobs"], "Jobs that ran out of attempts in the last 24 hours.")
+    with cols[2]:
+        metric("AI overdue studies", last24["ai_overdue"],
+               f"Studies sent to the AI with no result after {age(settings.ai_result_timeout)} (now).")
+    with cols[3]:
+        metric("Failed studies", last24["failed_studies"], "Studies with a dead job (now).")
+
+    # --- workers -----------------------------------------------------------------------
+    st.subheader("Workers")
+    workers = data["workers"]
+    if not workers:
+        st.warning("No worker has reported a heartbeat: nothing is being routed.")
+    else:
+        for w in workers:
+            w["state"] = "alive" if w["age_s"] <= stale_after else "DOWN"
+            w["heartbeat_age"] = age(w["age_s"])
+            w["orthanc"] = {True: "ok", False: "unreachable", None: "?"}[w["orthanc_ok"]]
+        st.dataframe(
+            table(workers, {
+                "worker_id": "Worker", "state": "State", "heartbeat_age": "Heartbeat age",
+                "owns_cursor": "Owns cursor", "cursor_lag": "Cursor lag (changes)", "orthanc": "Orthanc",
+                "hostname": "Host", "pid": "PID", "started_at": f"Started ({settings.tz})",
+            }, zone),
+            hide_index=True, key="overview_workers",
+        )
+    st.caption(f"Rendered in {(time.perf_counter() - started) * 1000:.0f} ms.")
+
+
+require_role("viewer")
+render()

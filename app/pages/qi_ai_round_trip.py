@@ -1,0 +1,104 @@
+"""QI · AI round trip: AI send succeeded -> first AI-result instance back.
+
+Distribution and trend against the SLA, the overdue and no-result rates (over the
+studies sent to the AI), the stages around the AI, and the overdue studies.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.components import charts
+from app.components.db import reading, show_error
+from app.components.fmt import age, local
+from app.components.kpi import metric
+from app.components.qi_filters import READ_TIMEOUT_MS, start_page
+from hub import qi
+
+page = start_page("AI round trip", "From the AI send succeeding to the first AI-result instance received. "
+                  "Studies are counted on the day (in TZ) they were first received.")
+zone, flt, grain = page.zone, page.flt, page.grain
+sla_s = float(page.thresholds["sla_ai_round_trip_s"])
+timeout_s = float(page.thresholds["ai_result_timeout_s"])
+
+try:
+    with reading(READ_TIMEOUT_MS) as conn:
+        stages = qi.stage_stats(conn, flt, zone, grain="all", stages=list(qi.AI_STAGES))
+        rt = stages[stages["stage"] == "ai_round_trip"]
+        p95 = float(rt["p95"].iloc[0]) if len(rt) else sla_s
+        upper = max(timeout_s * 1.5, sla_s * 1.5, p95 * 1.5)
+        bin_s = max(10.0, round(upper / 40 / 10) * 10)
+        hist = qi.stage_histogram(conn, flt, zone, stage="ai_round_trip", bin_s=bin_s, max_s=upper)
+        trend = qi.stage_stats(conn, flt, zone, grain=grain, stages=["ai_round_trip"])
+        totals = qi.ai_outcomes(conn, flt, zone, grain="all")
+        rates = qi.ai_outcomes(conn, flt, zone, grain=grain)
+        overdue = qi.ai_overdue_studies(conn, flt, zone, limit=200)
+except SQLAlchemyError as exc:
+    show_error("AI figures could not be read", exc)
+    st.stop()
+
+t = totals.iloc[0] if len(totals) else None
+row = rt.iloc[0] if len(rt) else None
+cols = st.columns(6)
+with cols[0]:
+    metric("Sent to the AI", int(t["sent"]) if t is not None else 0,
+           help="Denominator of the rates: studies whose AI send succeeded.")
+with cols[1]:
+    metric("Result back", int(t["with_result"]) if t is not None else 0)
+with cols[2]:
+    metric("Overdue", f"{t['overdue_rate']:.1%}" if t is not None and t["sent"] else None,
+           help=f"Result later than AI_RESULT_TIMEOUT ({age(timeout_s)}) or missing past it: "
+                f"{int(t['overdue']) if t is not None else 0} studies.")
+with cols[3]:
+    metric("No result", f"{t['no_result_rate']:.1%}" if t is not None and t["sent"] else None,
+           help="Sent, and no AI-result instance received (yet).")
+with cols[4]:
+    metric("p50", age(row["p50"]) if row is not None else None)
+with cols[5]:
+    metric("p90", age(row["p90"]) if row is not None else None)
+
+charts.chart_block(
+    "Distribution", charts.histogram(hist, bin_s=bin_s, sla_s=sla_s), hist,
+    f"Studies per {age(bin_s)} bin; the last bin holds every round trip of {age(upper)} or more. "
+    + qi.DEFINITIONS["ai_round_trip"], "ai_round_trip_distribution", zone)
+
+charts.chart_block(
+    "Trend of p50, p90 and p95", charts.percentile_trend(trend, sla_s=sla_s), trend,
+    f"Percentiles of the AI round trip per {grain}; dashed line: SLA_AI_ROUND_TRIP_S.", "ai_round_trip_trend", zone)
+
+rate_long = pd.DataFrame()
+if not rates.empty:
+    rate_long = rates.melt(id_vars=["bucket", "sent"], value_vars=["overdue_rate", "no_result_rate"],
+                           var_name="rate", value_name="share")
+charts.chart_block(
+    "Overdue and no-result rates", charts.rate_trend(rate_long, "share", color="rate"), rates,
+    "Over the studies sent to the AI in each bucket: overdue = result later than AI_RESULT_TIMEOUT or "
+    "missing past it; no result = nothing back yet.", "ai_rates", zone)
+
+fig = None
+if not stages.empty:
+    ordered = stages.set_index("stage").loc[[s for s in qi.AI_STAGES if s in set(stages["stage"])]].reset_index()
+    fig = px.bar(charts.minutes(ordered, charts.PERCENTILES).melt(
+        id_vars=["stage", "n"], value_vars=list(charts.PERCENTILES), var_name="percentile", value_name="minutes"),
+        x="stage", y="minutes", color="percentile", barmode="group", hover_data=["n"])
+charts.chart_block(
+    "Breakdown by stage", fig, stages,
+    "to_ai: stable -> AI send succeeded; ai_round_trip: -> first result instance; "
+    "result_settle: -> result series stable.", "ai_stages", zone)
+
+st.markdown("**Overdue studies**")
+if overdue.empty:
+    st.info("No overdue study for these filters.")
+else:
+    shown = overdue.assign(
+        ai_sent_at=[local(v, zone) for v in overdue["ai_sent_at"]],
+        ai_result_at=[local(v, zone) if pd.notna(v) else "" for v in overdue["ai_result_at"]],
+        waited=[age(v) for v in overdue["waited_s"]],
+    ).drop(columns=["waited_s", "ai_round_trip_s"])
+    st.dataframe(shown, hide_index=True, width="stretch")
+st.caption(f"Sent to the AI and late (result after {age(timeout_s)}) or still without a result past it; "
+           "newest send first, at most 200.")
+charts.download_data(overdue, "ai_overdue_studies", zone)

@@ -1,0 +1,86 @@
+"""QI · Failures: failed studies over routed studies, failed sends per destination, failed
+attempts over time, and the most frequent errors. Every rate names its denominator."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.components import charts
+from app.components.db import reading, show_error
+from app.components.fmt import local
+from app.components.kpi import metric
+from app.components.qi_filters import READ_TIMEOUT_MS, start_page
+from hub import qi
+
+page = start_page("Failures", "Studies and send attempts that failed. Study and destination figures count studies "
+                  "by the day they were received; attempt figures count attempts by the time they ended.")
+zone, flt, grain = page.zone, page.flt, page.grain
+
+try:
+    with reading(READ_TIMEOUT_MS) as conn:
+        studies = qi.study_outcomes(conn, flt, zone, grain=grain)
+        destinations = qi.delivery_outcomes(conn, flt, zone)
+        attempts = qi.attempt_failures(conn, flt, zone, grain=grain)
+        errors = qi.top_errors(conn, flt, zone, limit=10)
+except SQLAlchemyError as exc:
+    show_error("Failure figures could not be read", exc)
+    st.stop()
+
+routed, failed = int(studies["routed"].sum()), int(studies["failed"].sum())
+n_attempts, n_failed = int(attempts["attempts"].sum()), int(attempts["failed"].sum())
+cols = st.columns(4)
+with cols[0]:
+    metric("Routed studies", routed, help="Denominator: studies a rule routed (unrouted ones excluded).")
+with cols[1]:
+    metric("Failed studies", f"{failed} ({failed / routed:.1%})" if routed else failed,
+           help="Routed studies with a dead job (retries exhausted), over routed studies.")
+with cols[2]:
+    metric("Send attempts", n_attempts, help="Attempts that ended (succeeded, failed or dead).")
+with cols[3]:
+    metric("Failed attempts", f"{n_failed} ({n_failed / n_attempts:.1%})" if n_attempts else n_failed,
+           help="Failed or dead attempts, over attempts that ended.")
+
+charts.chart_block(
+    "Study failure rate", charts.rate_trend(studies, "failure_rate"), studies,
+    f"Per {grain}: routed studies with a dead job / routed studies (hover the data for both counts).",
+    "failures_study_rate", zone)
+
+fig = None
+if not destinations.empty:
+    data = destinations.assign(
+        percent=destinations["failure_rate"].astype(float) * 100,
+        label=[f"{f} / {n}" for f, n in zip(destinations["failed"], destinations["sends"], strict=True)])
+    fig = px.bar(data, x="destination", y="percent", text="label", color="purpose",
+                 hover_data=["sends", "failed", "in_progress"])
+    fig.update_yaxes(ticksuffix=" %", rangemode="tozero", title="failed sends")
+    fig.update_xaxes(title=None)
+charts.chart_block(
+    "By destination", fig, destinations,
+    "Share of the required sends of studies to each destination (cancelled ones excluded) with a dead job: "
+    "failed / sends, labelled on each bar.", "failures_by_destination", zone)
+
+fig = None
+if not attempts.empty:
+    fig = px.bar(attempts, x="bucket", y="failed", color="destination", hover_data=["attempts", "failure_rate"])
+    fig.update_xaxes(title=None)
+charts.chart_block(
+    "Failed attempts over time", fig, attempts,
+    f"Per {grain} of the attempt's end and destination: failed or dead attempts; "
+    "failure_rate = failed / attempts that ended.", "failures_attempts", zone)
+
+st.markdown("**Top errors**")
+if errors.empty:
+    st.info("No failed attempt for these filters.")
+else:
+    shown = errors[["error", "failed", "share", "dead", "jobs", "studies", "destinations", "first_at", "last_at"]].assign(
+        share=[f"{v:.1%}" for v in errors["share"]],
+        destinations=[", ".join(v) for v in errors["destinations"]],
+        first_at=[local(v, zone) for v in errors["first_at"]],
+        last_at=[local(v, zone) for v in errors["last_at"]],
+    )
+    st.dataframe(shown, hide_index=True, width="stretch")
+st.caption("First line of each failed attempt's error, most frequent first; share = of all failed attempts "
+           "in the range.")
+charts.download_data(errors, "failures_top_errors", zone)

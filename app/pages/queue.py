@@ -1,0 +1,157 @@
+"""Queue: routing jobs by state, with retry, cancel and a confirmed bulk retry of dead jobs.
+
+States: queued (waiting for a first attempt or a manual retry), sending (Orthanc is
+sending), failed (waiting to retry at next_attempt_at), dead (out of attempts) and
+cancelled. Actions call hub.operations, which re-checks each job's state under a
+row lock, so a job that moved on in the meantime is reported, not trampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.components import confirm, pager
+from app.components.access import can, needs, require_role
+from app.components.db import reading, show_error, writing
+from app.components.fmt import age, table
+from app.context import get_settings
+from hub import queries
+from hub.operations import OperationError, cancel_job, retry_dead_jobs, retry_job
+
+STATES = ("queued", "sending", "failed", "dead", "cancelled")
+STATE_HELP = {
+    "queued": "Waiting for a first attempt or a manual retry.",
+    "sending": "Orthanc is sending these now; they cannot be cancelled mid-flight.",
+    "failed": "The last attempt failed; the worker retries at the next attempt time.",
+    "dead": "Out of attempts: these wait for an operator.",
+    "cancelled": "Cancelled by an operator; they can be retried.",
+}
+RETRYABLE = {"failed", "dead", "cancelled"}
+CANCELLABLE = {"queued", "failed", "dead"}
+BULK_LIMIT = 10000
+FLASH_KEY = "queue_flash"
+
+
+def _flash() -> None:
+    flash = st.session_state.pop(FLASH_KEY, None)
+    if flash:
+        (st.success if flash[0] == "success" else st.warning)(flash[1])
+
+
+def _each(job_ids: list[int], action: Callable[..., Any], actor: str, verb: str) -> None:
+    """Apply `action` to each job in its own transaction; one refusal does not undo others."""
+    done, refused = 0, []
+    for job_id in job_ids:
+        try:
+            with writing() as conn:
+                action(conn, job_id, actor=actor, source="ui")
+            done += 1
+        except OperationError as exc:
+            refused.append(str(exc))
+        except SQLAlchemyError as exc:
+            show_error(f"{verb} of job #{job_id}", exc)
+            return
+    message = f"{verb}: {done} job(s) done." + (" Refused: " + "; ".join(refused[:5]) if refused else "")
+    st.session_state[FLASH_KEY] = ("success" if not refused else "warning", message)
+    st.rerun()
+
+
+def render(user: dict[str, Any]) -> None:
+    settings = get_settings()
+    zone = settings.zone
+    st.title("Queue")
+    _flash()
+    try:
+        with reading() as conn:
+            counts = queries.job_state_counts(conn)
+            destinations = queries.recent_destinations(conn, datetime.now(UTC) - timedelta(days=30))
+    except SQLAlchemyError as exc:
+        show_error("The queue is unavailable", exc)
+        return
+    state = st.radio(
+        "State", STATES, horizontal=True, key="queue_state",
+        format_func=lambda s: f"{s} ({counts.get(s, 0)})",
+    )
+    st.caption(STATE_HELP[state])
+    cols = st.columns(3)
+    destination = cols[0].selectbox("Destination", ["", *destinations], key="queue_dest",
+                                    format_func=lambda d: d or "any destination")
+    purpose = cols[1].selectbox("Purpose", ["", "ai", "delivery"], key="queue_purpose",
+                                format_func=lambda p: p or "any purpose")
+    page_size = cols[2].selectbox("Rows per page", (25, 50, 100, 200), index=1, key="queue_size")
+    flt = queries.JobFilter(state=state, destination=destination or None, purpose=purpose or None)
+    cursor = pager.current_cursor("queue", (flt, page_size))
+    try:
+        with reading() as conn:
+            page = queries.list_jobs(conn, flt, before_id=cursor.id if cursor else None, limit=page_size)
+    except SQLAlchemyError as exc:
+        show_error("The job list failed", exc)
+        return
+    now = datetime.now(UTC)
+    for row in page.rows:
+        row["next_in"] = age((row["next_attempt_at"] - now).total_seconds()) if state == "failed" else ""
+        row["waiting"] = age((now - row["created_at"]).total_seconds())
+    if page.rows:
+        columns = {
+            "id": "Job", "study_id": "Study #", "accession_number": "Accession", "purpose": "Purpose",
+            "destination": "Destination", "attempts": "Attempts",
+        }
+        if state == "failed":
+            columns.update({"next_attempt_at": f"Next attempt ({settings.tz})", "next_in": "Next attempt in"})
+        columns.update({"last_error": "Last error", "created_at": "Created", "waiting": "Age",
+                        "updated_at": "Updated", "rule_name": "Rule"})
+        st.dataframe(table(page.rows, columns, zone), hide_index=True, key="queue_table")
+    else:
+        st.info(f"No {state} jobs match these filters.")
+    pager.controls("queue", page.next_cursor, len(page.rows))
+
+    operator = can("operator")
+    if page.rows and state in RETRYABLE | CANCELLABLE:
+        st.subheader("Actions")
+        chosen = st.multiselect("Jobs on this page", [r["id"] for r in page.rows], key="queue_selected",
+                                format_func=lambda i: f"#{i}", disabled=not operator, help=needs("operator"))
+        cols = st.columns([1, 1, 4])
+        if state in RETRYABLE and cols[0].button("Retry selected", key="queue_retry",
+                                                 disabled=not operator or not chosen) and can("operator"):
+            _each(chosen, retry_job, user["username"], "Retry")
+        if state in CANCELLABLE and cols[1].button("Cancel selected", key="queue_cancel",
+                                                   disabled=not operator or not chosen) and can("operator"):
+            _each(chosen, cancel_job, user["username"], "Cancel")
+
+    if state == "dead" and counts.get("dead", 0):
+        st.subheader("Bulk retry")
+        label = f"Retry all dead jobs{' to ' + destination if destination else ''}" \
+                f"{' for ' + purpose if purpose else ''}…"
+        if st.button(label, key="queue_bulk", disabled=not operator, help=needs("operator")) and can("operator"):
+            try:
+                with reading() as conn:
+                    ids = queries.filtered_job_ids(conn, flt, limit=BULK_LIMIT)
+            except SQLAlchemyError as exc:
+                show_error("Listing the dead jobs failed", exc)
+                return
+            confirm.arm("bulk_retry", ids)
+        ids = confirm.armed("bulk_retry")
+        approved = confirm.confirm_step(
+            "bulk_retry",
+            f"Retry {len(ids or [])} dead job(s) matching the filter"
+            f"{' (the first ' + str(BULK_LIMIT) + ')' if ids and len(ids) >= BULK_LIMIT else ''}? "
+            "Each goes back to the queue with fresh attempts.",
+            "Confirm bulk retry",
+        )
+        if approved and can("operator"):
+            try:
+                with writing() as conn:
+                    done = retry_dead_jobs(conn, approved, actor=user["username"], source="ui")
+            except SQLAlchemyError as exc:
+                show_error("The bulk retry failed; nothing was changed", exc)
+                return
+            st.session_state[FLASH_KEY] = ("success", f"Bulk retry: {done} dead job(s) queued again.")
+            st.rerun()
+
+
+render(require_role("viewer"))

@@ -1,0 +1,507 @@
+"""Operations commands of `./orthanc`: status, studies, study, destinations, test, queue,
+retry, cancel, logs, shell, db. Registered onto hub.cli's typer app by `register(app)`.
+
+Exit codes (hub.tooling.exitcodes, documented in docs/operations.md) are the contract
+scripts and monitoring rely on: 0 ok, 1 the operation failed, 2 usage, 3 configuration,
+4 a service is unreachable, 5 not found. Data goes to stdout; messages to stderr.
+Patient names and ids are never shown: the CLI has no login, so it cannot know who reads.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hub.tooling import exitcodes
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
+    from hub.settings import Settings
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+EnvFile = Annotated[
+    Path | None,
+    typer.Option("--env-file", help="the .env to read (default: HUB_ENV_FILE or ./.env)", show_default=False),
+]
+SERVICES = ("postgres", "orthanc", "worker", "app")
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _settings(env_file: Path | None) -> Settings:
+    from hub.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(env_file)
+    except SettingsError as exc:
+        err.print(f"[red]{exc}[/red]", markup=True)
+        raise typer.Exit(exitcodes.CONFIG) from None
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(message, markup=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _db(settings: Settings, *, write: bool = False) -> Iterator[Connection]:
+    """A QI database connection; unreachable -> exit 4."""
+    from sqlalchemy.exc import OperationalError
+
+    from hub.db import engine_for
+
+    engine: Engine = engine_for(settings)
+    try:
+        with engine.begin() if write else engine.connect() as conn:
+            yield conn
+    except OperationalError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise _fail(f"the QI database is unreachable: {first}", exitcodes.UNAVAILABLE) from None
+    finally:
+        engine.dispose()
+
+
+def _local(value: datetime | None, settings: Settings) -> str:
+    return value.astimezone(settings.zone).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _actor() -> str:
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _local_host(address: str) -> str:
+    return "127.0.0.1" if address in ("0.0.0.0", "") else ("::1" if address == "::" else address)
+
+
+# --- status ----------------------------------------------------------------------------
+
+
+def collect_status(settings: Settings) -> dict[str, Any]:
+    """Health of Orthanc, PostgreSQL and the worker, and the job backlog (no PHI)."""
+    import httpx
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hub import queries
+    from hub.db import engine_for
+    from hub.orthanc_client import OrthancClient, OrthancError
+
+    result: dict[str, Any] = {}
+    try:
+        with OrthancClient.from_settings(settings, timeout=5) as client:
+            system, stats = client.system(), client.statistics()
+        result["orthanc"] = {"ok": True, "version": system.get("Version"), "aet": system.get("DicomAet"),
+                             "studies": stats.get("CountStudies"), "disk_mb": stats.get("TotalDiskSizeMB")}
+    except OrthancError as exc:
+        result["orthanc"] = {"ok": False, "error": str(exc)}
+    engine = engine_for(settings, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            backlog = queries.job_backlog(conn)
+            revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        result["database"] = {"ok": True, "schema": revision}
+        result["queue"] = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in backlog.items()}
+    except SQLAlchemyError as exc:
+        detail = getattr(exc, "orig", None) or exc
+        result["database"] = {"ok": False, "error": str(detail).strip().splitlines()[0]}
+    finally:
+        engine.dispose()
+    url = f"http://{_local_host(settings.bind_address)}:{settings.routing_api_port}/health"
+    try:
+        response = httpx.get(url, timeout=5)
+        body = response.json()
+        result["worker"] = {"ok": response.status_code == 200, **{k: body[k] for k in ("status",) if k in body}}
+    except (httpx.HTTPError, ValueError) as exc:
+        result["worker"] = {"ok": False, "error": f"{url}: {type(exc).__name__}"}
+    return result
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    env_file: EnvFile = None,
+) -> None:
+    """Health of Orthanc, the QI database and the worker, and the job queue.
+
+    Exit 0 when all are healthy, 4 when any is unreachable or unhealthy (for monitoring).
+    """
+    settings = _settings(env_file)
+    result = collect_status(settings)
+    healthy = all(result[k]["ok"] for k in ("orthanc", "database", "worker"))
+    if as_json:
+        print(json.dumps({"healthy": healthy, **result}, default=str))
+    else:
+        table = Table("component", "state", "details", title="Routing hub status")
+        o, d, w = result["orthanc"], result["database"], result["worker"]
+        table.add_row("Orthanc", _ok(o["ok"]), o.get("error") or
+                      f"version {o['version']}, AET {o['aet']}, {o['studies']} studies, {o['disk_mb']} MB")
+        table.add_row("PostgreSQL (QI)", _ok(d["ok"]), d.get("error") or f"schema {d['schema']}")
+        table.add_row("Worker", _ok(w["ok"]), w.get("error") or w.get("status", ""))
+        if "queue" in result:
+            q = result["queue"]
+            table.add_row("Queue", "", f"{q['queued']} queued, {q['sending']} sending, {q['failed']} failed, "
+                                       f"{q['dead']} dead, {q['due_now']} due now")
+        out.print(table)
+    if not healthy:
+        raise typer.Exit(exitcodes.UNAVAILABLE)
+
+
+def _ok(flag: bool) -> str:
+    return "[green]ok[/green]" if flag else "[red]DOWN[/red]"
+
+
+# --- studies ---------------------------------------------------------------------------
+
+
+def studies(
+    search: Annotated[str | None, typer.Option("--search", "-s",
+                                               help="accession, StudyInstanceUID or Orthanc id")] = None,
+    status_: Annotated[str | None, typer.Option("--status", help="only studies in this workflow status")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many")] = 20,
+    env_file: EnvFile = None,
+) -> None:
+    """Recent studies, newest first, with their workflow status (no patient data)."""
+    from hub import queries
+
+    settings = _settings(env_file)
+    if status_ and status_ not in queries.STUDY_STATUSES:
+        raise _fail(f"unknown status {status_!r}; one of {', '.join(queries.STUDY_STATUSES)}", exitcodes.USAGE)
+    with _db(settings) as conn:
+        if search:
+            ids = queries.find_study(conn, search)[:limit]
+            rows = [queries.get_study(conn, i) for i in ids]
+            rows = [r for r in rows if r and (not status_ or r["status"] == status_)]
+        else:
+            rows = queries.search_studies(conn, queries.StudyFilter(status=status_), limit=limit).rows
+    if search and not rows:
+        raise _fail(f"no study matches {search!r}", exitcodes.NOT_FOUND)
+    table = Table("id", "received", "accession", "modality", "description", "source", "status")
+    for row in rows:
+        table.add_row(str(row["id"]), _local(row.get("first_received_at"), settings), row.get("accession_number") or "",
+                      row.get("modalities") or "", row.get("description") or "", row.get("source_aet") or "",
+                      row["status"])
+    out.print(table)
+
+
+def study(
+    key: Annotated[str, typer.Argument(help="StudyInstanceUID, accession number, Orthanc id or hub id")],
+    env_file: EnvFile = None,
+) -> None:
+    """One study's workflow stages and its timeline of events and jobs."""
+    from hub import queries
+
+    settings = _settings(env_file)
+    with _db(settings) as conn:
+        ids = queries.find_study(conn, key)
+        if not ids:
+            raise _fail(f"no study matches {key!r}", exitcodes.NOT_FOUND)
+        for study_id in ids:
+            row = queries.get_study(conn, study_id)
+            assert row is not None
+            events = queries.study_events(conn, study_id)
+            jobs = queries.study_jobs(conn, study_id)
+            out.print(f"[bold]Study {row['id']}[/bold]  {row['study_uid']}  accession {row['accession_number'] or '-'}"
+                      f"  status [bold]{row['status']}[/bold]")
+            out.print(f"  {row['description'] or ''}  from {row['source_aet'] or '?'}", markup=False)
+            for stage in queries.study_stages(row, events, jobs, settings.ai_modality):
+                mark = "[green]✔[/green]" if stage.at else "·"
+                out.print(f"  {mark} {stage.name:<24} {_local(stage.at, settings)}  {stage.note}")
+            timeline = Table("time", "event", "destination", "job", title="Timeline")
+            for event in events:
+                timeline.add_row(_local(event["at"], settings), event["type"], event["destination"] or "",
+                                 str(event["job_id"] or ""))
+            out.print(timeline)
+            if jobs:
+                table = Table("job", "purpose", "destination", "state", "attempts", "last error")
+                for job in jobs:
+                    table.add_row(str(job["id"]), job["purpose"], job["destination"], job["state"],
+                                  str(job["attempts"]), (job["last_error"] or "")[:80])
+                out.print(table)
+
+
+# --- destinations ----------------------------------------------------------------------
+
+
+def destinations(
+    echo: Annotated[bool, typer.Option("--echo/--no-echo", help="C-ECHO each destination")] = True,
+    env_file: EnvFile = None,
+) -> None:
+    """Destinations known to Orthanc, with a C-ECHO of each. Exit 1 when an echo fails."""
+    from hub.orthanc_client import OrthancClient, OrthancError
+
+    settings = _settings(env_file)
+    failed = 0
+    try:
+        with OrthancClient.from_settings(settings, timeout=15) as client:
+            known = client.modalities()
+            table = Table("name", "AET", "host", "port", "echo", "latency")
+            for name in sorted(known):
+                spec = known[name]
+                verdict, latency = "-", ""
+                if echo:
+                    result = client.echo(name)
+                    verdict = "[green]ok[/green]" if result.ok else "[red]failed[/red]"
+                    latency = f"{result.latency_ms:.0f} ms"
+                    failed += not result.ok
+                table.add_row(name, spec.get("AET", ""), spec.get("Host", ""), str(spec.get("Port", "")), verdict,
+                              latency)
+    except OrthancError as exc:
+        raise _fail(f"Orthanc: {exc}", exitcodes.UNAVAILABLE) from None
+    out.print(table)
+    if not known:
+        err.print("no destinations: add MODALITY_ lines to .env and run `make seed-modalities`")
+    if failed:
+        raise typer.Exit(exitcodes.FAILED)
+
+
+def test(
+    name: Annotated[str, typer.Argument(help="destination name as in Orthanc (e.g. MERCURE)")],
+    timeout: Annotated[int, typer.Option(min=1, max=120, help="seconds")] = 10,
+    env_file: EnvFile = None,
+) -> None:
+    """C-ECHO one destination and print the latency. Exit 0 ok, 1 failed, 5 unknown name."""
+    from hub.orthanc_client import OrthancClient, OrthancError
+
+    settings = _settings(env_file)
+    try:
+        with OrthancClient.from_settings(settings, timeout=timeout + 10) as client:
+            known = client.modalities()
+            if name not in known:
+                raise _fail(f"no destination named {name!r} (known: {', '.join(sorted(known)) or 'none'})",
+                            exitcodes.NOT_FOUND)
+            result = client.echo(name, timeout=timeout)
+    except OrthancError as exc:
+        raise _fail(f"Orthanc: {exc}", exitcodes.UNAVAILABLE) from None
+    spec = known[name]
+    where = f"{spec.get('AET')}@{spec.get('Host')}:{spec.get('Port')}"
+    if result.ok:
+        out.print(f"C-ECHO {name} ({where}): ok in {result.latency_ms:.0f} ms")
+        return
+    err.print(f"C-ECHO {name} ({where}) failed after {result.latency_ms:.0f} ms: {result.error}", markup=False)
+    raise typer.Exit(exitcodes.FAILED)
+
+
+# --- queue -----------------------------------------------------------------------------
+
+
+def queue(
+    state: Annotated[str | None, typer.Option(help="list jobs in this state (queued, sending, failed, dead, "
+                                                   "cancelled, succeeded)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    env_file: EnvFile = None,
+) -> None:
+    """Routing jobs per state, and the open ones (or those in --state), newest first."""
+    from hub import queries
+
+    settings = _settings(env_file)
+    if state and state not in queries.JOB_STATES:
+        raise _fail(f"unknown state {state!r}; one of {', '.join(queries.JOB_STATES)}", exitcodes.USAGE)
+    with _db(settings) as conn:
+        counts = queries.job_state_counts(conn)
+        states = [state] if state else ["dead", "failed", "sending", "queued"]
+        rows = [r for s in states for r in queries.list_jobs(conn, queries.JobFilter(state=s), limit=limit).rows]
+    out.print("  ".join(f"{k}: {v}" for k, v in counts.items()))
+    table = Table("job", "study", "accession", "purpose", "destination", "state", "attempts", "next attempt",
+                  "last error")
+    for row in rows[:limit]:
+        table.add_row(str(row["id"]), str(row["study_id"]), row["accession_number"] or "", row["purpose"],
+                      row["destination"], row["state"], str(row["attempts"]),
+                      _local(row["next_attempt_at"], settings) if row["state"] in ("queued", "failed") else "",
+                      (row["last_error"] or "")[:60])
+    out.print(table)
+
+
+def retry(
+    job: Annotated[int | None, typer.Argument(help="job id (see `orthanc queue`)")] = None,
+    dead: Annotated[bool, typer.Option("--dead", help="retry every dead job")] = False,
+    env_file: EnvFile = None,
+) -> None:
+    """Put a failed, dead or cancelled job back in the queue now (audited), or all dead jobs."""
+    from hub import operations, queries
+
+    if (job is None) == (not dead):
+        raise _fail("give a JOB id or --dead (not both)", exitcodes.USAGE)
+    settings = _settings(env_file)
+    with _db(settings, write=True) as conn:
+        if dead:
+            ids = queries.filtered_job_ids(conn, queries.JobFilter(state="dead"))
+            count = operations.retry_dead_jobs(conn, ids, actor=_actor(), source="cli")
+            out.print(f"{count} dead job(s) queued again")
+            return
+        assert job is not None
+        _existing_job(conn, job)
+        try:
+            operations.retry_job(conn, job, actor=_actor(), source="cli")
+        except operations.OperationError as exc:
+            raise _fail(str(exc), exitcodes.FAILED) from None
+    out.print(f"job {job} queued again")
+
+
+def cancel(
+    job: Annotated[int, typer.Argument(help="job id (see `orthanc queue`)")],
+    env_file: EnvFile = None,
+) -> None:
+    """Cancel a queued, failed or dead job (audited). A job being sent cannot be cancelled."""
+    from hub import operations
+
+    settings = _settings(env_file)
+    with _db(settings, write=True) as conn:
+        _existing_job(conn, job)
+        try:
+            operations.cancel_job(conn, job, actor=_actor(), source="cli")
+        except operations.OperationError as exc:
+            raise _fail(str(exc), exitcodes.FAILED) from None
+    out.print(f"job {job} cancelled")
+
+
+def _existing_job(conn: Connection, job: int) -> None:
+    from sqlalchemy import text
+
+    if conn.execute(text("SELECT 1 FROM routing_jobs WHERE id = :id"), {"id": job}).first() is None:
+        raise _fail(f"job {job} does not exist", exitcodes.NOT_FOUND)
+
+
+# --- logs, shell, db --------------------------------------------------------------------
+
+
+def logs(
+    service: Annotated[str | None, typer.Argument(help=f"one of {', '.join(SERVICES)} (default: all)")] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="lines to show")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
+    env_file: EnvFile = None,
+) -> None:
+    """Logs of the native stack's services (STATE_DIR/logs); compose: `docker compose logs`."""
+    settings = _settings(env_file)
+    if service is not None and service not in SERVICES:
+        raise _fail(f"unknown service {service!r}; one of {', '.join(SERVICES)}", exitcodes.USAGE)
+    if os.environ.get("STACK_MODE") == "compose":
+        argv = ["docker", "compose", "-f", "stack/docker-compose.yml", "logs", "--tail", str(lines)]
+        argv += ["--follow"] if follow else []
+        argv += [service] if service else []
+        raise typer.Exit(subprocess.call(argv))
+    logs_dir = settings.state_dir / "logs"
+    files = [logs_dir / f"{s}.log" for s in ([service] if service else SERVICES)]
+    present = [str(f) for f in files if f.exists()]
+    if not present:
+        raise _fail(f"no logs in {logs_dir} yet (has the stack run? `make run`)", exitcodes.NOT_FOUND)
+    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), *present]
+    try:
+        raise typer.Exit(subprocess.call(argv))
+    except KeyboardInterrupt:
+        raise typer.Exit(exitcodes.OK) from None
+
+
+@contextmanager
+def _credentials_dir(settings: Settings) -> Iterator[Path]:
+    """A private temp dir with a pgpass and a netrc, so no password goes on a command line
+    or into an environment variable; removed when the session ends."""
+    directory = Path(tempfile.mkdtemp(prefix="hub-cli-"))
+    try:
+        pgpass = directory / "pgpass"
+        fd = os.open(pgpass, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        password = settings.postgres_password.get_secret_value().replace("\\", "\\\\").replace(":", "\\:")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{settings.postgres_host}:{settings.postgres_port}:*:{settings.postgres_user}:{password}\n")
+        netrc = directory / "netrc"
+        fd = os.open(netrc, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"machine {settings.orthanc_host} login {settings.orthanc_username} "
+                         f"password {settings.orthanc_password.get_secret_value()}\n")
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _session_env(settings: Settings, creds: Path, env_file: Path | None) -> dict[str, str]:
+    from hub.settings import PROJECT_ROOT, env_file_path
+
+    venv_bin = PROJECT_ROOT / ".venv" / "bin"
+    return {
+        **os.environ,
+        "HUB_ENV_FILE": str((env_file or env_file_path()).resolve()),
+        "PATH": f"{venv_bin}:{PROJECT_ROOT}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "VIRTUAL_ENV": str(PROJECT_ROOT / ".venv"),
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "PGHOST": settings.postgres_host,
+        "PGPORT": str(settings.postgres_port),
+        "PGUSER": settings.postgres_user,
+        "PGDATABASE": settings.qi_db,
+        "PGPASSFILE": str(creds / "pgpass"),
+        "NETRC": str(creds / "netrc"),
+        "ORTHANC_URL": settings.orthanc_url,
+        "ORTHANC_AET": settings.orthanc_aet,
+        "DICOM_PORT": str(settings.dicom_port),
+        "DICOM_STORAGE": str(settings.dicom_storage),
+        "TZ": settings.tz,
+        "TCP_NODELAY": "1",
+        "PS1": "(orthanc-hub) \\w \\$ ",
+    }
+
+
+def shell(
+    command: Annotated[str | None, typer.Option("--command", "-c", help="run this command instead of a shell")] = None,
+    env_file: EnvFile = None,
+) -> None:
+    """A shell (or one command) in an environment set up for the hub and Orthanc.
+
+    The venv comes first on PATH; psql reaches the QI database (PG* variables and a
+    private pgpass file); `curl --netrc-file "$NETRC" "$ORTHANC_URL/system"` reaches
+    Orthanc's API; TCP_NODELAY=1 speeds up DCMTK tools. Exits with the shell's status.
+    """
+    settings = _settings(env_file)
+    with _credentials_dir(settings) as creds:
+        env = _session_env(settings, creds, env_file)
+        user_shell = os.environ.get("SHELL") or "/bin/bash"
+        argv = [user_shell, "-c", command] if command else [user_shell, "-i"]
+        if not command:
+            err.print("orthanc hub shell: psql, curl --netrc-file \"$NETRC\" \"$ORTHANC_URL/...\", echoscu; "
+                      "exit to leave", markup=False)
+        code = subprocess.call(argv, env=env)
+    raise typer.Exit(code)
+
+
+def db(
+    command: Annotated[str | None, typer.Option("--command", "-c", help="run this SQL and exit")] = None,
+    env_file: EnvFile = None,
+) -> None:
+    """psql into the QI database as POSTGRES_USER (password from a private pgpass file)."""
+    settings = _settings(env_file)
+    psql = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
+    with _credentials_dir(settings) as creds:
+        env = _session_env(settings, creds, env_file)
+        argv = [psql, "-X", "-v", "ON_ERROR_STOP=1", *(["-c", command] if command else [])]
+        code = subprocess.call(argv, env=env)
+    raise typer.Exit(exitcodes.OK if code == 0 else (exitcodes.UNAVAILABLE if code == 2 else exitcodes.FAILED))
+
+
+# --- registration ------------------------------------------------------------------------
+
+
+def register(app: typer.Typer) -> None:
+    """Add the operations commands to the `./orthanc` app."""
+    app.command("status")(status)
+    app.command("studies")(studies)
+    app.command("study")(study)
+    app.command("destinations")(destinations)
+    app.command("test")(test)
+    app.command("queue")(queue)
+    app.command("retry")(retry)
+    app.command("cancel")(cancel)
+    app.command("logs")(logs)
+    app.command("shell")(shell)
+    app.command("db")(db)

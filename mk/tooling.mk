@@ -1,0 +1,79 @@
+# Operations tooling (issue 6): setup wizard, menu, destinations, backups, upgrade, removal.
+# Included by the main Makefile (`-include mk/*.mk`). The logic lives in hub/tooling/
+# (typed, tested Python); these recipes only choose the module and pass variables.
+#
+#   make setup                 interactive wizard (safe to re-run; keeps secrets)
+#   make quick-setup           the same with defaults, no questions
+#   make menu                  interactive menu over everything below
+#   make seed-modalities       apply MODALITY_* lines of .env to Orthanc
+#   make backup [DIR=...]      consistent backup archive (STATE_DIR/backups by default)
+#   make backup-list [DIR=...]
+#   make restore FILE=...      verify, then restore (CONFIRM=yes when not on a terminal)
+#   make upgrade               backup, update dependencies, migrate forward, restart
+#   make rebuild               reinstall dependencies (compose: rebuild images), restart
+#   make clean                 stop everything, remove caches; keeps data and config
+#   make reset                 stop, remove the configuration; keeps the data
+#   make uninstall             stop, remove data, configuration and state (typed confirmation)
+#
+# Non-interactive runs confirm with CONFIRM=yes (restore), CONFIRM=reset, CONFIRM=uninstall.
+#
+# STACK_MODE=auto (default: compose when a Docker engine answers, else native), native or compose.
+
+STACK_MODE ?= auto
+TOOLING_ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)
+TOOLING_VENV ?= $(TOOLING_ROOT)/.venv
+TOOLING_PY ?= $(TOOLING_VENV)/bin/python
+TOOLING_RUN = cd $(TOOLING_ROOT) && STACK_MODE=$(STACK_MODE) $(TOOLING_PY) -m
+# Through the main Makefile, its venv stamp; alone (make -f mk/tooling.mk), our own check.
+TOOLING_VENV_DEP := $(if $(VENV_STAMP),$(VENV_STAMP),tooling-venv)
+
+.PHONY: setup quick-setup menu seed-modalities backup backup-list restore upgrade rebuild clean reset uninstall \
+	tooling-venv
+
+# The wizard runs before `make run` on a fresh machine, so it brings up the venv itself.
+tooling-venv:
+	@if [ ! -x "$(TOOLING_PY)" ] || ! "$(TOOLING_PY)" -c 'import pydantic_settings, typer, psycopg' 2>/dev/null; then \
+		echo "==> creating $(TOOLING_VENV) and installing requirements.txt"; \
+		command -v python3 >/dev/null || { echo "python3 is missing: apt-get install -y python3 python3-venv"; exit 1; }; \
+		python3 -m venv $(TOOLING_VENV) && $(TOOLING_PY) -m pip install -q -r $(TOOLING_ROOT)/requirements.txt; \
+	fi
+
+setup: $(TOOLING_VENV_DEP) ## interactive wizard: paths, AE title, ports, passwords, TZ, destinations; then starts
+	@$(TOOLING_RUN) hub.tooling.wizard $(SETUP_ARGS)
+
+quick-setup: $(TOOLING_VENV_DEP) ## the setup with defaults and kept values, no questions
+	@$(TOOLING_RUN) hub.tooling.wizard --defaults $(SETUP_ARGS)
+
+menu: $(TOOLING_VENV_DEP) ## interactive menu over every target and command
+	@$(TOOLING_RUN) hub.tooling.menu
+
+seed-modalities: $(TOOLING_VENV_DEP) ## apply the MODALITY_* lines of .env to Orthanc (idempotent)
+	@$(TOOLING_RUN) hub.tooling.seed
+
+backup: $(TOOLING_VENV_DEP) ## consistent backup archive in STATE_DIR/backups (DIR=... elsewhere)
+	@$(TOOLING_RUN) hub.tooling.backup --mode $(STACK_MODE) create $(if $(DIR),--dir "$(DIR)")
+
+backup-list: $(TOOLING_VENV_DEP) ## list the backups with their date, version and counts
+	@$(TOOLING_RUN) hub.tooling.backup list $(if $(DIR),--dir "$(DIR)")
+
+restore: $(TOOLING_VENV_DEP) ## restore FILE=archive (verified first; CONFIRM=yes without a terminal)
+	@if [ -z "$(FILE)" ]; then echo "usage: make restore FILE=path/to/hub-backup-....tar (see make backup-list)"; exit 2; fi
+	@$(TOOLING_RUN) hub.tooling.backup --mode $(STACK_MODE) restore "$(FILE)" $(if $(filter yes,$(CONFIRM)),--yes)
+
+upgrade: $(TOOLING_VENV_DEP) ## safety backup, pinned dependencies, migrate the database forward, restart
+	@echo "==> installing the pinned dependencies"
+	@$(TOOLING_PY) -m pip install -q -r $(TOOLING_ROOT)/requirements.txt
+	@$(TOOLING_RUN) hub.tooling.upgrade --mode $(STACK_MODE) $(if $(filter 1 yes,$(NO_BACKUP)),--no-backup)
+
+rebuild: $(TOOLING_VENV_DEP) ## pinned dependencies (compose: rebuild images), then restart; data kept
+	@$(TOOLING_RUN) hub.tooling.rebuild --mode $(STACK_MODE)
+
+clean: $(TOOLING_VENV_DEP) ## stop everything and remove caches; data, .env and backups kept
+	@$(TOOLING_RUN) hub.tooling.uninstall --mode $(STACK_MODE) clean
+
+reset: $(TOOLING_VENV_DEP) ## stop and remove the configuration (.env, rendered files); data kept
+	@$(TOOLING_RUN) hub.tooling.uninstall --mode $(STACK_MODE) reset $(if $(CONFIRM),--confirm "$(CONFIRM)")
+
+uninstall: $(TOOLING_VENV_DEP) ## stop and remove data, configuration and state (typed confirmation)
+	@$(TOOLING_RUN) hub.tooling.uninstall --mode $(STACK_MODE) uninstall $(if $(filter 1 yes,$(KEEP_BACKUPS)),--keep-backups) \
+		$(if $(CONFIRM),--confirm "$(CONFIRM)")
