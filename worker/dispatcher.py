@@ -35,7 +35,7 @@ HEARTBEAT_STALE_S = 20
 # Orthanc store jobs of a few instances finish in tens of milliseconds: poll fast first,
 # then back off, so a short job is seen done quickly and a long one costs few requests.
 POLL_FIRST_S = 0.01
-POLL_MAX_S = 0.25
+POLL_MAX_S = 0.1
 
 
 @dataclass(frozen=True)
