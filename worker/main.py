@@ -162,14 +162,16 @@ class Worker:
                 if observer is None:
                     self.rules.reload()
                     observer = watch(self.rules)
-                self.db_ok = True
                 if not qi_synced:
                     with self.engine.begin() as conn:
                         qi.sync_qi_settings(conn, self.settings)
                     qi_synced = True
                 busy = 0
                 self.owns_cursor = self.cursor_lock.held()
-                if self.owns_cursor:
+                self.db_ok = True
+                if not self.owns_cursor:
+                    self.orthanc.system()  # only the dispatcher talks to Orthanc here: check it for /health
+                else:
                     busy += self.tailer.step()
                     if time.monotonic() - last_overdue >= OVERDUE_CHECK_S:
                         check_ai_overdue(self.engine, self.settings.ai_result_timeout)

@@ -54,12 +54,13 @@ class RulesHolder:
         except RulesError as exc:
             return self._refuse(str(exc), now)
         with self._lock:
-            self._rules, self._checksum, self.last_error = rules, checksum, None
+            self._rules, self.last_error = rules, None
         self._write_status(
             "UPDATE config_status SET loaded_at = :now, checksum = :sum, error = NULL, error_at = NULL, "
             "content = CAST(:content AS jsonb) WHERE name = :name",
             {"now": now, "sum": checksum, "content": jsonable([r.model_dump() for r in rules.rules])},
         )
+        self._checksum = checksum  # only once recorded: a failed write is retried by the next reload
         log.info("routing rules loaded", extra={"fields": {"rules": len(rules.rules), "checksum": checksum[:12]}})
         return True
 
