@@ -35,12 +35,15 @@ def parse_orthanc_time(value: str | None) -> datetime | None:
     """Parse Orthanc's `20261128T032100` or `20261128T032100.123456` timestamps as UTC.
 
     Orthanc 1.10 writes change dates, ReceptionDate metadata and job times in UTC
-    (pinned by tests/integration/test_harness.py under a non-UTC TZ).
+    (pinned by tests/integration/test_harness.py under a non-UTC TZ). Change dates and
+    ReceptionDate have whole seconds only, so job times are truncated to whole seconds
+    too: with mixed precision an AI result received in the same second as the AI send
+    completed would look earlier than the send (a negative round trip).
     """
     if not value:
         return None
     fmt = "%Y%m%dT%H%M%S.%f" if "." in value else "%Y%m%dT%H%M%S"
-    return datetime.strptime(value, fmt).replace(tzinfo=UTC)
+    return datetime.strptime(value, fmt).replace(tzinfo=UTC, microsecond=0)
 
 
 @dataclass(frozen=True)
