@@ -118,7 +118,10 @@ class Dispatcher:
             free = self.settings.worker_concurrency - len(self.slots)
         if free <= 0:
             return 0
-        batches = make_batches(self.claim(free * self.settings.send_batch), self.settings.send_batch)[:free]
+        batches = make_batches(self.claim(free * self.settings.send_batch), self.settings.send_batch)
+        batches, surplus = batches[:free], batches[free:]
+        if surplus:  # more single retries than free slots: hand the rest back at once
+            self._release([j.id for batch in surplus for j in batch])
         claimed = [j.id for batch in batches for j in batch]
         if self.stopping.is_set():  # shutdown began while we were claiming: hand them back
             self._release(claimed)

@@ -172,3 +172,16 @@ def test_backoff_grows_exponentially_with_jitter_and_cap():
         delays = [backoff_delay(attempt, 10, 300, rng) for _ in range(200)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert max(delays) - min(delays) > ceiling / 4  # really jittered
+
+
+# --- batching of claimed jobs ---------------------------------------------------------------
+
+def test_batches_group_first_sends_by_destination_and_isolate_retries():
+    from worker.dispatcher import ClaimedJob, make_batches
+
+    def job(i: int, dest: str = "A", oj: str | None = None, attempts: int = 0) -> ClaimedJob:
+        return ClaimedJob(i, i, dest, "delivery", oj, attempts)
+
+    jobs = [job(1), job(2), job(3, "B"), job(4), job(5, attempts=2), job(6, oj="x", attempts=1), job(7, oj="x")]
+    batches = [[j.id for j in b] for b in make_batches(jobs, 2)]
+    assert sorted(batches) == [[1, 2], [3], [4], [5], [6, 7]]
