@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 from sqlalchemy import Connection, text  # noqa: E402
 
 from hub import qi, recorder  # noqa: E402
@@ -91,13 +92,6 @@ PAGES: dict[str, Query] = {
 }
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
 def bench_pages(url: str, zone: ZoneInfo, end: date, days: int, repeat: int) -> dict[str, dict[str, float]]:
     engine = make_engine(url, pool_size=1)
     results: dict[str, dict[str, float]] = {}
@@ -112,7 +106,7 @@ def bench_pages(url: str, zone: ZoneInfo, end: date, days: int, repeat: int) -> 
                     started = time.perf_counter()
                     page(conn, flt, zone)
                     timings.append(time.perf_counter() - started)
-            results[name] = {"p50": statistics.median(timings), "p95": percentile(timings, 0.95), "max": max(timings)}
+            results[name] = {"p50": statistics.median(timings), "p95": float(np.percentile(timings, 95)), "max": max(timings)}
     finally:
         engine.dispose()
     return results

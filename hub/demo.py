@@ -21,27 +21,18 @@ import time
 from pathlib import Path
 
 from hub.dicom_names import Modality
-from hub.dicom_peers import AINode, StorageSCP, send_datasets
+from hub.dicom_peers import LOOPBACK, AINode, StorageSCP, free_port, send_datasets
 from hub.orthanc_client import OrthancClient, OrthancError
 from hub.settings import Settings, SettingsError, load_settings
 from hub.synthetic import make_study
 from hub.tooling import exitcodes
 
-LOOPBACK = "127.0.0.1"
 PACS_NAMES = ("LPCHROUTER", "LPCHTROUTER", "MODLINK")
 OTHER_DESCRIPTIONS = ("CT HEAD WO CONTRAST", "XR CHEST 2 VIEWS", "MR KNEE LEFT", "US ABDOMEN")
 
 
 class DemoRefused(RuntimeError):
     """The demo would change a destination that is not a loopback demo peer."""
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def check_modalities(existing: dict[str, dict], names: list[str]) -> None:

@@ -36,6 +36,23 @@ from hub.synthetic import derive_ai_series
 
 LOG = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now and that this process has not handed out before.
+
+    The kernel may give the same ephemeral port twice once it is released, so ports
+    already handed out in this run are skipped (two peers must never collide).
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port found")
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_NO_RESPONSE = -1

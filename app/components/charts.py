@@ -114,6 +114,17 @@ def stacked_bars(frame: pd.DataFrame, x: str, columns: Sequence[str], *, y_title
     return fig
 
 
+def stage_bars(stages: pd.DataFrame, order: Sequence[str]) -> go.Figure | None:
+    """Percentiles of each stage as grouped bars, stages in workflow `order` (qi.STAGES/AI_STAGES)."""
+    if stages.empty:
+        return None
+    present = set(stages["stage"])
+    ordered = stages.set_index("stage").loc[[s for s in order if s in present]].reset_index()
+    long = minutes(ordered, PERCENTILES).melt(
+        id_vars=["stage", "n"], value_vars=list(PERCENTILES), var_name="percentile", value_name="minutes")
+    return px.bar(long, x="stage", y="minutes", color="percentile", barmode="group", hover_data=["n"])
+
+
 def grouped_bars(frame: pd.DataFrame, x: str, y: str, color: str | None = None) -> go.Figure | None:
     if frame.empty:
         return None

@@ -7,7 +7,6 @@ studies sent to the AI), the stages around the AI, and the overdue studies.
 from __future__ import annotations
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -78,12 +77,7 @@ charts.chart_block(
     "Over the studies sent to the AI in each bucket: overdue = result later than AI_RESULT_TIMEOUT or "
     "missing past it; no result = nothing back yet.", "ai_rates", zone)
 
-fig = None
-if not stages.empty:
-    ordered = stages.set_index("stage").loc[[s for s in qi.AI_STAGES if s in set(stages["stage"])]].reset_index()
-    fig = px.bar(charts.minutes(ordered, charts.PERCENTILES).melt(
-        id_vars=["stage", "n"], value_vars=list(charts.PERCENTILES), var_name="percentile", value_name="minutes"),
-        x="stage", y="minutes", color="percentile", barmode="group", hover_data=["n"])
+fig = charts.stage_bars(stages, qi.AI_STAGES)
 charts.chart_block(
     "Breakdown by stage", fig, stages,
     "to_ai: stable -> AI send succeeded; ai_round_trip: -> first result instance; "

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.components import charts
 from app.components.db import reading, show_error
 from app.components.fmt import age
-from app.components.kpi import metric
+from app.components.kpi import sla_metric
 from app.components.qi_filters import READ_TIMEOUT_MS, group_picker, start_page
 from hub import qi
 
@@ -39,15 +39,9 @@ except SQLAlchemyError as exc:
 
 cols = st.columns(len(qi.SLA_METRICS))
 for col, name in zip(cols, qi.SLA_METRICS, strict=True):
-    row = totals[totals["metric"] == name]
     threshold = page.thresholds[f"sla_{name}_s"]
     with col:
-        if len(row) and row["n_due"].iloc[0]:
-            r = row.iloc[0]
-            metric(f"{LABELS[name]} ≤ {age(threshold)}", f"{r['compliance']:.1%}",
-                   help=f"{r['n_met']} met of {r['n_due']} due; {r['n_pending']} pending ({SETTING[name]}).")
-        else:
-            metric(f"{LABELS[name]} ≤ {age(threshold)}", None, help="No study is due yet.")
+        sla_metric(f"{LABELS[name]} ≤ {age(threshold)}", totals[totals["metric"] == name], f" ({SETTING[name]})")
 
 charts.chart_block(
     "Compliance over time", charts.rate_trend(trend.assign(metric=trend["metric"].map(LABELS)), "compliance",

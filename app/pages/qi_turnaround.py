@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.components import charts
 from app.components.db import reading, show_error
 from app.components.fmt import age
-from app.components.kpi import metric
+from app.components.kpi import metric, sla_metric
 from app.components.qi_filters import READ_TIMEOUT_MS, group_picker, start_page
 from hub import qi
 
@@ -53,12 +53,7 @@ for col, (label, key) in zip(cols[1:5], values, strict=True):
     with col:
         metric(label, age(row[key]) if row is not None else None)
 with cols[5]:
-    if len(sla_row) and sla_row["n_due"].iloc[0]:
-        s = sla_row.iloc[0]
-        metric(f"Within {age(sla_s)}", f"{s['compliance']:.1%}",
-               help=f"{s['n_met']} of {s['n_due']} due studies; {s['n_pending']} still pending.")
-    else:
-        metric(f"Within {age(sla_s)}", None, help="No study is due yet.")
+    sla_metric(f"Within {age(sla_s)}", sla_row)
 
 charts.chart_block(
     "Distribution", charts.histogram(hist, bin_s=bin_s, sla_s=sla_s), hist,
@@ -95,13 +90,8 @@ charts.chart_block(
     "Per destination: first received -> that destination's required deliveries all succeeded.",
     "turnaround_per_destination", zone)
 
-fig = None
 stages = overall[overall["stage"] != "turnaround"]
-if not stages.empty:
-    ordered = stages.set_index("stage").loc[[s for s in qi.STAGES if s in set(stages["stage"])]].reset_index()
-    fig = px.bar(charts.minutes(ordered, charts.PERCENTILES).melt(
-        id_vars=["stage", "n"], value_vars=list(charts.PERCENTILES), var_name="percentile", value_name="minutes"),
-        x="stage", y="minutes", color="percentile", barmode="group", hover_data=["n"])
+fig = charts.stage_bars(stages, qi.STAGES)
 charts.chart_block(
     "Where the time goes", fig, overall,
     "Percentiles of each stage: wait_stable, to_ai, ai_round_trip, result_settle, to_destinations "

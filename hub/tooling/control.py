@@ -65,8 +65,8 @@ def run_make(
         raise ControlError(f"`make {target}` failed ({proc.returncode}){output}")
 
 
-class NativeControl:
-    """The native (supervisord) stack, through hub.stack.native, and pg_ctl for maintenance."""
+class _Control:
+    """What both stack controls share: the .env they act on and where they report."""
 
     def __init__(self, env_file: Path, say: Callable[[str], None] = print) -> None:
         self.env_file = env_file
@@ -76,6 +76,10 @@ class NativeControl:
         from hub.settings import load_settings
 
         return load_settings(self.env_file)
+
+
+class NativeControl(_Control):
+    """The native (supervisord) stack, through hub.stack.native, and pg_ctl for maintenance."""
 
     def stop_all(self) -> None:
         from hub.stack import native
@@ -118,22 +122,13 @@ class NativeControl:
             pgcluster.stop(datadir)
 
 
-class ComposeControl:
+class ComposeControl(_Control):
     """The compose stack, through hub.stack.compose. Not exercised here: no Docker engine.
 
     Maintenance runs against the compose `postgres` service alone, reached on
     POSTGRES_HOST:POSTGRES_PORT from the host, with the superuser password from
     STATE_DIR/postgres-superuser.secret (the secret file compose mounts).
     """
-
-    def __init__(self, env_file: Path, say: Callable[[str], None] = print) -> None:
-        self.env_file = env_file
-        self.say = say
-
-    def _settings(self) -> Settings:
-        from hub.settings import load_settings
-
-        return load_settings(self.env_file)
 
     def stop_all(self) -> None:
         from hub.stack import compose

@@ -6,8 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
 
+from hub import qi
+from hub.db import make_engine
 from tests.harness.ports import free_port
 from tests.harness.worker_proc import WorkerProcess
 
@@ -43,6 +45,9 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
 @pytest.fixture
 def db(qi_db) -> Iterator[Engine]:
-    engine = create_engine(qi_db.url)
+    """An engine on this test's QI database, with qi_settings synced as the worker and app do."""
+    engine = make_engine(qi_db.url)
+    with engine.begin() as conn:
+        qi.sync_qi_settings(conn, qi_db.settings)
     yield engine
     engine.dispose()

@@ -8,7 +8,6 @@ hand-computed fixture and on a few thousand synthetic studies from bench/seed.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -19,7 +18,6 @@ from sqlalchemy import Connection, Engine, text
 
 from bench.seed import seed
 from hub import qi
-from hub.db import make_engine
 from hub.qi import QiFilter
 from tests.harness.stack import QiDatabase
 from tests.integration import qi_fixture
@@ -196,30 +194,19 @@ def compare(conn: Connection, flt: QiFilter) -> int:
     return len(mine)
 
 
-@pytest.fixture
-def engine(qi_db: QiDatabase) -> Iterator[Engine]:
-    engine = make_engine(qi_db.url)
-    with engine.begin() as conn:
-        qi.sync_qi_settings(conn, qi_db.settings)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-def test_pandas_agrees_on_the_hand_computed_fixture(engine: Engine) -> None:
-    with engine.begin() as conn:
+def test_pandas_agrees_on_the_hand_computed_fixture(db: Engine) -> None:
+    with db.begin() as conn:
         qi_fixture.build(conn)
-    with engine.connect() as conn:
+    with db.connect() as conn:
         assert compare(conn, QiFilter(date(2026, 3, 1), date(2026, 12, 31))) == 9
 
 
-def test_pandas_agrees_on_synthetic_studies(engine: Engine, qi_db: QiDatabase) -> None:
+def test_pandas_agrees_on_synthetic_studies(db: Engine, qi_db: QiDatabase) -> None:
     seed(qi_db.url.replace("postgresql+psycopg://", "postgresql://"), studies=3000, days=20,
          end=datetime(2026, 11, 2, tzinfo=LA), tz="America/Los_Angeles", reset=False, seed_value=0.1)
     # and a few changes after the bulk load, left dirty (computed live by the views)
-    with engine.begin() as conn:
+    with db.begin() as conn:
         qi_fixture.build(conn)
-    with engine.connect() as conn:
+    with db.connect() as conn:
         assert qi.dirty_count(conn) > 0
         assert compare(conn, QiFilter(date(2026, 10, 1), date(2026, 11, 30))) > 2900

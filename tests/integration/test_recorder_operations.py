@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from hub import recorder
 from hub.db import metadata
@@ -18,19 +18,12 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def engine(qi_db):
-    eng = create_engine(qi_db.url)
-    yield eng
-    eng.dispose()
-
-
-def test_core_tables_match_the_migrations(engine):
+def test_core_tables_match_the_migrations(db):
     """hub.db's Table objects mirror db/migrations; a drift would make queries lie."""
     def core_only(obj, name, type_, reflected, compare_to):  # QI tables and views live elsewhere
         return type_ != "table" or name in metadata.tables
 
-    with engine.connect() as conn:
+    with db.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"include_object": core_only}), metadata)
     structural = [d for d in diff if d[0] in ("add_table", "remove_table", "add_column", "remove_column")]
     assert structural == []
@@ -48,8 +41,8 @@ def make_study(conn, uid: str = "1.2.3") -> tuple[int, list[int]]:
     return study_id, ids
 
 
-def test_stage_timestamps_are_never_reset(engine):
-    with engine.begin() as conn:
+def test_stage_timestamps_are_never_reset(db):
+    with db.begin() as conn:
         study_id, _ = make_study(conn)
         assert recorder.mark_study_stable(conn, study_id, T0 + timedelta(seconds=5))
         assert not recorder.mark_study_stable(conn, study_id, T0 + timedelta(seconds=50))
@@ -60,8 +53,8 @@ def test_stage_timestamps_are_never_reset(engine):
     assert row["first_received_at"] == T0 and row["source_aet"] == "CT1"
 
 
-def test_a_series_is_queued_once_per_destination_unless_resent(engine):
-    with engine.begin() as conn:
+def test_a_series_is_queued_once_per_destination_unless_resent(db):
+    with db.begin() as conn:
         study_id, series_ids = make_study(conn)
         args = dict(study_id=study_id, purpose="delivery", payload="matched", rule_name="r", at=T0)
         first = recorder.queue_job(conn, destination="PACS", series_ids=series_ids, **args)
@@ -73,8 +66,8 @@ def test_a_series_is_queued_once_per_destination_unless_resent(engine):
     assert [n for _, n in counts] == [2, 1, 2]
 
 
-def test_retry_cancel_and_bulk_retry_are_audited(engine):
-    with engine.begin() as conn:
+def test_retry_cancel_and_bulk_retry_are_audited(db):
+    with db.begin() as conn:
         study_id, series_ids = make_study(conn)
         job = recorder.queue_job(conn, study_id=study_id, purpose="delivery", destination="PACS",
                                  series_ids=series_ids, payload="matched", rule_name="r", at=T0)
@@ -105,8 +98,8 @@ def test_retry_cancel_and_bulk_retry_are_audited(engine):
                       "manual_retry"]
 
 
-def test_ai_result_links_by_uid_then_accession(engine):
-    with engine.begin() as conn:
+def test_ai_result_links_by_uid_then_accession(db):
+    with db.begin() as conn:
         study_id, _ = make_study(conn, "9.9")
         assert recorder.find_study_for_ai_result(conn, "9.9", None) == (study_id, "study_uid")
         assert recorder.find_study_for_ai_result(conn, "other.uid", "A1") == (study_id, "accession")
