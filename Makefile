@@ -22,7 +22,7 @@ LINES ?= 100
 # make test PYTEST_ARGS="-k compose -x"
 PYTEST_ARGS ?=
 
-.PHONY: help venv env run start stop restart status logs lint test
+.PHONY: help venv env run start stop restart status logs lint audit test test-long
 
 help: ## list the targets
 	@echo "Routing hub. Quick start: make run (start everything), make test (all checks)."
@@ -68,9 +68,16 @@ logs: $(VENV_STAMP) ## show the logs (SERVICE=postgres|orthanc|worker|app, FOLLO
 lint: $(VENV_STAMP) ## ruff on the whole project
 	$(VENV)/bin/ruff check .
 
-test: $(VENV_STAMP) ## ruff, then the whole pytest suite (unit, integration, browser)
+audit: $(VENV_STAMP) ## pip-audit of requirements.txt; fails on known vulnerabilities that have a fix
+	$(VENV_PY) -m hub.tooling.dependency_audit requirements.txt
+
+test: $(VENV_STAMP) ## ruff, the dependency audit, then the whole pytest suite (unit, integration, browser)
 	$(VENV)/bin/ruff check .
+	$(VENV_PY) -m hub.tooling.dependency_audit requirements.txt
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-long: $(VENV_STAMP) ## the reliability runs longer than 5 minutes (not part of make test or CI)
+	$(VENV)/bin/pytest -m long $(PYTEST_ARGS)
 
 # Tooling targets (setup, quick-setup, menu, seed-modalities, backup, restore, rebuild,
 # upgrade, clean, reset, uninstall, demo) are defined in mk/*.mk.
