@@ -29,7 +29,7 @@ BCRYPT_ROUNDS = 12
 # bcrypt only looks at the first 72 bytes; bcrypt 5 refuses longer input outright.
 PASSWORD_MAX_BYTES = 72
 PASSWORD_MIN_CHARS = 12
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")  # \Z: "$" would let a final newline in
 
 # After LOCKOUT_THRESHOLD consecutive failures the account is locked for
 # LOCKOUT_BASE_S, doubling with each further failure up to LOCKOUT_MAX_S.

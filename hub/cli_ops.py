@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hub.tooling import exitcodes
@@ -80,6 +81,15 @@ def _db(settings: Settings, *, write: bool = False) -> Iterator[Connection]:
 
 def _local(value: datetime | None, settings: Settings) -> str:
     return value.astimezone(settings.zone).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _data(*values: object) -> list[str]:
+    """Values from DICOM, Orthanc or the database, escaped so rich prints them as text.
+
+    A description such as "[/]" is console markup to rich: unescaped, it raises
+    MarkupError (or restyles the output). None prints as "".
+    """
+    return [escape("" if v is None else str(v)) for v in values]
 
 
 def _actor() -> str:
@@ -192,9 +202,9 @@ def studies(
         raise _fail(f"no study matches {search!r}", exitcodes.NOT_FOUND)
     table = Table("id", "received", "accession", "modality", "description", "source", "status")
     for row in rows:
-        table.add_row(str(row["id"]), _local(row.get("first_received_at"), settings), row.get("accession_number") or "",
-                      row.get("modalities") or "", row.get("description") or "", row.get("source_aet") or "",
-                      row["status"])
+        table.add_row(str(row["id"]), _local(row.get("first_received_at"), settings),
+                      *_data(row.get("accession_number"), row.get("modalities"), row.get("description"),
+                             row.get("source_aet")), row["status"])
     out.print(table)
 
 
@@ -215,22 +225,23 @@ def study(
             assert row is not None
             events = queries.study_events(conn, study_id)
             jobs = queries.study_jobs(conn, study_id)
-            out.print(f"[bold]Study {row['id']}[/bold]  {row['study_uid']}  accession {row['accession_number'] or '-'}"
+            uid, accession = _data(row["study_uid"], row["accession_number"] or "-")
+            out.print(f"[bold]Study {row['id']}[/bold]  {uid}  accession {accession}"
                       f"  status [bold]{row['status']}[/bold]")
             out.print(f"  {row['description'] or ''}  from {row['source_aet'] or '?'}", markup=False)
             for stage in queries.study_stages(row, events, jobs, settings.ai_modality):
                 mark = "[green]✔[/green]" if stage.at else "·"
-                out.print(f"  {mark} {stage.name:<24} {_local(stage.at, settings)}  {stage.note}")
+                out.print(f"  {mark} {stage.name:<24} {_local(stage.at, settings)}  {escape(stage.note or '')}")
             timeline = Table("time", "event", "destination", "job", title="Timeline")
             for event in events:
-                timeline.add_row(_local(event["at"], settings), event["type"], event["destination"] or "",
+                timeline.add_row(_local(event["at"], settings), event["type"], *_data(event["destination"]),
                                  str(event["job_id"] or ""))
             out.print(timeline)
             if jobs:
                 table = Table("job", "purpose", "destination", "state", "attempts", "last error")
                 for job in jobs:
-                    table.add_row(str(job["id"]), job["purpose"], job["destination"], job["state"],
-                                  str(job["attempts"]), (job["last_error"] or "")[:80])
+                    table.add_row(str(job["id"]), job["purpose"], *_data(job["destination"]), job["state"],
+                                  str(job["attempts"]), *_data((job["last_error"] or "")[:80]))
                 out.print(table)
 
 
@@ -258,8 +269,7 @@ def destinations(
                     verdict = "[green]ok[/green]" if result.ok else "[red]failed[/red]"
                     latency = f"{result.latency_ms:.0f} ms"
                     failed += not result.ok
-                table.add_row(name, spec.get("AET", ""), spec.get("Host", ""), str(spec.get("Port", "")), verdict,
-                              latency)
+                table.add_row(*_data(name, spec.get("AET"), spec.get("Host"), spec.get("Port")), verdict, latency)
     except OrthancError as exc:
         raise _fail(f"Orthanc: {exc}", exitcodes.UNAVAILABLE) from None
     out.print(table)
@@ -290,7 +300,7 @@ def test(
     spec = known[name]
     where = f"{spec.get('AET')}@{spec.get('Host')}:{spec.get('Port')}"
     if result.ok:
-        out.print(f"C-ECHO {name} ({where}): ok in {result.latency_ms:.0f} ms")
+        out.print(f"C-ECHO {name} ({where}): ok in {result.latency_ms:.0f} ms", markup=False)
         return
     err.print(f"C-ECHO {name} ({where}) failed after {result.latency_ms:.0f} ms: {result.error}", markup=False)
     raise typer.Exit(exitcodes.FAILED)
@@ -319,10 +329,10 @@ def queue(
     table = Table("job", "study", "accession", "purpose", "destination", "state", "attempts", "next attempt",
                   "last error")
     for row in rows[:limit]:
-        table.add_row(str(row["id"]), str(row["study_id"]), row["accession_number"] or "", row["purpose"],
-                      row["destination"], row["state"], str(row["attempts"]),
+        table.add_row(str(row["id"]), str(row["study_id"]), *_data(row["accession_number"]), row["purpose"],
+                      *_data(row["destination"]), row["state"], str(row["attempts"]),
                       _local(row["next_attempt_at"], settings) if row["state"] in ("queued", "failed") else "",
-                      (row["last_error"] or "")[:60])
+                      *_data((row["last_error"] or "")[:60]))
     out.print(table)
 
 

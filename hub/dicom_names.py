@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass
 
 AET_MAX = 16
-_AET_RE = re.compile(r"^[A-Za-z0-9 _.\-]+$")
-_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-MODALITY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+# \Z, not $: "$" also matches before a final newline.
+_AET_RE = re.compile(r"^[A-Za-z0-9 _.\-]+\Z")
+_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+MODALITY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}\Z")
 
 
 def check_aet(value: str) -> str:

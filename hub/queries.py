@@ -247,14 +247,24 @@ def recent_destinations(conn: Connection, since: datetime) -> list[str]:
 # --- study detail -----------------------------------------------------------------------
 
 
+def study_number(key: str) -> int | None:
+    """The study id typed as `key`, if it is one: ASCII digits that fit a bigint.
+
+    str.isdigit() alone is not enough: it accepts '²' and other digits int() refuses.
+    """
+    key = key.strip()
+    return int(key) if key.isascii() and key.isdigit() and len(key) < 19 else None
+
+
 def find_study(conn: Connection, key: str) -> list[int]:
     """Study ids matching a database id, a StudyInstanceUID, an Orthanc id or an accession."""
     key = key.strip()
     if not key:
         return []
     ids: list[int] = []
-    if key.isdigit() and len(key) < 19:
-        ids += conn.execute(text("SELECT id FROM studies WHERE id = :id"), {"id": int(key)}).scalars().all()
+    number = study_number(key)
+    if number is not None:
+        ids += conn.execute(text("SELECT id FROM studies WHERE id = :id"), {"id": number}).scalars().all()
     ids += conn.execute(
         text(
             "SELECT id FROM studies WHERE study_uid = :k OR orthanc_id = :k "

@@ -103,8 +103,8 @@ def sidebar_filters(settings: Settings) -> tuple[QiFilter, str]:
         st.markdown(f"**QI filters** · times in {settings.tz}")
         picked = st.date_input("First received (from, to)", value=(store["start"], store["end"]),
                                max_value=local_today(zone) + timedelta(days=1), key="qi_dates")
-        if isinstance(picked, tuple | list) and len(picked) == 2:
-            store["start"], store["end"] = picked[0], picked[1]
+        if isinstance(picked, tuple | list) and len(picked) == 2:  # in order, whatever the client sent
+            store["start"], store["end"] = min(picked), max(picked)
         elif isinstance(picked, tuple | list) and len(picked) == 1:  # the second date is being picked
             store["start"] = store["end"] = picked[0]
         elif isinstance(picked, date):

@@ -94,7 +94,8 @@ def _dry_run(settings: Settings, active: RuleSet | None, draft: RuleSet | None) 
     sources = {"active": "active rules"} | ({"draft": "editor draft"} if draft is not None else {})
     which = cols[2].radio("Rules", list(sources), format_func=sources.__getitem__, horizontal=True, key="dry_rules")
     only_new = st.checkbox("Only series not routed yet (what the worker would do now)", key="dry_only_new")
-    study_id = int(typed) if typed.strip().isdigit() else picked
+    typed_id = queries.study_number(typed)
+    study_id = picked if typed_id is None else typed_id
     if study_id is None:
         return
     rules = draft if which == "draft" else active

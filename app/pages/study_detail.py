@@ -33,9 +33,9 @@ RESEND_KINDS = {"all": "every series", "original": "original series only", "ai_r
 
 def _selected_study() -> int | None:
     """The study to show: ?study=<id> in the URL, else the last one opened in this session."""
-    raw = st.query_params.get("study")
-    if raw and str(raw).isdigit():
-        st.session_state[STATE_KEY] = int(raw)
+    number = queries.study_number(str(st.query_params.get("study") or ""))
+    if number is not None:
+        st.session_state[STATE_KEY] = number
     return st.session_state.get(STATE_KEY)
 
 

@@ -2,7 +2,10 @@
 --
 -- Refuse instances that lack the three UIDs the worker keys everything on (study,
 -- series, instance); they could never be tracked or routed. The log line names the
--- missing tag and the sender only: no patient data (PHI) is ever written to the log.
+-- missing tag and the sender only: this filter writes no patient data (PHI) to the log.
+-- Orthanc 1.10.1 refuses such instances itself before this filter runs, and its own
+-- error line names the PatientID despite DeidentifyLogs (pinned by
+-- tests/badinput/test_malformed_dicom.py); this filter is the guard for other versions.
 
 local REQUIRED = { 'StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID' }
 
