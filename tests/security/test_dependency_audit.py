@@ -122,5 +122,27 @@ def test_main_fails_when_pypi_is_unreachable(tmp_path: Path, monkeypatch: pytest
     assert "ERROR: the audit could not run" in out and "127.0.0.1" in out
 
 
+@pytest.mark.parametrize(("report", "expected"), [
+    ({"dependencies": [{"name": "httpx", "version": "0.28.1", "skip_reason": "404 from PyPI"}], "fixes": []},
+     exitcodes.OK),
+    ({"dependencies": [{"name": "jinja2", "version": "3.1.2", "vulns": [_vuln("GHSA-h5c8-rqwp-cp95", "3.1.3")]},
+                       {"name": "httpx", "version": "0.28.1", "skip_reason": "404 from PyPI"}], "fixes": []},
+     exitcodes.FAILED),
+])
+def test_warn_mode_tolerates_only_an_unavailable_audit(report: dict, expected: int, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`make test` passes --if-unavailable warn: a pin PyPI cannot answer for warns, a fixable one fails."""
+    monkeypatch.setattr(audit, "run_audit", lambda _requirements: audit.judge(report))
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("httpx==0.28.1\n")
+    assert audit.main(["--if-unavailable", "warn", str(requirements)]) == expected
+    assert audit.main([str(requirements)]) != exitcodes.OK
+    out = capsys.readouterr().out
+    assert "NOT AUDITED httpx" in out
+    if expected == exitcodes.OK:
+        assert "WARNING: continuing without a dependency audit" in out
+
+
 def test_main_refuses_a_missing_file(tmp_path: Path) -> None:
     assert audit.main([str(tmp_path / "nope.txt")]) == exitcodes.CONFIG
