@@ -69,6 +69,7 @@ series = Table(
     Column("last_received_at", TZ),
     Column("stable_at", TZ),
     Column("routed_at", TZ),
+    Column("routed_instances", Integer),
     Column("created_at", TZ, nullable=False),
 )
 

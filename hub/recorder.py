@@ -184,7 +184,8 @@ def mark_series_routed(conn: Connection, series_ids: Iterable[int], at: datetime
     ids = list(series_ids)
     if ids:
         conn.execute(
-            text("UPDATE series SET routed_at = :at WHERE id = ANY(:ids) AND routed_at IS NULL"),
+            text("UPDATE series SET routed_at = :at, routed_instances = instance_count "
+                 "WHERE id = ANY(:ids) AND routed_at IS NULL"),
             {"ids": ids, "at": at},
         )
 

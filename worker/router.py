@@ -90,6 +90,47 @@ def route(
     return jobs
 
 
+def resend_grown_series(conn: Connection, series_orthanc_ids: list[str], now: datetime) -> list[int]:
+    """Send a routed series again wherever it went, once it holds more instances than then.
+
+    Instances can arrive after their series was routed (a modality sending again what a
+    full disk refused, a late instance). A job that has not started sends the whole
+    series anyway; a destination that has it, or is being sent it, gets it again.
+    Returns the new job ids.
+    """
+    grown = conn.execute(
+        text(
+            "UPDATE series SET routed_instances = instance_count WHERE orthanc_id = ANY(:ids) "
+            "AND routed_at IS NOT NULL AND instance_count > routed_instances RETURNING id, study_id, instance_count"
+        ),
+        {"ids": series_orthanc_ids},
+    ).all()
+    jobs: list[int] = []
+    for series_id, study_id, count in grown:
+        latest = conn.execute(
+            text(
+                "SELECT DISTINCT ON (j.destination) j.destination, j.purpose, j.payload, j.rule_name, j.state "
+                "FROM job_series js JOIN routing_jobs j ON j.id = js.job_id WHERE js.series_id = :id "
+                "ORDER BY j.destination, j.id DESC"
+            ),
+            {"id": series_id},
+        ).all()
+        for job in latest:
+            if job.state not in ("sending", "succeeded"):
+                continue
+            job_id = recorder.queue_job(
+                conn, study_id=study_id, purpose=job.purpose, destination=job.destination, series_ids=[series_id],
+                payload=job.payload, rule_name=job.rule_name, at=now, resend=True,
+            )
+            if job_id is not None:  # always, as resends are never deduplicated away
+                recorder.add_event(conn, study_id, "resend", now, job_id=job_id, series_id=series_id,
+                                   destination=job.destination,
+                                   detail={"reason": "instances arrived after routing", "instances": count})
+                jobs.append(job_id)
+        recorder.refresh_study_status(conn, study_id)
+    return jobs
+
+
 def _has_jobs(conn: Connection, study_id: int) -> bool:
     return conn.execute(
         text("SELECT EXISTS (SELECT 1 FROM routing_jobs WHERE study_id = :id)"), {"id": study_id}

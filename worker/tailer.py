@@ -22,7 +22,7 @@ from hub.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, 
 from hub.settings import Settings
 from worker import ingest
 from worker.metrics import CHANGES_FAILED, CHANGES_PROCESSED, CURSOR_LAG
-from worker.router import Candidate, route, series_tags, unrouted_series
+from worker.router import Candidate, resend_grown_series, route, series_tags, unrouted_series
 from worker.rules_watch import RulesHolder
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,7 @@ class Tailer:
             for sid, study_row, kind, sender, oid in unrouted_series(conn, study.get("Series", []))
         ]
         route(conn, candidates, self.rules.rules, self.settings.ai_modality, now)
+        resend_grown_series(conn, study.get("Series", []), now)
 
 
 def check_ai_overdue(engine: Engine, timeout_s: int) -> int:
