@@ -38,7 +38,8 @@ def render_orthanc_config(settings: Settings, *, lua_scripts: list[Path] | None 
         # Recycling must never delete a study the worker has not delivered yet: with
         # a size or patient limit, Orthanc silently drops the oldest patients when the
         # disk fills, including studies still queued for a destination or the AI.
-        # Disk space is managed by an operator-run purge of delivered studies instead.
+        # Settings refuse these options by name; docs/operations.md ("Disk space and
+        # recycling") tells operators how to free space by deleting delivered studies only.
         "MaximumStorageSize": 0,
         "MaximumPatientCount": 0,
         # A resent instance must not replace the stored one (and its ReceptionDate and

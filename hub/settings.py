@@ -25,6 +25,9 @@ from hub.envfile import EnvFileError, read_env_file
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS_FILE = PROJECT_ROOT / "config" / "env.defaults"
 MODALITY_PREFIX = "MODALITY_"
+# Orthanc's recycling options, refused by name: with a limit, Orthanc deletes the oldest
+# patients' studies, including those whose delivery is unfinished (hub/orthanc_config.py).
+RECYCLING_KEYS = ("MAXIMUM_STORAGE_SIZE", "MAXIMUM_PATIENT_COUNT", "MAXIMUM_STORAGE_MODE")
 
 Port = Field(ge=1, le=65535)
 
@@ -84,6 +87,7 @@ class Settings(BaseSettings):
     orthanc_concurrent_jobs: int = Field(ge=1, le=64)
     send_batch: int = Field(ge=1, le=500)
     jobs_history_size: int = Field(ge=10)
+    disk_free_warn_mb: int = Field(ge=1)
 
     sla_turnaround_s: int = Field(ge=1)
     sla_ai_round_trip_s: int = Field(ge=1)
@@ -234,7 +238,11 @@ def settings_from_values(values: dict[str, str]) -> Settings:
     modalities: dict[str, Modality] = {}
     plain: dict[str, Any] = {}
     for key, value in values.items():
-        if key.startswith(MODALITY_PREFIX):
+        if key.upper().removeprefix("ORTHANC__") in RECYCLING_KEYS:
+            errors.append(f"{key}: Orthanc's recycling is never enabled by the hub, because it deletes "
+                          "studies whose delivery is unfinished; remove this line and free disk space as "
+                          "docs/operations.md ('Disk space and recycling') describes")
+        elif key.startswith(MODALITY_PREFIX):
             name = key[len(MODALITY_PREFIX):]
             try:
                 modalities[name] = parse_modality_line(name, value)

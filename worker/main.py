@@ -31,6 +31,7 @@ from hub.settings import Settings, SettingsError, load_settings
 from worker import health
 from worker.dispatcher import Dispatcher
 from worker.rules_watch import RulesHolder, watch
+from worker.storage import StorageWatch
 from worker.tailer import CURSOR_LOCK_KEY, ChangeFailed, Tailer, check_ai_overdue
 
 log = logging.getLogger("worker")
@@ -79,6 +80,7 @@ class Worker:
         self.tailer = Tailer(settings, self.engine, self.orthanc, self.rules)
         self.dispatcher = Dispatcher(settings, self.engine, self.orthanc, self.worker_id)
         self.cursor_lock = CursorLock(self.engine)
+        self.storage = StorageWatch(settings.dicom_storage, settings.disk_free_warn_mb)
         self.tailer.on_commit = self.dispatcher.wake.set
         self.stop = threading.Event()
         self.started_at = datetime.now(UTC)
@@ -103,6 +105,9 @@ class Worker:
             "cursor_lag": max(0, self.tailer.last_seen - self.tailer.cursor) if self.owns_cursor else None,
             "heartbeat_age_s": round(age, 1) if age is not None else None,
             "rules_error": self.rules.last_error,
+            # Reported, not part of "status": the worker still delivers from a full disk;
+            # it is Orthanc that refuses new studies (docs/operations.md).
+            "storage": self.storage.check().as_dict(),
         }
 
     def heartbeat(self) -> None:
@@ -131,6 +136,7 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         """Heartbeats on their own thread: a long /changes page must not make us look dead."""
         while not self.stop.is_set():
+            self.storage.check()  # keeps the /metrics gauges current and logs a low disk once
             try:
                 self.heartbeat()
             except DBAPIError:

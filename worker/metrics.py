@@ -24,3 +24,7 @@ AI_ROUND_TRIP = Histogram(
 )
 FAILURES = Counter("hub_send_failures", "Failed send attempts by destination", ["destination"], registry=REGISTRY)
 ROUTED_JOBS = Counter("hub_jobs_queued", "Jobs queued by the rules", ["purpose"], registry=REGISTRY)
+STORAGE_FREE = Gauge(
+    "hub_dicom_storage_free_bytes", "Free bytes on DICOM_STORAGE (Orthanc refuses new data at 0)", registry=REGISTRY
+)
+STORAGE_TOTAL = Gauge("hub_dicom_storage_total_bytes", "Size of the DICOM_STORAGE filesystem", registry=REGISTRY)

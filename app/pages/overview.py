@@ -8,7 +8,6 @@ with the error that proved it.
 
 from __future__ import annotations
 
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +21,7 @@ from app.components.kpi import health_card, metric
 from app.components.orthanc import orthanc_health
 from app.context import get_settings
 from hub import queries
+from hub.disk import StorageStatus, mib, storage_status
 from hub.settings import Settings
 
 
@@ -30,21 +30,21 @@ def worker_stale_after(poll_interval: float) -> float:
     return max(30.0, 10 * poll_interval)
 
 
-def _storage_card(settings: Settings) -> None:
-    path = settings.dicom_storage
-    try:
-        usage = shutil.disk_usage(path)
-    except OSError as exc:
-        health_card("DICOM storage", False, f"{path}: {exc.strerror or exc}")
-        return
-    pct = usage.used / usage.total * 100 if usage.total else 0.0
-    gib = 1024 ** 3
-    health_card(
-        "DICOM storage", True,
-        f"{path}: {usage.used / gib:.1f} of {usage.total / gib:.1f} GiB used ({pct:.0f} %), "
-        f"{usage.free / gib:.1f} GiB free",
-        warn=pct >= 85,
-    )
+def _storage_card(settings: Settings) -> StorageStatus:
+    """The DICOM storage card; the caller shows a page-wide warning when it is not ok."""
+    status = storage_status(settings.dicom_storage, settings.disk_free_warn_mb)
+    if status.free_bytes is None or status.total_bytes is None:
+        health_card("DICOM storage", False, status.message)
+    else:
+        used = status.total_bytes - status.free_bytes
+        pct = used / status.total_bytes * 100 if status.total_bytes else 0.0
+        health_card(
+            "DICOM storage", True,
+            f"{status.path}: {mib(used)} of {mib(status.total_bytes)} used ({pct:.0f} %), "
+            f"{mib(status.free_bytes)} free",
+            warn=not status.ok,
+        )
+    return status
 
 
 def render() -> None:
@@ -109,7 +109,9 @@ def render() -> None:
                 )
                 health_card("Workers", True, detail, warn=not owner or len(alive) < len(workers))
     with cols[3]:
-        _storage_card(settings)
+        storage = _storage_card(settings)
+    if storage.status == "low":
+        st.warning(storage.message, icon=":material/hard_drive:")
 
     if db_error is not None:
         show_error("Job and study figures are unavailable", db_error)

@@ -100,6 +100,9 @@ def probe_worker(settings: Settings) -> Probe:
     except ValueError:
         body = {}
     detail = f"status {body.get('status', '?')} (orthanc {body.get('orthanc')}, database {body.get('database')})"
+    storage = body.get("storage") or {}
+    if storage.get("status", "ok") != "ok":  # a warning: the worker itself still works
+        detail += f"; {storage.get('message')}"
     return Probe("worker", response.status_code == 200, url, f"HTTP {response.status_code}: {detail}")
 
 
