@@ -86,10 +86,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 class Stack:
     """Orthanc on the small disk, a worker routing everything to a PACS, and their settings."""
 
-    def __init__(self, values: dict[str, str], orthanc: OrthancServer, worker: WorkerProcess, pacs: StorageSCP,
+    def __init__(self, settings: Settings, orthanc: OrthancServer, worker: WorkerProcess, pacs: StorageSCP,
                  engine: Engine, env_file: Path):
-        self.values = values
-        self.settings: Settings = settings_from_values(values)
+        self.settings = settings
         self.orthanc = orthanc
         self.worker = worker
         self.pacs = pacs
@@ -154,7 +153,7 @@ def stack(small_disk: Path, pg_server: PostgresServer, qi_db: QiDatabase, hub_va
         assert orthanc.rest is not None
         orthanc.rest.put_modality("PACS", "PACS", pacs.port)
         worker = WorkerProcess(values, tmp_path, "worker").start()
-        yield Stack(values, orthanc, worker, pacs, engine, write_env(values, tmp_path / "stack.env"))
+        yield Stack(settings, orthanc, worker, pacs, engine, write_env(values, tmp_path / "stack.env"))
     finally:
         if worker is not None:
             worker.stop()
