@@ -5,7 +5,9 @@ second, so a million studies can only be written set-based, with generate_series
 the server. The rows mimic what hub/recorder.py writes (same tables, same event
 types, same job states), with realistic shapes: a diurnal and weekly volume curve in
 TZ, log-normal stage durations, retried and dead jobs, AI results that are late or
-never come. The QI caches are rebuilt at the end (`qi_rebuild()`).
+never come. Every time is a whole second, as the worker records them (Orthanc's times
+have whole seconds; hub.orthanc_client.parse_orthanc_time truncates job times).
+The QI caches are rebuilt at the end (`qi_rebuild()`).
 
 Ids are derived from the study number (series 5*i+k, jobs 4*i+k), so the script
 needs an empty database: it refuses to run on one that has studies unless --reset.
@@ -52,8 +54,8 @@ STEPS: list[tuple[str, str]] = [
                    CASE WHEN EXTRACT(isodow FROM b.d) >= 6 AND b.u_wkend < 0.5
                         THEN b.d - 2 ELSE b.d END AS day,
                    -- 75 %% of studies between 07:00 and 19:00 local time
-                   CASE WHEN b.u_hour < 0.75 THEN 7 * 3600 + random() * 12 * 3600
-                        ELSE random() * 24 * 3600 END AS sec
+                   CASE WHEN b.u_hour < 0.75 THEN 7 * 3600 + floor(random() * 12 * 3600)
+                        ELSE floor(random() * 24 * 3600) END AS sec
             FROM base b
         ), timed AS (
             SELECT l.*, (l.day + make_interval(secs => l.sec)) AT TIME ZONE %(tz)s AS recv FROM local l
@@ -65,15 +67,15 @@ STEPS: list[tuple[str, str]] = [
                     WHEN l.u_mod < 0.9 THEN 'CT' ELSE 'MR' END AS modality,
                'MOD' || (1 + floor(l.u_src * 6)::int) AS source_aet,
                1 + floor(random() * 2)::int AS n_orig,
-               5 + 25 * random() AS wait_s,
+               round(5 + 25 * random()) AS wait_s,
                -- AI send: 1 %% dead after 8 attempts, 3 %% one retry
                CASE WHEN l.u_ai < 0.01 THEN 2 WHEN l.u_ai < 0.04 THEN 1 ELSE 0 END AS ai_fail,
-               exp(ln(8) + 0.7 * {NORMAL}) AS to_ai_s,
+               round(exp(ln(8) + 0.7 * {NORMAL})) AS to_ai_s,
                -- AI round trip: log-normal around 7 min, 5 %% slow tail, 3 %% never
                CASE WHEN l.u_miss < 0.03 THEN NULL
-                    WHEN l.u_miss < 0.08 THEN exp(ln(2400) + 0.5 * {NORMAL})
-                    ELSE exp(ln(420) + 0.5 * {NORMAL}) END AS rt_s,
-               10 + 30 * random() AS settle_s
+                    WHEN l.u_miss < 0.08 THEN round(exp(ln(2400) + 0.5 * {NORMAL}))
+                    ELSE round(exp(ln(420) + 0.5 * {NORMAL})) END AS rt_s,
+               round(10 + 30 * random()) AS settle_s
         FROM timed l
     """),
     ("studies", """
@@ -145,7 +147,7 @@ STEPS: list[tuple[str, str]] = [
                d.created, md5('job' || d.study_id || '.' || d.k),
                CASE WHEN d.u < 0.005 THEN (ARRAY[%(err0)s, %(err1)s, %(err2)s])[1 + (d.study_id %% 3)::int] END,
                d.created, d.created,
-               d.created + make_interval(secs => exp(ln(20) + 0.8 * {NORMAL})
+               d.created + make_interval(secs => round(exp(ln(20) + 0.8 * {NORMAL}))
                     + CASE WHEN d.u < 0.005 THEN 1800 WHEN d.u < 0.025 THEN 10 ELSE 0 END),
                d.created
         FROM (

@@ -1,7 +1,8 @@
 """QI analytics queries: thin, parameterised calls of the SQL views and functions.
 
 Every number shown by the QI pages, the CLI report and the Grafana dashboards is
-defined once, in db/migrations/versions/0002_qi_views.py: `qi_study` (one row per
+defined once, in db/migrations/versions/0002_qi_views.py (three of them replaced by faster
+forms with the same answers in 0004_qi_speed.py): `qi_study` (one row per
 study, DESIGN.md section 4), `qi_delivery` (one row per study and destination),
 `qi_attempt` (one row per finished send attempt) and the aggregate functions
 `qi_*(p_from, p_to, ...)` (counts, p50/p90/p95 with percentile_cont, max, rates with
@@ -56,8 +57,10 @@ _FUNCTIONS = frozenset({
     "qi_delivery_times", "qi_attempt_failures", "qi_top_errors", "qi_ai_outcomes", "qi_volume",
     "qi_volume_heatmap", "qi_daily_summary",
 })
-# Sort memory for the percentile aggregates of one transaction (SET LOCAL).
-WORK_MEM = "64MB"
+# Sort memory for the percentile aggregates of one transaction (SET LOCAL). A year of
+# deliveries at 1M studies (1.3M rows) sorts in ~150 MB; with 64 MB it went to disk
+# ("external sort", bench/qi_bench.py). Memory is used only as far as the rows need it.
+WORK_MEM = "256MB"
 
 
 class QiError(ValueError):
@@ -371,13 +374,14 @@ def daily_summary(conn: Connection, flt: QiFilter, zone: ZoneInfo) -> pd.DataFra
 def filter_options(conn: Connection, flt: QiFilter, zone: ZoneInfo) -> dict[str, list[str]]:
     """Values present in the date range, for the filter widgets (the other filters ignored).
 
-    One scan of the range: the studies' dimensions are materialised once and each list
-    is read from that.
+    One scan of the range: the distinct combinations of the studies' dimensions (a few
+    hundred, against 500,000 studies a year) are materialised once and each list is
+    read from those.
     """
     prepare(conn)
     row = conn.execute(
         text(
-            "WITH s AS MATERIALIZED (SELECT modality, source_aet, destinations, rules "  # noqa: S608
+            "WITH s AS MATERIALIZED (SELECT DISTINCT modality, source_aet, destinations, rules "  # noqa: S608
             f"FROM qi_filtered_studies({RANGE_ARGS})) "
             "SELECT (SELECT array_agg(DISTINCT modality) FROM s WHERE modality IS NOT NULL) AS modality, "
             "(SELECT array_agg(DISTINCT source_aet) FROM s WHERE source_aet IS NOT NULL) AS source_aet, "
