@@ -11,7 +11,7 @@ be identical, row for row and bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,7 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
 from hub import qi, recorder
-from hub.db import alembic_config, make_engine, migrate
+from hub.db import alembic_config, migrate
 from hub.qi import QiFilter
 from tests.harness.stack import QiDatabase
 from tests.integration import qi_fixture
@@ -100,17 +100,6 @@ def assert_same(after: dict[str, Any], before: dict[str, Any]) -> None:
             pd.testing.assert_frame_equal(value, before[key], check_exact=True, obj=key)
         else:
             assert value == before[key], key
-
-
-@pytest.fixture
-def db(qi_db: QiDatabase) -> Iterator[Engine]:
-    engine = make_engine(qi_db.url)
-    with engine.begin() as conn:
-        qi.sync_qi_settings(conn, qi_db.settings)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def test_revision_0004_gives_the_same_answers_as_0002s_definitions(db: Engine, qi_db: QiDatabase) -> None:
