@@ -13,8 +13,8 @@ test_qi_speed.py compares every QI function before and after this revision):
   that rescans qi_dirty once per cached row: 0.3-0.5 us a row, up to 40 % of a query
   over a year of studies. NOT IN over the primary key (never NULL) means the same and
   runs as one hash built per query. (A hashed subplan is planned while qi_dirty's
-  estimated size fits in hash memory: with the hub's work_mem well over a million
-  dirty studies, with PostgreSQL's default 4 MB about 100,000.)
+  estimated size fits in hash memory: still so with 250,000 dirty studies under
+  PostgreSQL's default work_mem of 4 MB.)
 * `qi_stage_stats` groups by the constant 'all' when p_group is 'none' (the group
   qi_group_keys gives every study then), so PostgreSQL no longer sorts every study
   by an unknown group key before the percentiles sort their own values.
