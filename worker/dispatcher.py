@@ -18,11 +18,15 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
-from sqlalchemy import Engine, text
+import psycopg.errors
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from hub import recorder
 from hub.orthanc_client import OrthancClient, OrthancError, parse_orthanc_time
@@ -36,6 +40,9 @@ HEARTBEAT_STALE_S = 20
 # then back off, so a short job is seen done quickly and a long one costs few requests.
 POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.1
+DEADLOCK_RETRIES = 5
+RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,12 @@ class Dispatcher:
         return len(claimed)
 
     def claim(self, limit: int) -> list[ClaimedJob]:
-        """Claim due jobs and adopt orphaned `sending` jobs, honouring DEST_CONCURRENCY."""
+        """Claim due jobs and adopt orphaned `sending` jobs, honouring DEST_CONCURRENCY.
+
+        Orphans include our own `sending` jobs that are not in flight here: a send whose
+        outcome or release could not be written (the database went away) leaves them
+        claimed by a worker that is alive, so nobody else would ever adopt them.
+        """
         now = datetime.now(UTC)
         with self._lock:
             mine = list(self.inflight)
@@ -149,11 +161,12 @@ class Dispatcher:
                     ), busy AS (
                         SELECT destination, count(*) AS n FROM routing_jobs
                         WHERE state = 'sending' AND claimed_by IN (SELECT worker_id FROM live)
+                          AND (claimed_by <> :w OR id = ANY(CAST(:mine AS bigint[])))
                         GROUP BY destination
                     ), locked AS (
                         SELECT j.id, j.destination, j.next_attempt_at FROM routing_jobs j
                         WHERE ((j.state IN ('queued', 'failed') AND j.next_attempt_at <= :now)
-                           OR (j.state = 'sending' AND (j.claimed_by IS NULL
+                           OR (j.state = 'sending' AND (j.claimed_by IS NULL OR j.claimed_by = :w
                                OR j.claimed_by NOT IN (SELECT worker_id FROM live))))
                           AND j.id <> ALL(CAST(:mine AS bigint[]))
                           AND NOT EXISTS (SELECT 1 FROM destination_holds h WHERE h.destination = j.destination)
@@ -169,7 +182,7 @@ class Dispatcher:
                     ORDER BY ranked.next_attempt_at, ranked.id LIMIT :limit
                     """
                 ),
-                {"now": now, "stale": HEARTBEAT_STALE_S, "limit": limit, "mine": mine,
+                {"now": now, "stale": HEARTBEAT_STALE_S, "limit": limit, "mine": mine, "w": self.worker_id,
                  "per_dest": self.settings.dest_concurrency * self.settings.send_batch},
             ).scalars().all()
             if not rows:
@@ -207,10 +220,9 @@ class Dispatcher:
             except OrthancError as exc:
                 self._fail(batch, str(exc), exc.orthanc_status, start, count_attempt=True)
                 return
-            with self.engine.begin() as conn:
-                now = datetime.now(UTC)
-                for job in batch:
-                    recorder.job_started(conn, job.id, orthanc_job_id=orthanc_job, at=now)
+            now = datetime.now(UTC)
+            self._write(lambda conn: [recorder.job_started(conn, job.id, orthanc_job_id=orthanc_job, at=now)
+                                      for job in batch])
         delay = POLL_FIRST_S
         while True:
             if self.stopping.is_set() and not self._grace_left():
@@ -246,9 +258,9 @@ class Dispatcher:
     def _succeed(self, batch: list[ClaimedJob], status: dict, start: float) -> None:
         at = parse_orthanc_time(status.get("CompletionTime")) or datetime.now(UTC)
         sent = (status.get("Content") or {}).get("InstancesCount")
-        with self.engine.begin() as conn:
-            for job in batch:
-                recorder.job_succeeded(conn, job.id, at=at, instances_sent=sent if len(batch) == 1 else None)
+        self._write(lambda conn: [
+            recorder.job_succeeded(conn, job.id, at=at, instances_sent=sent if len(batch) == 1 else None)
+            for job in batch])
         SEND_SECONDS.labels(batch[0].destination, "success").observe(time.monotonic() - start)
         log.info("jobs delivered", extra={"fields": {"jobs": _ids(batch), "destination": batch[0].destination,
                                                      "instances": sent}})
@@ -260,8 +272,10 @@ class Dispatcher:
         `count_attempt` is set when Orthanc refused the store before a job started.
         """
         now = datetime.now(UTC)
-        dead = []
-        with self.engine.begin() as conn:
+        dead: list[int] = []
+
+        def record(conn: Connection) -> None:
+            dead.clear()
             for job in batch:
                 attempts = conn.execute(
                     text("UPDATE routing_jobs SET attempts = attempts + :inc, orthanc_job_id = NULL "
@@ -275,6 +289,8 @@ class Dispatcher:
                 else:
                     dead.append(job.id)
                 recorder.job_failed(conn, job.id, at=now, error=error, error_code=code, retry_at=retry_at)
+
+        self._write(record)
         SEND_SECONDS.labels(batch[0].destination, "failure").observe(time.monotonic() - start)
         FAILURES.labels(batch[0].destination).inc(len(batch))
         log.warning("send failed", extra={"fields": {"jobs": _ids(batch), "destination": batch[0].destination,
@@ -282,12 +298,31 @@ class Dispatcher:
 
     def _release(self, job_ids: list[int]) -> None:
         """Hand unfinished jobs back: they keep their Orthanc job id, so they are adopted, not resent."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                text("UPDATE routing_jobs SET claimed_by = NULL, updated_at = now() "
-                     "WHERE id = ANY(:ids) AND state = 'sending' AND claimed_by = :w"),
-                {"ids": job_ids, "w": self.worker_id},
-            )
+        self._write(lambda conn: conn.execute(
+            text("UPDATE routing_jobs SET claimed_by = NULL, updated_at = now() "
+                 "WHERE id = ANY(:ids) AND state = 'sending' AND claimed_by = :w"),
+            {"ids": job_ids, "w": self.worker_id},
+        ))
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in a transaction, again if PostgreSQL aborted it to break a deadlock.
+
+        Every write to jobs, series and studies also marks the study dirty for the QI
+        cache (a trigger upserting qi_dirty rows, locked until commit). The tailer and
+        the send threads touch several studies per transaction in no common order, so
+        they can deadlock; PostgreSQL then aborts one of them, and redoing it is the
+        remedy. Without it, an aborted `job_started` would lose the Orthanc job id of a
+        store already under way, and the batch would be sent twice.
+        """
+        for attempt in range(1, DEADLOCK_RETRIES + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except OperationalError as exc:
+                if not isinstance(exc.orig, RETRYABLE) or attempt == DEADLOCK_RETRIES:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
 
     _deadline: float | None = None
 
