@@ -37,6 +37,7 @@ from worker.tailer import CURSOR_LOCK_KEY, ChangeFailed, Tailer, check_ai_overdu
 log = logging.getLogger("worker")
 HEARTBEAT_S = 2.0
 OVERDUE_CHECK_S = 5.0
+STABILITY_SWEEP_S = 15.0  # see Tailer.sweep_missed_stability
 QI_REFRESH_S = 30.0
 SHUTDOWN_GRACE_S = 20.0
 MAX_BACKOFF_S = 30.0
@@ -160,6 +161,7 @@ class Worker:
         observer = None
         backoff = 1.0
         last_overdue = 0.0
+        last_sweep = 0.0
         last_qi_refresh = 0.0
         qi_synced = False
         log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
@@ -182,6 +184,9 @@ class Worker:
                     if time.monotonic() - last_overdue >= OVERDUE_CHECK_S:
                         check_ai_overdue(self.engine, self.settings.ai_result_timeout)
                         last_overdue = time.monotonic()
+                    if not busy and time.monotonic() - last_sweep >= STABILITY_SWEEP_S:
+                        self.tailer.sweep_missed_stability()
+                        last_sweep = time.monotonic()
                     if time.monotonic() - last_qi_refresh >= QI_REFRESH_S:
                         with self.engine.begin() as conn:  # keeps the QI cache warm for Grafana
                             qi.refresh(conn)

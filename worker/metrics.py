@@ -23,6 +23,10 @@ AI_ROUND_TRIP = Histogram(
     buckets=(5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200), registry=REGISTRY,
 )
 FAILURES = Counter("hub_send_failures", "Failed send attempts by destination", ["destination"], registry=REGISTRY)
+STABILITY_RECOVERED = Counter(
+    "hub_stability_recovered", "Studies routed by the stability sweep (Orthanc never announced them stable)",
+    registry=REGISTRY,
+)
 ROUTED_JOBS = Counter("hub_jobs_queued", "Jobs queued by the rules", ["purpose"], registry=REGISTRY)
 STORAGE_FREE = Gauge(
     "hub_dicom_storage_free_bytes", "Free bytes on DICOM_STORAGE (Orthanc refuses new data at 0)", registry=REGISTRY

@@ -21,7 +21,7 @@ from hub import recorder
 from hub.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, parse_orthanc_time
 from hub.settings import Settings
 from worker import ingest
-from worker.metrics import CHANGES_FAILED, CHANGES_PROCESSED, CURSOR_LAG
+from worker.metrics import CHANGES_FAILED, CHANGES_PROCESSED, CURSOR_LAG, STABILITY_RECOVERED
 from worker.router import Candidate, resend_grown_series, route, series_tags, unrouted_series
 from worker.rules_watch import RulesHolder
 
@@ -32,6 +32,10 @@ HANDLED = {"NewSeries", "StableSeries", "StableStudy"}
 MAX_CHANGE_FAILURES = 5
 GROUP_MAX = 50
 GROUP_S = 0.25
+# The stability sweep looks at series unrouted this long after Orthanc's StableAge, and
+# no older than a day (a resource deleted before routing must not be asked for forever).
+STABILITY_GRACE_S = 10
+STABILITY_WINDOW = timedelta(days=1)
 
 
 class ChangeFailed(RuntimeError):
@@ -185,6 +189,49 @@ class Tailer:
         ]
         route(conn, candidates, self.rules.rules, self.settings.ai_modality, now)
         resend_grown_series(conn, study.get("Series", []), now)
+
+
+    def sweep_missed_stability(self) -> int:
+        """Route studies whose StableStudy change never came; returns how many.
+
+        Orthanc keeps its stability timers in memory. A study received shortly before
+        Orthanc stopped (a crash, a restart) is never announced stable afterwards, yet
+        GET /studies/{id} reports IsStable. Such a study would wait for ever. This sweep
+        finds series still unrouted well after StableAge and handles their study as a
+        StableStudy change would, dated when Orthanc would have announced it.
+        """
+        now = datetime.now(UTC)
+        with self.engine.connect() as conn:
+            study_ids = conn.execute(
+                text(
+                    "SELECT DISTINCT st.orthanc_id FROM series se JOIN studies st ON st.id = se.study_id "
+                    "WHERE se.routed_at IS NULL AND st.orthanc_id IS NOT NULL "
+                    "AND coalesce(se.last_received_at, se.created_at) BETWEEN :since AND :cutoff LIMIT 100"
+                ),
+                {"since": now - STABILITY_WINDOW,
+                 "cutoff": now - timedelta(seconds=self.settings.stable_age + STABILITY_GRACE_S)},
+            ).scalars().all()
+        recovered = 0
+        for orthanc_id in study_ids:
+            try:
+                study = self.orthanc.study(orthanc_id)
+            except OrthancError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            if not study.get("IsStable"):
+                continue
+            last = parse_orthanc_time(study.get("LastUpdate")) or now
+            at = min(now, last + timedelta(seconds=self.settings.stable_age))
+            with self.engine.begin() as conn:
+                for series_id in study.get("Series", []):
+                    self._stable_series(conn, series_id, at, now)
+                self._stable_study(conn, orthanc_id, at, now)
+            recovered += 1
+            STABILITY_RECOVERED.inc()
+            log.warning("study routed without a StableStudy change (Orthanc restarted before announcing it)",
+                        extra={"fields": {"study": orthanc_id}})
+        return recovered
 
 
 def check_ai_overdue(engine: Engine, timeout_s: int) -> int:

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from hub.synthetic import make_study
+from tests.harness.faults import sigkill_orthanc
 from tests.harness.waiting import wait_until
 from tests.harness.worker_proc import ALL_TO_PACS, all_jobs_final, jobs, rules_file, send
 
@@ -69,3 +70,18 @@ def test_keeps_working_after_the_change_log_is_cleared(env, workers, db, pacs, c
     send(make_study(1, 1, "CR AFTER CLEAR"), hub_settings)
     wait_until(lambda: all_jobs_final(db, 2) and pacs.instance_count == 2, timeout=40, what="second delivery")
     assert pacs.total_receipts == 2
+
+
+def test_study_orthanc_never_announced_stable_is_still_routed(env, workers, db, pacs, orthanc, clean_orthanc,
+                                                              hub_settings, tmp_path):
+    """Orthanc keeps stability timers in memory: SIGKILLed before a study's StableStudy,
+    it never announces that study after the restart. The worker's sweep routes it anyway."""
+    clean_orthanc.rest.put_modality("PACS", pacs.aet, pacs.port)
+    workers({**env, "ROUTING_RULES": rules_file(tmp_path, ALL_TO_PACS)})
+    send(make_study(1, 2, "CR KILLED BEFORE STABLE"), hub_settings)  # STABLE_AGE is 1 s
+    sigkill_orthanc(orthanc)
+    wait_until(lambda: all_jobs_final(db, 1) and pacs.instance_count == 2, timeout=90,
+               what="delivery of the study Orthanc forgot to announce")
+    changes = orthanc.rest.get("/changes", since=0, limit=1000)["Changes"]
+    assert "StableStudy" not in {c["ChangeType"] for c in changes}, "Orthanc announced it after all"
+    assert [j["state"] for j in jobs(db)] == ["succeeded"]
