@@ -278,7 +278,9 @@ class AINode(StorageSCP):
     derived series per entry of `results` back to Orthanc, in the same
     StudyInstanceUID and from its own calling AET, which is how the worker recognises
     AI results. Instances arriving for a study after its results went out start a
-    new round, as they would in mercure.
+    new round, as they would in mercure. Results Orthanc did not take (it was down,
+    or refused some) are sent again, the same instances, every `retry_s` for up to
+    `retry_for_s` seconds, as mercure's dispatcher retries.
     """
 
     def __init__(
@@ -294,8 +296,13 @@ class AINode(StorageSCP):
         results: Sequence[tuple[str, str]] = (("QA VISUALIZATION", "OT"), ("AI REPORT", "SR")),
         out_dir: Path | None = None,
         host: str = LOOPBACK,
+        retry_s: float = 1.0,
+        retry_for_s: float = 180.0,
     ) -> None:
         super().__init__(aet, port, out_dir=out_dir, host=host)
+        self.retry_s = retry_s
+        self.retry_for_s = retry_for_s
+        self._retries: list[tuple[float, float, str, list[Dataset]]] = []  # (due, first try, uid, results)
         self.orthanc_host = orthanc_host
         self.orthanc_dicom_port = orthanc_dicom_port
         self.orthanc_aet = orthanc_aet
@@ -350,33 +357,44 @@ class AINode(StorageSCP):
             ready = [uid for uid, p in self._pending.items() if now - p.last_received >= self.quiet_s]
             return [(uid, self._pending.pop(uid).datasets) for uid in ready]
 
+    def _due_retries(self) -> list[tuple[float, str, list[Dataset]]]:
+        now = time.monotonic()
+        with self._lock:
+            due = [r for r in self._retries if r[0] <= now]
+            self._retries = [r for r in self._retries if r[0] > now]
+        return [(first, uid, results) for _, first, uid, results in due]
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             for study_uid, datasets in self._due():
                 if self._stop.wait(self.delay_s):
                     return
-                self._return_results(study_uid, datasets)
+                derived: list[Dataset] = []
+                for description, modality in self.results:
+                    derived.extend(derive_ai_series(datasets, description, modality))
+                self._return_results(study_uid, derived, time.monotonic())
+            for first_try, study_uid, derived in self._due_retries():
+                self._return_results(study_uid, derived, first_try)
             self._stop.wait(0.05)
 
-    def _return_results(self, study_uid: str, datasets: list[Dataset]) -> None:
-        derived: list[Dataset] = []
-        for description, modality in self.results:
-            derived.extend(derive_ai_series(datasets, description, modality))
+    def _return_results(self, study_uid: str, derived: list[Dataset], first_try: float) -> None:
         try:
             statuses = send_datasets(
                 derived, self.orthanc_host, self.orthanc_dicom_port, self.aet, self.orthanc_aet
             )
         except (AssociationFailed, OSError) as exc:
-            with self._lock:
-                self.errors.append(f"{study_uid}: {exc}")
-            return
+            statuses, problem = [], str(exc)
+        else:
+            problem = f"statuses {[hex(s) for s in statuses]}"
         ok = sum(1 for s in statuses if s == STATUS_SUCCESS)
         with self._lock:
             self.returned += ok
             if ok == len(derived):
                 self.returned_studies.append(study_uid)
+            elif time.monotonic() - first_try < self.retry_for_s:
+                self._retries.append((time.monotonic() + self.retry_s, first_try, study_uid, derived))
             else:
-                self.errors.append(f"{study_uid}: statuses {[hex(s) for s in statuses]}")
+                self.errors.append(f"{study_uid}: {problem}")
 
 
 def echo(host: str, port: int, calling_aet: str, called_aet: str, timeout: float = 10) -> int:

@@ -1,0 +1,83 @@
+"""Soak: hundreds of studies from four concurrent senders while both PACS flap.
+
+Afterwards every study must be at every peer its rules name, each instance exactly
+once (counted at the SCPs), with one succeeded job per routing and a complete
+timeline. The PACS go down by closing their port between associations ("stop"
+flaps), so no store is ever cut in the middle and no duplicate is acceptable.
+
+`test_refusals_mid_association` measures the window that remains: a PACS that
+starts refusing inside an association fails the store part-way, and the retry sends
+the whole batch again (C-STORE has no way to ask what the peer already holds). It
+asserts that every duplicate comes from such a retried job, and prints the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections import Counter
+
+import pytest
+
+from hub.synthetic import study_uids
+from tests.harness.flapping import Flapper
+from tests.harness.load import send_concurrently
+from tests.harness.waiting import WaitTimeout, wait_until
+from tests.harness.worker_proc import all_jobs_final, jobs
+from tests.reliability.checks import AI_SHARE, make_studies, verify_run
+
+pytestmark = pytest.mark.integration
+
+SOAK_STUDIES = int(os.environ.get("SOAK_STUDIES", "500"))
+SENDERS = 4
+
+
+def wait_final(db, expected_jobs: int, seed: int, timeout: float = 180) -> None:
+    """Wait for every job to be final; on a timeout, say which jobs are not and why."""
+    try:
+        wait_until(lambda: all_jobs_final(db, expected_jobs), timeout=timeout, interval=0.5, what="every job final")
+    except WaitTimeout:
+        rows = jobs(db)
+        states = Counter((r["destination"], r["state"]) for r in rows)
+        stuck = [(r["id"], r["state"], r["attempts"], r["last_error"]) for r in rows if r["state"] != "succeeded"]
+        raise AssertionError(f"seed {seed}: {len(rows)}/{expected_jobs} jobs, {dict(states)}; "
+                             f"first unfinished: {stuck[:5]}") from None
+
+
+def run_soak(topology, workers, db, orthanc, hub_settings, seed: int, *, count: int, mode: str,
+             duplicates_allowed: bool) -> str:
+    rng = random.Random(seed)
+    studies = make_studies(count, rng)
+    originals = {str(ds.SOPInstanceUID) for study in studies for ds in study}
+    ai_studies = {str(study[0].StudyInstanceUID) for i, study in enumerate(studies) if i % AI_SHARE == 0}
+    workers(topology.values)
+    flapper = Flapper(topology.pacs, seed, mode=mode).start()
+    began = time.monotonic()
+    try:
+        report = send_concurrently(studies, SENDERS, "127.0.0.1", hub_settings.dicom_port, hub_settings.orthanc_aet)
+        returned = topology.ai.wait_returned(len(ai_studies), timeout=120)
+    finally:
+        flapper.stop()
+    assert returned, f"seed {seed}: the AI node returned {topology.ai.returned_studies!r:.200}"
+    assert report.accepted == study_uids(ds for study in studies for ds in study), \
+        f"seed {seed}: Orthanc did not accept {len(report.given_up)} studies"
+    expected_jobs = 2 * count + 2 * len(ai_studies)
+    wait_final(db, expected_jobs, seed)
+    figures = verify_run(db, orthanc.rest, topology, originals, report.accepted, ai_studies,
+                         duplicates_allowed_after_retries=duplicates_allowed)
+    summary = (f"seed {seed}, {mode} flaps: {flapper.downs} outages, {report.retries} sender retries, "
+               f"{time.monotonic() - began:.0f} s; {figures.summary()}")
+    print(summary)
+    assert figures.failed_events > 0, f"no send ever failed, so the flaps tested nothing: {summary}"
+    return summary
+
+
+def test_soak_with_flapping_destinations(topology, workers, db, orthanc, hub_settings, seed):
+    run_soak(topology, workers, db, orthanc, hub_settings, seed, count=SOAK_STUDIES, mode="stop",
+             duplicates_allowed=False)
+
+
+def test_refusals_mid_association(topology, workers, db, orthanc, hub_settings, seed):
+    run_soak(topology, workers, db, orthanc, hub_settings, seed, count=100, mode="refuse",
+             duplicates_allowed=True)
