@@ -19,6 +19,7 @@ import time
 from collections import Counter
 
 import pytest
+from sqlalchemy import text
 
 from hub.synthetic import study_uids
 from tests.harness.flapping import Flapper
@@ -41,8 +42,13 @@ def wait_final(db, expected_jobs: int, seed: int, timeout: float = 180) -> None:
         rows = jobs(db)
         states = Counter((r["destination"], r["state"]) for r in rows)
         stuck = [(r["id"], r["state"], r["attempts"], r["last_error"]) for r in rows if r["state"] != "succeeded"]
+        with db.connect() as conn:
+            unrouted = conn.execute(text(
+                "SELECT kind, stable_at IS NOT NULL AS stable, count(*) FROM series WHERE routed_at IS NULL "
+                "GROUP BY 1, 2")).all()
         raise AssertionError(f"seed {seed}: {len(rows)}/{expected_jobs} jobs, {dict(states)}; "
-                             f"first unfinished: {stuck[:5]}") from None
+                             f"first unfinished: {stuck[:5]}; unrouted series (kind, stable, n): "
+                             f"{[tuple(r) for r in unrouted]}") from None
 
 
 def run_soak(topology, workers, db, orthanc, hub_settings, seed: int, *, count: int, mode: str,
@@ -81,3 +87,11 @@ def test_soak_with_flapping_destinations(topology, workers, db, orthanc, hub_set
 def test_refusals_mid_association(topology, workers, db, orthanc, hub_settings, seed):
     run_soak(topology, workers, db, orthanc, hub_settings, seed, count=100, mode="refuse",
              duplicates_allowed=True)
+
+
+@pytest.mark.long
+@pytest.mark.timeout(3600)
+def test_long_soak_with_flapping_destinations(topology, workers, db, orthanc, hub_settings, seed):
+    """`make test-long`: ten times the soak (about 10 minutes here), same guarantees."""
+    run_soak(topology, workers, db, orthanc, hub_settings, seed, count=10 * SOAK_STUDIES, mode="stop",
+             duplicates_allowed=False)
