@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import httpx
 
@@ -67,10 +68,12 @@ class FaultInjector:
     rng: random.Random
     gap_s: tuple[float, float] = (2.0, 8.0)
     done: list[tuple[float, str, object]] = field(default_factory=list)
+    struck_at: list[datetime] = field(default_factory=list)  # wall clock (UTC) of each fault
 
     def run(self) -> None:
         t0 = time.monotonic()
         for name, action in self.faults:
             time.sleep(self.rng.uniform(*self.gap_s))
             at = round(time.monotonic() - t0, 1)
+            self.struck_at.append(datetime.now(UTC))
             self.done.append((at, name, action()))

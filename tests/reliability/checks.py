@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -106,12 +107,15 @@ def _timeline_problems(engine: Engine) -> list[str]:
 
 
 def verify_run(engine: Engine, rest: OrthancRest, topo: Topology, originals: set[str], accepted: set[str],
-               ai_studies: set[str], *, duplicates_allowed_after_retries: bool) -> RunFigures:
+               ai_studies: set[str], *, duplicates_allowed_after_retries: bool,
+               faults_at: Sequence[datetime] = ()) -> RunFigures:
     """Check a finished run; raise AssertionError listing every problem, else return its figures.
 
     Without `duplicates_allowed_after_retries` no peer may hold any instance twice. With
-    it, a duplicate is tolerated only in a study that had a retried job to that peer (the
-    documented window: a store that failed or was lost part-way is sent again whole).
+    it, a duplicate is tolerated only in a study whose job to that peer was retried, or
+    was under way when a crash struck (`faults_at`): the documented window, where a store
+    that failed or was lost part-way, or whose Orthanc job id a killed worker never
+    recorded, is sent again whole.
     """
     contents = OrthancContents.read(rest)
     expected = expected_receipts(contents, originals, ai_studies)
@@ -133,7 +137,8 @@ def verify_run(engine: Engine, rest: OrthancRest, topo: Topology, originals: set
             "SELECT count(*) FROM events WHERE type = 'delivery_failed'")).scalar_one()
         retried = set(conn.execute(text(
             "SELECT s.study_uid || '/' || j.destination FROM routing_jobs j JOIN studies s ON s.id = j.study_id "
-            "WHERE j.attempts > 1")).scalars())
+            "WHERE j.attempts > 1 OR EXISTS (SELECT 1 FROM unnest(CAST(:faults AS timestamptz[])) f(t) "
+            "WHERE j.created_at <= f.t AND j.finished_at >= f.t)"), {"faults": list(faults_at)}).scalars())
     if db_studies != contents.studies:
         problems.append(f"database studies {len(db_studies)} != Orthanc studies {len(contents.studies)}")
     if unrouted:
@@ -152,7 +157,7 @@ def verify_run(engine: Engine, rest: OrthancRest, topo: Topology, originals: set
             explained = f"{contents.study_of.get(sop)}/{peer.aet}" in retried
             if not duplicates_allowed_after_retries or not explained:
                 problems.append(f"{peer.aet}: {sop} received {peer.duplicates[sop]} times"
-                                f"{'' if explained else ' with no retried job to explain it'}")
+                                f"{'' if explained else ' with no retry or crash to explain it'}")
     problems += _timeline_problems(engine)
     figures = RunFigures(len(contents.studies), len(contents.study_of), peers, len(jobs),
                          sum(1 for j in jobs if j.attempts > 1), failed_events)

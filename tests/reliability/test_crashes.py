@@ -81,7 +81,7 @@ def test_crashes_lose_and_repeat_nothing(topology, workers, db, orthanc, pg_serv
     assert report.accepted == study_uids(ds for study in studies for ds in study), \
         f"seed {seed}: {len(report.given_up)} studies never accepted"
     figures = verify_run(db, orthanc.rest, topology, originals, report.accepted, ai_studies,
-                         duplicates_allowed_after_retries=True)
+                         duplicates_allowed_after_retries=True, faults_at=injector.struck_at)
     print(f"seed {seed}: faults {injector.done}; {report.retries} sender retries, "
           f"{time.monotonic() - began:.0f} s; {figures.summary()}")
     assert [name for _, name, _ in injector.done] == [name for name, _ in faults]
