@@ -62,14 +62,15 @@ def run_soak(topology, workers, db, orthanc, hub_settings, seed: int, *, count: 
     began = time.monotonic()
     try:
         report = send_concurrently(studies, SENDERS, "127.0.0.1", hub_settings.dicom_port, hub_settings.orthanc_aet)
-        returned = topology.ai.wait_returned(len(ai_studies), timeout=120)
+        returned = topology.ai.wait_returned(len(ai_studies), timeout=max(120, 0.06 * count))
     finally:
         flapper.stop()
-    assert returned, f"seed {seed}: the AI node returned {topology.ai.returned_studies!r:.200}"
+    assert returned, (f"seed {seed}: the AI node returned {len(topology.ai.returned_studies)} of "
+                      f"{len(ai_studies)} studies; errors {topology.ai.errors[:3]}")
     assert report.accepted == study_uids(ds for study in studies for ds in study), \
         f"seed {seed}: Orthanc did not accept {len(report.given_up)} studies"
     expected_jobs = 2 * count + 2 * len(ai_studies)
-    wait_final(db, expected_jobs, seed)
+    wait_final(db, expected_jobs, seed, timeout=max(180, 0.06 * count))
     figures = verify_run(db, orthanc.rest, topology, originals, report.accepted, ai_studies,
                          duplicates_allowed_after_retries=duplicates_allowed)
     summary = (f"seed {seed}, {mode} flaps: {flapper.downs} outages, {report.retries} sender retries, "
