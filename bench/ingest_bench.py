@@ -183,6 +183,7 @@ def main() -> int:
         print()
         print(f"median A {statistics.median(a_rates):.0f} inst/s, median B {statistics.median(b_rates):.0f} inst/s; "
               f"ratio of medians {ratio:.2f}, median of pair ratios {pair_ratio:.2f}")
+        print(f"command: .venv/bin/python -m bench.ingest_bench {' '.join(sys.argv[1:])}".rstrip())
         print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
         return 0
     finally:
