@@ -1,6 +1,6 @@
 """The worker against the Lua router it replaces: throughput and stability-to-delivery.
 
-    .venv/bin/python -m bench.lua_router_bench [--studies 40] [--instances 10] [--senders 4]
+    .venv/bin/python -m bench.lua_router_bench [--studies 40] [--instances 10] [--senders 4] [--no-outage]
 
 The router this product replaces is a Lua `OnStableStudy` callback calling
 `SendToModality` for every matched study. Both routers run here in one run, one after
@@ -16,6 +16,10 @@ parallel senders as fast as Orthanc accepts. A poller sees each StableStudy chan
 (`storescp --sort-on-study-uid`, file counts polled every 20 ms). Throughput is the
 instances delivered per second from the first send to the last delivery; latency is
 per study, from the StableStudy change to complete delivery.
+
+Then (unless --no-outage) each router gets a peer that is down while the first half of
+the studies is sent and becomes stable, and up for the second half: the report counts
+the studies each one delivered (the Lua router never retries; the worker does).
 """
 
 from __future__ import annotations
