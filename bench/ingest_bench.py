@@ -1,15 +1,12 @@
 """Ingest headroom: Orthanc's C-STORE intake with and without the worker running.
 
-    .venv/bin/python -m bench.ingest_bench [--studies 200] [--instances 10] [--senders 4] [--rounds 3]
+    .venv/bin/python -m bench.ingest_bench [--studies 60] [--instances 10] [--senders 4] [--rounds 3]
 
 One real PostgreSQL, one real Orthanc (TCP_NODELAY=1) and a dcmtk `storescp --ignore`
 peer. The study set is written to files once and pushed by `--senders` parallel dcmtk
 `storescu` processes, as fast as Orthanc accepts. Rounds alternate: A without the
 worker, B with `python -m worker` running and forwarding every study to the peer (the
-realistic case: ingest and forwarding share the machine), C with the worker running
-and the peer held, so it records and routes but sends nothing: B/A is the headroom,
-C/A the share of it that is the worker's own bookkeeping rather than Orthanc's sending.
-Before every round all
+realistic case: ingest and forwarding share the machine). Before every round all
 studies are deleted from Orthanc, and every round sends its own fresh studies of the
 same size (new UIDs, so the worker records and forwards each of them).
 
@@ -23,7 +20,6 @@ STABLE_AGE of 2 s before the last StableStudy change).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
@@ -38,11 +34,10 @@ import httpx
 import numpy as np
 from sqlalchemy import create_engine, text
 
-from bench.worker_bench import RULES, cpu_seconds
+from bench.worker_bench import RULES
 from hub import pgcluster
 from hub.db import migrate
 from hub.envfile import generate_secret
-from hub.operations import hold_destination, release_destination
 from hub.settings import PROJECT_ROOT, settings_from_values
 from hub.synthetic import make_study, write_datasets
 from tests.harness.ports import free_port
@@ -50,16 +45,6 @@ from tests.harness.stack import OrthancServer, PostgresServer, make_values, remo
 from tests.harness.waiting import wait_until
 
 LAG_SAMPLE_S = 0.2
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its descendants (PostgreSQL's backends)."""
-    total = cpu_seconds(pid)
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            with contextlib.suppress(FileNotFoundError):  # a backend that just exited
-                total += tree_cpu(int(child))
-    return total
 
 
 def push(files: list[list[Path]], settings) -> float:
@@ -78,7 +63,7 @@ def push(files: list[list[Path]], settings) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=200)
+    parser.add_argument("--studies", type=int, default=60)
     parser.add_argument("--instances", type=int, default=10)
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs")
@@ -95,6 +80,7 @@ def main() -> int:
     peer = subprocess.Popen(["storescp", "--ignore", "-aet", "PEER", str(peer_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "TCP_NODELAY": "1"})
+    worker = None
     try:
         pg.start()
         pgcluster.ensure_roles_and_databases(settings, superuser_password=pg.superuser_password)
@@ -117,7 +103,7 @@ def main() -> int:
                 paths.extend(write_datasets(make_study(1, args.instances, f"CR INGEST {name} {i}"), study_dir))
             return [paths[i::args.senders] for i in range(args.senders)]
 
-        sets = {f"{r}{side}": study_set(f"{r}{side}") for r in range(args.rounds) for side in "ABC"}
+        sets = {(r, side): study_set(f"{r}{side}") for r in range(args.rounds) for side in "AB"}
         total = args.studies * args.instances
 
         def clear_orthanc() -> None:
@@ -158,91 +144,56 @@ def main() -> int:
             with engine.connect() as conn:
                 return conn.execute(text("SELECT count(*) FROM routing_jobs")).scalar_one()
 
-        def cpu() -> tuple[float, float]:
-            return cpu_seconds(orthanc.proc.pid), tree_cpu(pg.proc.pid)
-
-        def with_worker(name: str, held: bool) -> tuple[float, int, float, float, tuple[float, ...]]:
-            """One round with the worker running: intake rate, lag max and p95, seconds to lag 0,
-            and the CPU seconds Orthanc, PostgreSQL and the worker spent until then."""
+        a_rates, b_rates, lags_max, lags_p95, drain = [], [], [], [], []
+        for r in range(args.rounds):
             clear_orthanc()
-            if held:
-                with engine.begin() as conn:
-                    hold_destination(conn, "PEER", actor="bench", source="cli")
-            proc = start_worker()
+            a_rates.append(total / push(sets[r, "A"], settings))
+            clear_orthanc()
+            worker = start_worker()
             jobs_before = jobs_queued()
             samples: list[int] = []
             stop = threading.Event()
 
-            def sample() -> None:
-                while not stop.wait(LAG_SAMPLE_S):
-                    samples.append(lag())
+            def sample(out: list[int] = samples, done: threading.Event = stop) -> None:
+                while not done.wait(LAG_SAMPLE_S):
+                    out.append(lag())
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            try:
-                before = (*cpu(), cpu_seconds(proc.pid))
-                rate = total / push(sets[name], settings)
-                ended = time.perf_counter()
-                wait_until(lambda: jobs_queued() - jobs_before >= args.studies and lag() <= baseline[0],
-                           timeout=300, interval=0.05, what="every study of the round routed, lag back to settled")
-                settled = time.perf_counter() - ended
-                used = tuple(b - a for a, b in zip(before, (*cpu(), cpu_seconds(proc.pid)), strict=True))
-            finally:
-                stop.set()
-                sampler.join()
-                proc.terminate()
-                proc.wait(60)
-            if held:  # the held round's jobs are never sent: they must not load the next round
-                with engine.begin() as conn:
-                    conn.execute(text("UPDATE routing_jobs SET state = 'cancelled' WHERE state = 'queued'"))
-                    release_destination(conn, "PEER", actor="bench", source="cli")
+            b_rates.append(total / push(sets[r, "B"], settings))
+            ended = time.perf_counter()
+            wait_until(lambda before=jobs_before: jobs_queued() - before >= args.studies and lag() <= baseline[0],
+                       timeout=300, interval=0.05, what="every study of the round routed, lag back to settled")
+            drain.append(time.perf_counter() - ended)
+            stop.set()
+            sampler.join()
             excess = [max(0, x - baseline[0]) for x in samples] or [0]
-            return rate, max(excess), float(np.percentile(excess, 95)), settled, used
+            lags_max.append(max(excess))
+            lags_p95.append(float(np.percentile(excess, 95)))
+            worker.terminate()
+            worker.wait(60)
+            worker = None
 
-        a_rates, b_rates, c_rates, b_lags = [], [], [], []
-        cpu_use: dict[str, list[tuple[float, ...]]] = {"A": [], "B": [], "C": []}
-        for r in range(args.rounds):
-            clear_orthanc()
-            before = cpu()
-            a_rates.append(total / push(sets[f"{r}A"], settings))
-            cpu_use["A"].append((*(b - a for a, b in zip(before, cpu(), strict=True)), 0.0))
-            b_lags.append(with_worker(f"{r}B", held=False))
-            b_rates.append(b_lags[-1][0])
-            cpu_use["B"].append(b_lags[-1][4])
-            c_round = with_worker(f"{r}C", held=True)
-            c_rates.append(c_round[0])
-            cpu_use["C"].append(c_round[4])
-
-        def ratios(rates: list[float]) -> str:
-            of_medians = statistics.median(rates) / statistics.median(a_rates)
-            of_pairs = statistics.median(x / a for a, x in zip(a_rates, rates, strict=True))
-            return f"median {statistics.median(rates):.0f} inst/s, ratio to A {of_medians:.2f} (median of rounds {of_pairs:.2f})"
-
-        print(f"{args.studies} studies x {args.instances} instances = {total} per round, {args.senders} storescu "
-              f"senders, {args.rounds} rounds of A (Orthanc alone), B (the worker running, forwarding every study "
-              f"to a peer) and C (the worker running, peer held: it records and routes, nothing is sent)")
+        ratio = statistics.median(b_rates) / statistics.median(a_rates)
+        pair_ratio = statistics.median(b / a for a, b in zip(a_rates, b_rates, strict=True))
+        print(f"{args.studies} studies x {args.instances} instances = {total} per round, {args.senders} "
+              f"storescu senders, {args.rounds} A/B pairs (A without the worker, B with it forwarding to a peer)")
         print()
-        print("| round | A (inst/s) | B (inst/s) | B/A | C (inst/s) | C/A | B: cursor lag max (changes) | p95 | "
-              "B: lag back to 0, s after the last instance |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for i, (a, (b, m, p, d, _), c) in enumerate(zip(a_rates, b_lags, c_rates, strict=True), 1):
-            print(f"| {i} | {a:.0f} | {b:.0f} | {b / a:.2f} | {c:.0f} | {c / a:.2f} | {m} | {p:.0f} | {d:.2f} |")
+        print("| round | A: Orthanc alone (inst/s) | B: with the worker (inst/s) | B/A | cursor lag max "
+              "(changes) | cursor lag p95 | lag back to 0, s after the last instance |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for i, (a, b, m, p, d) in enumerate(zip(a_rates, b_rates, lags_max, lags_p95, drain, strict=True), 1):
+            print(f"| {i} | {a:.0f} | {b:.0f} | {b / a:.2f} | {m} | {p:.0f} | {d:.2f} |")
         print()
-        print(f"A: median {statistics.median(a_rates):.0f} inst/s")
-        print(f"B: {ratios(b_rates)}")
-        print(f"C: {ratios(c_rates)}")
-        print()
-        print("CPU per instance received, median of rounds (A: during the push; B, C: until the lag is back to 0):")
-        print()
-        print("| round kind | Orthanc (ms) | PostgreSQL (ms) | worker (ms) | total (ms) |")
-        print("|---|---:|---:|---:|---:|")
-        for kind, used in cpu_use.items():
-            per = [statistics.median(u[k] for u in used) * 1000 / total for k in range(3)]
-            print(f"| {kind} | {per[0]:.2f} | {per[1]:.2f} | {per[2]:.2f} | {sum(per):.2f} |")
+        print(f"median A {statistics.median(a_rates):.0f} inst/s, median B {statistics.median(b_rates):.0f} inst/s; "
+              f"ratio of medians {ratio:.2f}, median of pair ratios {pair_ratio:.2f}")
         print(f"command: .venv/bin/python -m bench.ingest_bench {' '.join(sys.argv[1:])}".rstrip())
         print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
         return 0
     finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(60)
         peer.terminate()
         orthanc.stop()
         pg.stop()
