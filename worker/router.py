@@ -35,20 +35,14 @@ def series_tags(
 ) -> dict[str, str]:
     """Study, series and first-instance tags of a series, by DICOM keyword (text values only).
 
-    Orthanc's main tags win over the instance's. With `needed` (the tags the rules
-    test), Orthanc is asked no more than those need: the study's main tags come with
-    `study`, the series' cost a request, the instance's make Orthanc parse a file. These
-    requests ran on every stable study while Orthanc ingests (bench/ingest_bench.py).
-    Orthanc's main tags of the patient, study and series levels are disjoint, so a
-    partial answer holds the same values as the full one for every needed tag.
+    Orthanc's main tags win over the instance's. When every tag in `needed` (the tags
+    the rules test) is among them, the instance is not read: Orthanc would parse its
+    file for values the rules never see, on every stable study, while it ingests.
     """
-    wanted = None if needed is None else set(needed)
-    main: dict[str, str] = {**study.get("PatientMainDicomTags", {}), **study.get("MainDicomTags", {})}
-    if wanted is not None and main.keys() >= wanted:
-        return main
     series = orthanc.series(series_orthanc_id)
-    main.update(series.get("MainDicomTags", {}))
-    if wanted is not None and main.keys() >= wanted:
+    main: dict[str, str] = {**study.get("PatientMainDicomTags", {}), **study.get("MainDicomTags", {}),
+                            **series.get("MainDicomTags", {})}
+    if needed is not None and main.keys() >= set(needed):
         return main
     tags: dict[str, str] = {}
     instances = series.get("Instances", [])
