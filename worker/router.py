@@ -7,7 +7,6 @@ moved past the StableStudy change that produced them.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,26 +29,17 @@ class Candidate:
     tags: dict[str, str]
 
 
-def series_tags(
-    orthanc: OrthancClient, series_orthanc_id: str, study: dict, needed: Collection[str] | None = None
-) -> dict[str, str]:
-    """Study, series and first-instance tags of a series, by DICOM keyword (text values only).
-
-    Orthanc's main tags win over the instance's. When every tag in `needed` (the tags
-    the rules test) is among them, the instance is not read: Orthanc would parse its
-    file for values the rules never see, on every stable study, while it ingests.
-    """
+def series_tags(orthanc: OrthancClient, series_orthanc_id: str, study: dict) -> dict[str, str]:
+    """Study, series and first-instance tags of a series, by DICOM keyword (text values only)."""
     series = orthanc.series(series_orthanc_id)
-    main: dict[str, str] = {**study.get("PatientMainDicomTags", {}), **study.get("MainDicomTags", {}),
-                            **series.get("MainDicomTags", {})}
-    if needed is not None and main.keys() >= set(needed):
-        return main
     tags: dict[str, str] = {}
     instances = series.get("Instances", [])
     if instances:
         simplified = orthanc.get(f"/instances/{instances[0]}/simplified-tags")
         tags.update({k: v for k, v in simplified.items() if isinstance(v, str)})
-    tags.update(main)
+    tags.update(study.get("PatientMainDicomTags", {}))
+    tags.update(study.get("MainDicomTags", {}))
+    tags.update(series.get("MainDicomTags", {}))
     return tags
 
 
