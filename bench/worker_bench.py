@@ -1,17 +1,14 @@
 """Worker forwarding throughput against Orthanc's own direct store, side by side.
 
-    .venv/bin/python -m bench.worker_bench [--studies 400] [--rounds 4] [--instances 10] [--send-batch N]
+    .venv/bin/python -m bench.worker_bench [--studies 200] [--instances 10] [--send-batch N]
 
 One real PostgreSQL, one real Orthanc (TCP_NODELAY=1) and one dcmtk `storescp` peer.
 The same stored studies are forwarded twice to the same peer:
-  1. direct: one asynchronous Orthanc store job per study, WORKER_CONCURRENCY in flight;
+  1. direct: one asynchronous Orthanc store job per study, all submitted at once;
   2. worker: `python -m worker` with a rule sending every study to the peer. The peer
      is held while the worker reads /changes from 0 and queues a job per study (that
      cold-start routing time is reported on its own), then released: the delivery
      clock runs from the release to the last success, like the direct store's.
-Later rounds alternate which side goes first (D W, W D, D W, ...): each store job
-enlarges Orthanc's saved job history and slows every later round on both sides, so a
-fixed order would always hand the worker the bigger history. Use an even --rounds.
 Then a live phase sends more studies while the worker runs and measures the latency
 from the StableStudy change (seen by this script polling /changes every 20 ms) to the
 worker's send start (delivery_started), which includes the worker's POLL_INTERVAL.
@@ -27,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -89,10 +85,10 @@ def count_stable(rest, n: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=400)
+    parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--instances", type=int, default=10)
     parser.add_argument("--live", type=int, default=40, help="studies in the live latency phase")
-    parser.add_argument("--rounds", type=int, default=4, help="direct/worker round pairs, order alternating (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating direct/worker rounds (median)")
     parser.add_argument("--send-batch", default=None, help="override SEND_BATCH (jobs per Orthanc store job)")
     args = parser.parse_args()
 
@@ -127,16 +123,12 @@ def main() -> int:
         count_stable(rest, args.studies)
         study_ids = [rest.lookup(s[0].StudyInstanceUID) for s in studies]
 
-        # 1. Orthanc's own store, every study as its own job, WORKER_CONCURRENCY jobs in
-        #    flight: enough to keep Orthanc's queue full, and few enough that no outcome
-        #    leaves Orthanc's job history (JOBS_HISTORY_SIZE) before it is read.
-        def store_one(study_id: str) -> None:
-            assert rest.wait_job(rest.store_async("PEER", [study_id]), timeout=900)["State"] == "Success"
-
+        # 1. Orthanc's own store, every study as its own job, all at once.
         def direct_round() -> float:
             t = time.perf_counter()
-            with ThreadPoolExecutor(settings.worker_concurrency) as pool:
-                list(pool.map(store_one, study_ids))
+            jobs = [rest.store_async("PEER", [sid]) for sid in study_ids]
+            for job in jobs:
+                assert rest.wait_job(job, timeout=900)["State"] == "Success"
             return time.perf_counter() - t
 
         direct_times = [direct_round()]
@@ -157,49 +149,35 @@ def main() -> int:
                                       env={**os.environ, "HUB_ENV_FILE": str(env_file)},
                                       stdout=log, stderr=subprocess.STDOUT)
 
-        def count(state: str, after_id: int = 0) -> int:
-            """Jobs in `state` created after `after_id`: constant cost however many rounds ran."""
+        def count(state: str) -> int:
             with engine.connect() as conn:
-                return conn.execute(text("SELECT count(*) FROM routing_jobs WHERE id > :after AND state = :s"),
-                                    {"s": state, "after": after_id}).scalar_one()
+                return conn.execute(text("SELECT count(*) FROM routing_jobs WHERE state = :s"),
+                                    {"s": state}).scalar_one()
 
         wait_until(lambda: count("queued") >= args.studies, timeout=900, interval=0.1, what="jobs queued")
         routing_s = time.perf_counter() - t
         cpu_before = cpu_seconds(worker.pid)
 
-        def worker_round(after_id: int) -> float:
+        def worker_round(expected: int) -> float:
             t = time.perf_counter()
             with engine.begin() as conn:
                 release_destination(conn, "PEER", actor="bench", source="cli")
-            wait_until(lambda: count("succeeded", after_id) >= args.studies, timeout=1800, interval=0.02,
-                       what="worker deliveries")
+            wait_until(lambda: count("succeeded") >= expected, timeout=1800, interval=0.02, what="worker deliveries")
             return time.perf_counter() - t
 
-        def resend_round() -> float:
-            """Queue every study again (operator resends, same dispatcher path), then deliver."""
+        worker_times = [worker_round(args.studies)]
+        worker_cpu_s = cpu_seconds(worker.pid) - cpu_before
+        # More rounds, alternating with the direct store so both see the same machine:
+        # the worker's rounds resend every study (operator resends, same dispatcher path).
+        for round_no in range(2, args.rounds + 1):
+            direct_times.append(direct_round())
             with engine.begin() as conn:
                 hold_destination(conn, "PEER", actor="bench", source="cli")
-                after_id = conn.execute(text("SELECT max(id) FROM routing_jobs")).scalar_one()
                 for study_id in conn.execute(text("SELECT id FROM studies ORDER BY id")).scalars():
                     resend_study(conn, study_id, "PEER", actor="bench", source="cli")
-            return worker_round(after_id)
-
-        worker_times = [worker_round(0)]
-        worker_cpu_s = cpu_seconds(worker.pid) - cpu_before
-        # More rounds, alternating with the direct store so both see the same machine.
-        # Every store job makes Orthanc's saved job history (JobsHistorySize) bigger and
-        # every later round slower, on both sides: the order alternates within each pair
-        # (direct first, then worker first, ...) so that neither side always runs second.
-        for round_no in range(2, args.rounds + 1):
-            if round_no % 2:
-                direct_times.append(direct_round())
-                worker_times.append(resend_round())
-            else:
-                worker_times.append(resend_round())
-                direct_times.append(direct_round())
+            worker_times.append(worker_round(args.studies * round_no))
         direct_s = statistics.median(direct_times)
         worker_s = statistics.median(worker_times)
-        pair_ratio = statistics.median(d / w for d, w in zip(direct_times, worker_times, strict=True))
 
         def succeeded() -> int:
             return count("succeeded")
@@ -243,8 +221,7 @@ def main() -> int:
         print(f"direct Orthanc store : {direct_s:7.2f} s  {direct_rate:7.1f} inst/s")
         print(f"worker delivery      : {worker_s:7.2f} s  {worker_rate:7.1f} inst/s "
               f"(worker CPU {1000 * worker_cpu_s / args.studies:.1f} ms per study, first round)")
-        print(f"throughput ratio worker/direct = {worker_rate / direct_rate:.2f} "
-              f"(median of the per-round ratios {pair_ratio:.2f})")
+        print(f"throughput ratio worker/direct = {worker_rate / direct_rate:.2f}")
         print(f"worker routing from a cold start: {routing_s:.2f} s for {args.studies} studies "
               f"({args.studies / routing_s:.0f} studies/s, {total / routing_s:.0f} inst/s; /changes read from 0)")
         print(f"StableStudy -> send start over {len(latencies)} live studies (POLL_INTERVAL 0.5 s): "
