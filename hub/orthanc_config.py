@@ -74,9 +74,7 @@ def render_orthanc_config(settings: Settings, *, lua_scripts: list[Path] | None 
         "DeidentifyLogs": True,
         "StableAge": settings.stable_age,
         # The worker reads each job's outcome from /jobs/{id}; the default history of
-        # 10 loses outcomes under load, and a long one slows every store (Orthanc saves
-        # the whole history after each job change; see config/env.defaults).
-        # SaveJobs keeps them across restarts.
+        # 10 loses outcomes under load. SaveJobs keeps them across restarts.
         "JobsHistorySize": settings.jobs_history_size,
         "SaveJobs": True,
         "ConcurrentJobs": settings.orthanc_concurrent_jobs,
