@@ -74,9 +74,14 @@ def render_orthanc_config(settings: Settings, *, lua_scripts: list[Path] | None 
         "DeidentifyLogs": True,
         "StableAge": settings.stable_age,
         # The worker reads each job's outcome from /jobs/{id}; the default history of
-        # 10 loses outcomes under load. SaveJobs keeps them across restarts.
+        # 10 loses outcomes under load.
         "JobsHistorySize": settings.jobs_history_size,
-        "SaveJobs": True,
+        # The worker's database is the record of every send. Orthanc's saved jobs are
+        # harmful after a crash: the registry is saved every 100 ms, so a store that
+        # succeeded just before a SIGKILL is reloaded as running and sent again with
+        # no one knowing. Unsaved, a store under way at a crash is gone (404) and the
+        # worker resends it. Saving also re-serialises the whole history each change.
+        "SaveJobs": False,
         "ConcurrentJobs": settings.orthanc_concurrent_jobs,
         "PostgreSQL": {
             "EnableIndex": True,

@@ -187,6 +187,7 @@ def test_orthanc_settings_match_the_native_stack(raw: dict[str, Any]) -> None:
     env = raw["services"]["orthanc"]["environment"]
     assert env["TCP_NODELAY"] == "1"
     assert env["ORTHANC__JOBS_HISTORY_SIZE"] == "${JOBS_HISTORY_SIZE}"
+    assert env["ORTHANC__SAVE_JOBS"] == "false"
     assert env["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
     assert env["ORTHANC__POSTGRESQL__ENABLE_INDEX"] == "true"
     assert env["ORTHANC__OVERWRITE_INSTANCES"] == "false"

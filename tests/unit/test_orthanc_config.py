@@ -43,7 +43,7 @@ def test_security_and_routing_behaviour(hub_settings: Settings) -> None:
     assert config["DicomWeb"]["Enable"] is True and config["DicomWeb"]["Root"] == "/dicom-web/"
     assert config["StableAge"] == hub_settings.stable_age
     assert config["JobsHistorySize"] == hub_settings.jobs_history_size
-    assert config["SaveJobs"] is True
+    assert config["SaveJobs"] is False
     assert config["ConcurrentJobs"] == hub_settings.orthanc_concurrent_jobs
     assert config["DicomModalitiesInDatabase"] is True
     assert config["DicomAlwaysAllowStore"] is True and config["DicomAlwaysAllowEcho"] is True
