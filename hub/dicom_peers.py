@@ -313,6 +313,7 @@ class AINode(StorageSCP):
         self.returned = 0  # instances sent back to Orthanc successfully
         self.returned_studies: list[str] = []
         self.errors: list[str] = []
+        self._returning = 0  # rounds taken off `_pending` whose results are not sent yet
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -335,6 +336,12 @@ class AINode(StorageSCP):
             self._thread.join(timeout=10 + self.delay_s)
             self._thread = None
 
+    @property
+    def idle(self) -> bool:
+        """Nothing received is still waiting for, or in, a round of results, and no retry is due."""
+        with self._lock:
+            return not self._pending and not self._retries and not self._returning
+
     def wait_returned(self, studies: int, timeout: float = 60) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -355,6 +362,7 @@ class AINode(StorageSCP):
         now = time.monotonic()
         with self._lock:
             ready = [uid for uid, p in self._pending.items() if now - p.last_received >= self.quiet_s]
+            self._returning += len(ready)
             return [(uid, self._pending.pop(uid).datasets) for uid in ready]
 
     def _due_retries(self) -> list[tuple[float, str, list[Dataset]]]:
@@ -362,6 +370,7 @@ class AINode(StorageSCP):
         with self._lock:
             due = [r for r in self._retries if r[0] <= now]
             self._retries = [r for r in self._retries if r[0] > now]
+            self._returning += len(due)
         return [(first, uid, results) for _, first, uid, results in due]
 
     def _loop(self) -> None:
@@ -388,6 +397,7 @@ class AINode(StorageSCP):
             problem = f"statuses {[hex(s) for s in statuses]}"
         ok = sum(1 for s in statuses if s == STATUS_SUCCESS)
         with self._lock:
+            self._returning -= 1
             self.returned += ok
             if ok == len(derived):
                 self.returned_studies.append(study_uid)

@@ -63,9 +63,12 @@ class RunFigures:
                 f"{self.attempts_over_one} retried, {self.failed_events} failed attempts; {peers}")
 
 
-def _timeline_problems(engine: Engine) -> list[str]:
+def _timeline_problems(engine: Engine, ai_resent: set[str]) -> list[str]:
     """Every study: received <= stable <= queued <= started <= delivered, per job; AI studies
-    also ai_sent <= ai_result_received <= ai_result_stable <= the results' delivery."""
+    also ai_sent <= ai_result_received <= ai_result_stable <= the results' delivery.
+
+    In `ai_resent` studies (their AI send was retried or under way at a crash) the AI may
+    have answered an attempt whose outcome was lost, so its results can precede ai_sent."""
     problems: list[str] = []
     with engine.connect() as conn:
         rows = conn.execute(text(
@@ -93,7 +96,8 @@ def _timeline_problems(engine: Engine) -> list[str]:
             problems.append(f"{uid}: received/stable/queued out of order {at}")
         if "ai_sent" in at:
             stages = [at.get(t) for t in ("ai_sent", "ai_result_received", "ai_result_stable")]
-            if None in stages or not stages[0] <= stages[1] <= stages[2] <= last_delivered[uid]:
+            if None in stages or not (uid in ai_resent or stages[0] <= stages[1]) \
+                    or not stages[1] <= stages[2] <= last_delivered[uid]:
                 problems.append(f"{uid}: AI stages missing or out of order {stages}")
     for job_id, kinds in per_job.items():
         done = "ai_sent" if purpose.get(job_id) == "ai" else "delivered"
@@ -115,7 +119,8 @@ def verify_run(engine: Engine, rest: OrthancRest, topo: Topology, originals: set
     it, a duplicate is tolerated only in a study whose job to that peer was retried, or
     was under way when a crash struck (`faults_at`): the documented window, where a store
     that failed or was lost part-way, or whose Orthanc job id a killed worker never
-    recorded, is sent again whole.
+    recorded, is sent again whole. For the same reason, in such a study the AI's results
+    may arrive before the resend that records `ai_sent`.
     """
     contents = OrthancContents.read(rest)
     expected = expected_receipts(contents, originals, ai_studies)
@@ -135,10 +140,12 @@ def verify_run(engine: Engine, rest: OrthancRest, topo: Topology, originals: set
             "SELECT count(*) FROM studies WHERE status <> 'delivered'")).scalar_one()
         failed_events = conn.execute(text(
             "SELECT count(*) FROM events WHERE type = 'delivery_failed'")).scalar_one()
-        retried = set(conn.execute(text(
-            "SELECT s.study_uid || '/' || j.destination FROM routing_jobs j JOIN studies s ON s.id = j.study_id "
+        resent = conn.execute(text(
+            "SELECT s.study_uid, j.destination, j.purpose FROM routing_jobs j JOIN studies s ON s.id = j.study_id "
             "WHERE j.attempts > 1 OR EXISTS (SELECT 1 FROM unnest(CAST(:faults AS timestamptz[])) f(t) "
-            "WHERE j.created_at <= f.t AND j.finished_at >= f.t)"), {"faults": list(faults_at)}).scalars())
+            "WHERE j.created_at <= f.t AND j.finished_at >= f.t)"), {"faults": list(faults_at)}).all()
+    retried = {f"{uid}/{destination}" for uid, destination, _ in resent}
+    ai_resent = {uid for uid, _, purpose in resent if purpose == "ai"} if duplicates_allowed_after_retries else set()
     if db_studies != contents.studies:
         problems.append(f"database studies {len(db_studies)} != Orthanc studies {len(contents.studies)}")
     if unrouted:
@@ -158,9 +165,10 @@ def verify_run(engine: Engine, rest: OrthancRest, topo: Topology, originals: set
             if not duplicates_allowed_after_retries or not explained:
                 problems.append(f"{peer.aet}: {sop} received {peer.duplicates[sop]} times"
                                 f"{'' if explained else ' with no retry or crash to explain it'}")
-    problems += _timeline_problems(engine)
+    problems += _timeline_problems(engine, ai_resent)
     figures = RunFigures(len(contents.studies), len(contents.study_of), peers, len(jobs),
                          sum(1 for j in jobs if j.attempts > 1), failed_events)
     if problems:
         raise AssertionError(f"{figures.summary()}\n" + "\n".join(problems[:60]))
     return figures
+

@@ -67,7 +67,7 @@ def test_crashes_lose_and_repeat_nothing(topology, workers, db, orthanc, pg_serv
         db.dispose()  # its pooled connections died with PostgreSQL
         returned = topology.ai.wait_returned(len(ai_studies), timeout=120)
         assert returned, f"seed {seed}: the AI node returned only {len(topology.ai.returned_studies)} studies"
-        wait_final(db, 2 * CRASH_STUDIES + 2 * len(ai_studies), seed, timeout=240)
+        wait_final(db, topology.ai, 2 * CRASH_STUDIES + 2 * len(ai_studies), seed, timeout=240)
     finally:
         flapper.stop()
         sending.shutdown(wait=True)

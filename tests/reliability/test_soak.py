@@ -21,6 +21,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import text
 
+from hub.dicom_peers import AINode
 from hub.synthetic import study_uids
 from tests.harness.flapping import Flapper
 from tests.harness.load import send_concurrently
@@ -34,10 +35,25 @@ SOAK_STUDIES = int(os.environ.get("SOAK_STUDIES", "500"))
 SENDERS = 4
 
 
-def wait_final(db, expected_jobs: int, seed: int, timeout: float = 180) -> None:
-    """Wait for every job to be final; on a timeout, say which jobs are not and why."""
+SETTLE_S = 2.0  # longer than the worker's POLL_INTERVAL plus recording a new series
+
+
+def wait_final(db, ai: AINode, expected_jobs: int, seed: int, timeout: float = 180) -> None:
+    """Wait until the run has settled: the AI node idle, every series routed and every job
+    final, twice SETTLE_S apart (a study the AI received twice gets a second round of
+    results, and so more jobs, later). On a timeout, say which jobs are not final and why."""
+
+    def settled() -> bool:
+        if not ai.idle or not all_jobs_final(db, expected_jobs):
+            return False
+        with db.connect() as conn:
+            return not conn.execute(text("SELECT count(*) FROM series WHERE routed_at IS NULL")).scalar_one()
+
+    def settled_twice() -> bool:
+        return settled() and not time.sleep(SETTLE_S) and settled()
+
     try:
-        wait_until(lambda: all_jobs_final(db, expected_jobs), timeout=timeout, interval=0.5, what="every job final")
+        wait_until(settled_twice, timeout=timeout, interval=0.5, what="every job final")
     except WaitTimeout:
         rows = jobs(db)
         states = Counter((r["destination"], r["state"]) for r in rows)
@@ -70,7 +86,7 @@ def run_soak(topology, workers, db, orthanc, hub_settings, seed: int, *, count: 
     assert report.accepted == study_uids(ds for study in studies for ds in study), \
         f"seed {seed}: Orthanc did not accept {len(report.given_up)} studies"
     expected_jobs = 2 * count + 2 * len(ai_studies)
-    wait_final(db, expected_jobs, seed, timeout=max(180, 0.06 * count))
+    wait_final(db, topology.ai, expected_jobs, seed, timeout=max(180, 0.06 * count))
     figures = verify_run(db, orthanc.rest, topology, originals, report.accepted, ai_studies,
                          duplicates_allowed_after_retries=duplicates_allowed)
     summary = (f"seed {seed}, {mode} flaps: {flapper.downs} outages, {report.retries} sender retries, "
