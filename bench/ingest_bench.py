@@ -24,23 +24,15 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-from sqlalchemy import create_engine, text
-
-from bench.worker_bench import RULES
-from hub import pgcluster
-from hub.db import migrate
-from hub.envfile import generate_secret
-from hub.settings import PROJECT_ROOT, settings_from_values
+from bench.stack import BenchStack, bench_stack
 from hub.synthetic import make_study, write_datasets
 from tests.harness.ports import free_port
-from tests.harness.stack import OrthancServer, PostgresServer, make_values, remove_tree, write_env
+from tests.harness.stack import OrthancRest
 from tests.harness.waiting import wait_until
 
 LAG_SAMPLE_S = 0.2
@@ -60,6 +52,15 @@ def push(files: list[list[Path]], settings) -> float:
     return time.perf_counter() - start
 
 
+def settled_lag(stack: BenchStack, rest: OrthancRest) -> int:
+    """The cursor lag once the same three times in a row: changes past the worker's last
+    commit that it has no use for, the baseline for the round's lag."""
+    seen: list[int] = []
+    wait_until(lambda: seen.append(stack.cursor_lag(rest)) or seen[-3:] == [seen[-1]] * 3,
+               timeout=120, interval=1, what="worker settled before the round")
+    return seen[-1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=60)
@@ -68,30 +69,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs")
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="hub-ingest-"))
-    os.chmod(base, 0o755)
-    values = make_values(base, base / "pgdata", STABLE_AGE="2", POLL_INTERVAL="0.5")
-    settings = settings_from_values(values)
-    pg = PostgresServer(datadir=settings.postgres_storage, host="127.0.0.1", port=settings.postgres_port,
-                        superuser_password=generate_secret(), logfile=base / "pg.log")
-    orthanc = OrthancServer(settings, base / "orthanc")
-    peer_port = free_port()
-    peer = subprocess.Popen(["storescp", "--ignore", "-aet", "PEER", str(peer_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TCP_NODELAY": "1"})
-    worker = None
-    try:
-        pg.start()
-        pgcluster.ensure_roles_and_databases(settings, superuser_password=pg.superuser_password)
-        migrate(settings.pg_url())
-        orthanc.start()
-        rest = orthanc.rest
+    with bench_stack("ingest") as stack:
+        settings, base = stack.settings, stack.base
+        rest = stack.orthanc().rest
+        peer_port = free_port()
+        stack.storescp(peer_port, "--ignore")
         rest.put_modality("PEER", "PEER", peer_port)
-        rules = base / "routing.yml"
-        rules.write_text(RULES)
-        values["ROUTING_RULES"] = str(rules)
-        env_file = write_env(values, base / ".env")
-        engine = create_engine(settings.pg_url())
 
         def study_set(name: str) -> list[list[Path]]:
             """Fresh studies (new UIDs) as files, split across the senders."""
@@ -109,92 +92,49 @@ def main() -> int:
             for study_id in rest.get("/studies"):
                 rest.delete(f"/studies/{study_id}")
 
-        def lag() -> int:
-            last = rest.get("/changes", last="")["Last"]
-            with engine.connect() as conn:
-                cursor = conn.execute(text("SELECT max(value) FROM worker_state")).scalar_one() or 0
-            return max(0, last - cursor)
-
-        def start_worker() -> subprocess.Popen:
-            with open(base / "worker.log", "ab") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=PROJECT_ROOT,
-                                        env={**os.environ, "HUB_ENV_FILE": str(env_file)},
-                                        stdout=log, stderr=subprocess.STDOUT)
-            url = f"http://127.0.0.1:{settings.routing_api_port}/health"
-
-            def healthy() -> bool:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"worker exited; see {base / 'worker.log'}")
-                try:
-                    return httpx.get(url, timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_until(healthy, timeout=60, what="worker health")
-            seen: list[int] = []
-            wait_until(lambda: seen.append(lag()) or seen[-3:] == [seen[-1]] * 3, timeout=120, interval=1,
-                       what="worker settled before the round")
-            baseline[0] = seen[-1]
-            return proc
-
-        baseline = [0]  # lag when settled: changes past the worker's last commit that it has no use for
-
-        def jobs_queued() -> int:
-            with engine.connect() as conn:
-                return conn.execute(text("SELECT count(*) FROM routing_jobs")).scalar_one()
-
         a_rates, b_rates, lags_max, drain = [], [], [], []
         for r in range(args.rounds):
             clear_orthanc()
             a_rates.append(total / push(sets[r, "A"], settings))
             clear_orthanc()
-            worker = start_worker()
-            jobs_before = jobs_queued()
+            worker = stack.worker(name=f"worker-{r}")
+            baseline = settled_lag(stack, rest)
+            jobs_before = stack.count_jobs()
             samples: list[int] = []
             stop = threading.Event()
 
             def sample(out: list[int] = samples, done: threading.Event = stop) -> None:
                 while not done.wait(LAG_SAMPLE_S):
-                    out.append(lag())
+                    out.append(stack.cursor_lag(rest))
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             b_rates.append(total / push(sets[r, "B"], settings))
             ended = time.perf_counter()
-            wait_until(lambda before=jobs_before: jobs_queued() - before >= args.studies, timeout=300, interval=0.05,
-                       what="every study of the round routed")
+            wait_until(lambda before=jobs_before: stack.count_jobs() - before >= args.studies, timeout=300,
+                       interval=0.05, what="every study of the round routed")
             drain.append(time.perf_counter() - ended)
             stop.set()
             sampler.join()
-            lags_max.append(max(samples, default=0) - baseline[0])
-            worker.terminate()
-            worker.wait(60)
-            worker = None
+            lags_max.append(max(samples, default=0) - baseline)
+            worker.stop(60)
 
-        ratio = statistics.median(b_rates) / statistics.median(a_rates)
-        pair_ratio = statistics.median(b / a for a, b in zip(a_rates, b_rates, strict=True))
-        print(f"{args.studies} studies x {args.instances} instances = {total} per round, {args.senders} "
-              f"storescu senders, {args.rounds} A/B pairs (A without the worker, B with it forwarding to a peer)")
-        print()
-        print("| round | A: Orthanc alone (inst/s) | B: with the worker (inst/s) | B/A | max cursor lag (changes) | last study routed, s after ingest |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for i, (a, b, m, d) in enumerate(zip(a_rates, b_rates, lags_max, drain, strict=True), 1):
-            print(f"| {i} | {a:.0f} | {b:.0f} | {b / a:.2f} | {m} | {d:.2f} |")
-        print()
-        print(f"median A {statistics.median(a_rates):.0f} inst/s, median B {statistics.median(b_rates):.0f} inst/s; "
-              f"ratio of medians {ratio:.2f}, median of pair ratios {pair_ratio:.2f}")
-        print(f"command: .venv/bin/python -m bench.ingest_bench {' '.join(sys.argv[1:])}".rstrip())
-        print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
-        return 0
-    finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(60)
-        peer.terminate()
-        orthanc.stop()
-        pg.stop()
-        remove_tree(base)
-
+    ratio = statistics.median(b_rates) / statistics.median(a_rates)
+    pair_ratio = statistics.median(b / a for a, b in zip(a_rates, b_rates, strict=True))
+    print(f"{args.studies} studies x {args.instances} instances = {total} per round, {args.senders} "
+          f"storescu senders, {args.rounds} A/B pairs (A without the worker, B with it forwarding to a peer)")
+    print()
+    print("| round | A: Orthanc alone (inst/s) | B: with the worker (inst/s) | B/A | max cursor lag (changes) "
+          "| last study routed, s after ingest |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for i, (a, b, m, d) in enumerate(zip(a_rates, b_rates, lags_max, drain, strict=True), 1):
+        print(f"| {i} | {a:.0f} | {b:.0f} | {b / a:.2f} | {m} | {d:.2f} |")
+    print()
+    print(f"median A {statistics.median(a_rates):.0f} inst/s, median B {statistics.median(b_rates):.0f} inst/s; "
+          f"ratio of medians {ratio:.2f}, median of pair ratios {pair_ratio:.2f}")
+    print(f"command: .venv/bin/python -m bench.ingest_bench {' '.join(sys.argv[1:])}".rstrip())
+    print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,27 +26,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import numpy as np
 
+from bench.stack import BenchStack, bench_stack
 from bench.worker_bench import send_all
-from hub import pgcluster
-from hub.db import migrate
-from hub.envfile import generate_secret
-from hub.settings import PROJECT_ROOT, settings_from_values
 from hub.synthetic import make_study
 from tests.harness.ports import free_port
-from tests.harness.stack import OrthancServer, PostgresServer, make_values, remove_tree, write_env
 from tests.harness.waiting import WaitTimeout, wait_until
 
 # Orthanc 1.10.1's Lua SendToModality takes an *instance* id: given the study id it
@@ -114,51 +107,32 @@ class Watch:
             t.join()
 
 
-def start_peer(peer_dir: Path, port: int) -> subprocess.Popen:
+def start_peer(stack: BenchStack, peer_dir: Path, port: int) -> subprocess.Popen[bytes]:
     """dcmtk storescp filing each study in its own subdirectory (st_<StudyInstanceUID>)."""
-    return subprocess.Popen(["storescp", "-aet", "PEER", "--sort-on-study-uid", "st", "-od", str(peer_dir),
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TCP_NODELAY": "1"})
+    return stack.storescp(port, "--sort-on-study-uid", "st", "-od", str(peer_dir))
 
 
-def run_phase(name: str, settings, values: dict, base: Path, args, lua: bool, outage: bool = False) -> dict:
+def run_phase(name: str, stack: BenchStack, args, lua: bool, outage: bool = False) -> dict:
     """One router against a fresh index. With `outage`, the peer is down while the first
     half of the studies is sent and becomes stable, then up for the second half."""
+    settings, base = stack.settings, stack.base
     peer_dir = base / f"peer-{name}"
     peer_dir.mkdir()
     peer_port = free_port()
-    peer = None if outage else start_peer(peer_dir, peer_port)
+    peer = None if outage else start_peer(stack, peer_dir, peer_port)
     overrides = None
     if lua:
         script = base / "router.lua"
         script.write_text(LUA_ROUTER)
         overrides = {"LuaScripts": [str(script)]}
-    orthanc = OrthancServer(settings, base / f"orthanc-{name}", overrides=overrides)
+    orthanc = stack.orthanc(f"orthanc-{name}", overrides=overrides)
     worker = None
     try:
-        orthanc.start()
         rest = orthanc.rest
         rest.reset()  # the phases share the index database: start each from nothing
         rest.put_modality("PEER", "PEER", peer_port)
         if not lua:
-            rules = base / "routing.yml"
-            rules.write_text(RULES)
-            env_file = write_env({**values, "ROUTING_RULES": str(rules)}, base / f"{name}.env")
-            with open(base / f"{name}-worker.log", "ab") as log:
-                worker = subprocess.Popen([sys.executable, "-m", "worker"], cwd=PROJECT_ROOT,
-                                          env={**os.environ, "HUB_ENV_FILE": str(env_file)},
-                                          stdout=log, stderr=subprocess.STDOUT)
-            url = f"http://127.0.0.1:{settings.routing_api_port}/health"
-
-            def healthy() -> bool:
-                if worker.poll() is not None:
-                    raise RuntimeError(f"worker exited; see {base / f'{name}-worker.log'}")
-                try:
-                    return httpx.get(url, timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_until(healthy, timeout=60, what="worker health")
+            worker = stack.worker(RULES, name=f"{name}-worker")
         studies = [make_study(1, args.instances, f"XR EXTREMITY BILATERAL BONE LENGTH {name} {i}")
                    for i in range(args.studies)]
         uids = {study[0].StudyInstanceUID for study in studies}
@@ -171,7 +145,7 @@ def run_phase(name: str, settings, values: dict, base: Path, args, lua: bool, ou
             # Both routers see the first half stable and try the peer while it is down.
             wait_until(lambda: len(watch.stable) >= half, timeout=120, what=f"{name}: first half stable")
             time.sleep(3)
-            peer = start_peer(peer_dir, peer_port)
+            peer = start_peer(stack, peer_dir, peer_port)
             send_all(studies[half:], settings, senders=args.senders)
             with contextlib.suppress(WaitTimeout):
                 wait_until(lambda: uids <= watch.delivered.keys(), timeout=OUTAGE_SETTLE_S, interval=0.1)
@@ -188,10 +162,9 @@ def run_phase(name: str, settings, values: dict, base: Path, args, lua: bool, ou
         return {"phase": name, "rate": total / elapsed, "elapsed": elapsed,
                 "p50": statistics.median(latencies), "p95": float(np.percentile(latencies, 95)),
                 "max": max(latencies), "n": len(latencies)}
-    finally:
+    finally:  # the next phase reuses the ports
         if worker is not None:
-            worker.terminate()
-            worker.wait(60)
+            worker.stop(60)
         orthanc.stop()
         if peer is not None:
             peer.terminate()
@@ -206,47 +179,34 @@ def main() -> int:
     parser.add_argument("--no-outage", action="store_true", help="skip the peer-outage phase")
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="hub-lua-"))
-    os.chmod(base, 0o755)
-    values = make_values(base, base / "pgdata", STABLE_AGE="2", POLL_INTERVAL="0.5")
-    settings = settings_from_values(values)
-    pg = PostgresServer(datadir=settings.postgres_storage, host="127.0.0.1", port=settings.postgres_port,
-                        superuser_password=generate_secret(), logfile=base / "pg.log")
-    try:
-        pg.start()
-        pgcluster.ensure_roles_and_databases(settings, superuser_password=pg.superuser_password)
-        migrate(settings.pg_url())
-        results = [run_phase("lua", settings, values, base, args, lua=True),
-                   run_phase("worker", settings, values, base, args, lua=False)]
+    with bench_stack("lua") as stack:
+        results = [run_phase("lua", stack, args, lua=True), run_phase("worker", stack, args, lua=False)]
         outages = [] if args.no_outage else [
-            run_phase("lua-outage", settings, values, base, args, lua=True, outage=True),
-            run_phase("worker-outage", settings, values, base, args, lua=False, outage=True)]
-        print(f"{args.studies} studies x {args.instances} instances per phase, {args.senders} senders, "
-              f"STABLE_AGE 2 s, worker POLL_INTERVAL 0.5 s, RETRY_BASE 1 s, RETRY_CAP 5 s")
+            run_phase("lua-outage", stack, args, lua=True, outage=True),
+            run_phase("worker-outage", stack, args, lua=False, outage=True)]
+    print(f"{args.studies} studies x {args.instances} instances per phase, {args.senders} senders, "
+          f"STABLE_AGE 2 s, worker POLL_INTERVAL 0.5 s, RETRY_BASE 1 s, RETRY_CAP 5 s")
+    print()
+    print("| router | delivered (inst/s, first send to last delivery) | stable -> delivered p50 (s) | p95 (s) "
+          "| max (s) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {LABELS[r['phase']]} | {r['rate']:.0f} ({r['elapsed']:.1f} s) | {r['p50']:.2f} | "
+              f"{r['p95']:.2f} | {r['max']:.2f} |")
+    print()
+    print(f"throughput worker/Lua = {results[1]['rate'] / results[0]['rate']:.2f}")
+    if outages:
         print()
-        print("| router | delivered (inst/s, first send to last delivery) | stable -> delivered p50 (s) | p95 (s) "
-              "| max (s) |")
-        print("|---|---:|---:|---:|---:|")
-        for r in results:
-            print(f"| {LABELS[r['phase']]} | {r['rate']:.0f} ({r['elapsed']:.1f} s) | {r['p50']:.2f} | "
-                  f"{r['p95']:.2f} | {r['max']:.2f} |")
+        print(f"Peer down while the first half is sent and stable, then up; {OUTAGE_SETTLE_S} s allowed after:")
         print()
-        print(f"throughput worker/Lua = {results[1]['rate'] / results[0]['rate']:.2f}")
-        if outages:
-            print()
-            print(f"Peer down while the first half is sent and stable, then up; {OUTAGE_SETTLE_S} s allowed after:")
-            print()
-            print("| router | studies delivered |")
-            print("|---|---:|")
-            for r in outages:
-                print(f"| {LABELS[r['phase'].removesuffix('-outage')]} | {r['delivered']} / {r['sent']} |")
-        print()
-        print(f"command: .venv/bin/python -m bench.lua_router_bench {' '.join(sys.argv[1:])}".rstrip())
-        print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
-        return 0
-    finally:
-        pg.stop()
-        remove_tree(base)
+        print("| router | studies delivered |")
+        print("|---|---:|")
+        for r in outages:
+            print(f"| {LABELS[r['phase'].removesuffix('-outage')]} | {r['delivered']} / {r['sent']} |")
+    print()
+    print(f"command: .venv/bin/python -m bench.lua_router_bench {' '.join(sys.argv[1:])}".rstrip())
+    print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,36 +16,21 @@ object per study (say 1 KB) at 1 study/s would show as ~3.5 MB/hour.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, text
 
-from hub import pgcluster
-from hub.db import migrate
+from bench.stack import bench_stack
 from hub.dicom_peers import send_datasets
-from hub.envfile import generate_secret
-from hub.settings import PROJECT_ROOT, settings_from_values
 from hub.synthetic import make_study
 from tests.harness.ports import free_port
-from tests.harness.stack import OrthancServer, PostgresServer, make_values, remove_tree, write_env
 from tests.harness.waiting import wait_until
 
-RULES = """
-version: 1
-rules:
-  - name: all-to-peer
-    when: {kind: original}
-    then: {deliver_to: [PEER], payload: study}
-"""
 SAMPLE_EVERY_S = 10.0
 
 
@@ -81,43 +66,17 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=3, help="instances per study")
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="hub-soak-"))
-    os.chmod(base, 0o755)
-    values = make_values(base, base / "pgdata", STABLE_AGE="2", POLL_INTERVAL="0.5")
-    settings = settings_from_values(values)
-    pg = PostgresServer(datadir=settings.postgres_storage, host="127.0.0.1", port=settings.postgres_port,
-                        superuser_password=generate_secret(), logfile=base / "pg.log")
-    orthanc = OrthancServer(settings, base / "orthanc")
-    peer_port = free_port()
-    peer = subprocess.Popen(["storescp", "--ignore", "-aet", "PEER", str(peer_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TCP_NODELAY": "1"})
-    worker = None
-    try:
-        pg.start()
-        pgcluster.ensure_roles_and_databases(settings, superuser_password=pg.superuser_password)
-        migrate(settings.pg_url())
-        orthanc.start()
+    with bench_stack("soak") as stack:
+        settings = stack.settings
+        orthanc = stack.orthanc()
+        peer_port = free_port()
+        stack.storescp(peer_port, "--ignore")
         orthanc.rest.put_modality("PEER", "PEER", peer_port)
-        rules = base / "routing.yml"
-        rules.write_text(RULES)
-        values["ROUTING_RULES"] = str(rules)
-        env_file = write_env(values, base / ".env")
-        with open(base / "worker.log", "wb") as log:
-            worker = subprocess.Popen([sys.executable, "-m", "worker"], cwd=PROJECT_ROOT,
-                                      env={**os.environ, "HUB_ENV_FILE": str(env_file)},
-                                      stdout=log, stderr=subprocess.STDOUT)
-        engine = create_engine(settings.pg_url())
+        worker = stack.worker()
+        pid = worker.proc.pid
 
         def delivered() -> int:
-            with engine.connect() as conn:
-                return conn.execute(text("SELECT count(*) FROM routing_jobs WHERE state = 'succeeded'")).scalar_one()
-
-        def cursor_lag() -> int:
-            last = orthanc.rest.get("/changes", last="")["Last"]
-            with engine.connect() as conn:
-                cursor = conn.execute(text("SELECT max(value) FROM worker_state")).scalar_one() or 0
-            return max(0, last - cursor)
+            return stack.count_jobs("succeeded")
 
         start = time.monotonic()
         stop_at = start + args.minutes * 60
@@ -127,23 +86,16 @@ def main() -> int:
         thread.start()
         samples: list[tuple[float, float, int, int, int]] = []  # (s, rss MB, sent, delivered, lag)
         while thread.is_alive():
-            if worker.poll() is not None:
-                raise RuntimeError(f"worker exited with {worker.returncode}; see {base / 'worker.log'}")
-            samples.append((time.monotonic() - start, rss_mb(worker.pid), sent[0], delivered(), cursor_lag()))
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {worker.proc.returncode}; see {worker.log}")
+            samples.append((time.monotonic() - start, rss_mb(pid), sent[0], delivered(),
+                            stack.cursor_lag(orthanc.rest)))
             time.sleep(SAMPLE_EVERY_S)
         wait_until(lambda: delivered() >= sent[0], timeout=300, what="the last deliveries")
-        samples.append((time.monotonic() - start, rss_mb(worker.pid), sent[0], delivered(), cursor_lag()))
+        samples.append((time.monotonic() - start, rss_mb(pid), sent[0], delivered(), stack.cursor_lag(orthanc.rest)))
 
-        report(samples, args)
-        return 0
-    finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(60)
-        peer.terminate()
-        orthanc.stop()
-        pg.stop()
-        remove_tree(base)
+    report(samples, args)
+    return 0
 
 
 def report(samples: list[tuple[float, float, int, int, int]], args: argparse.Namespace) -> None:

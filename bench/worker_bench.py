@@ -19,35 +19,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from hub import pgcluster
-from hub.db import migrate
+from bench.stack import bench_stack
 from hub.dicom_peers import send_datasets
-from hub.envfile import generate_secret
 from hub.operations import hold_destination, release_destination, resend_study
-from hub.settings import PROJECT_ROOT, settings_from_values
 from hub.synthetic import make_study
 from tests.harness.ports import free_port
-from tests.harness.stack import OrthancServer, PostgresServer, make_values, remove_tree, write_env
 from tests.harness.waiting import wait_until
-
-RULES = """
-version: 1
-rules:
-  - name: all-to-peer
-    when: {kind: original}
-    then: {deliver_to: [PEER], payload: study}
-"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -92,27 +78,14 @@ def main() -> int:
     parser.add_argument("--send-batch", default=None, help="override SEND_BATCH (jobs per Orthanc store job)")
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="hub-bench-"))
-    os.chmod(base, 0o755)
     overrides = {"SEND_BATCH": args.send_batch} if args.send_batch else {}
-    values = make_values(base, base / "pgdata", STABLE_AGE="2", POLL_INTERVAL="0.5", **overrides)
-    settings = settings_from_values(values)
-    pg = PostgresServer(datadir=settings.postgres_storage, host="127.0.0.1", port=settings.postgres_port,
-                        superuser_password=generate_secret(), logfile=base / "pg.log")
-    orthanc = OrthancServer(settings, base / "orthanc")
-    peer_dir = base / "peer"
-    peer_dir.mkdir()
-    peer_port = free_port()
-    peer = subprocess.Popen(["storescp", "-aet", "PEER", "-od", str(peer_dir),
-                             str(peer_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TCP_NODELAY": "1"})
-    worker = None
-    try:
-        pg.start()
-        pgcluster.ensure_roles_and_databases(settings, superuser_password=pg.superuser_password)
-        migrate(settings.pg_url())
-        orthanc.start()
-        rest = orthanc.rest
+    with bench_stack("bench", **overrides) as stack:
+        settings, engine = stack.settings, stack.engine
+        rest = stack.orthanc().rest
+        peer_dir = stack.base / "peer"
+        peer_dir.mkdir()
+        peer_port = free_port()
+        stack.storescp(peer_port, "-od", str(peer_dir))
         rest.put_modality("PEER", "PEER", peer_port)
 
         studies = [make_study(1, args.instances, f"CR BENCH {i}") for i in range(args.studies)]
@@ -136,27 +109,15 @@ def main() -> int:
         # 2. The worker forwarding the same studies to the same peer. The peer is held
         #    while the worker reads /changes from 0 and routes every study, then released:
         #    the clock measures delivery alone, like the direct store above.
-        rules = base / "routing.yml"
-        rules.write_text(RULES)
-        values["ROUTING_RULES"] = str(rules)
-        env_file = write_env(values, base / ".env")
-        engine = create_engine(settings.pg_url())
         with engine.begin() as conn:
             hold_destination(conn, "PEER", actor="bench", source="cli")
         t = time.perf_counter()
-        with open(base / "worker.log", "wb") as log:
-            worker = subprocess.Popen([sys.executable, "-m", "worker"], cwd=PROJECT_ROOT,
-                                      env={**os.environ, "HUB_ENV_FILE": str(env_file)},
-                                      stdout=log, stderr=subprocess.STDOUT)
-
-        def count(state: str) -> int:
-            with engine.connect() as conn:
-                return conn.execute(text("SELECT count(*) FROM routing_jobs WHERE state = :s"),
-                                    {"s": state}).scalar_one()
+        worker = stack.worker()
+        count = stack.count_jobs
 
         wait_until(lambda: count("queued") >= args.studies, timeout=900, interval=0.1, what="jobs queued")
         routing_s = time.perf_counter() - t
-        cpu_before = cpu_seconds(worker.pid)
+        cpu_before = cpu_seconds(worker.proc.pid)
 
         def worker_round(expected: int) -> float:
             t = time.perf_counter()
@@ -166,7 +127,7 @@ def main() -> int:
             return time.perf_counter() - t
 
         worker_times = [worker_round(args.studies)]
-        worker_cpu_s = cpu_seconds(worker.pid) - cpu_before
+        worker_cpu_s = cpu_seconds(worker.proc.pid) - cpu_before
         # More rounds, alternating with the direct store so both see the same machine:
         # the worker's rounds resend every study (operator resends, same dispatcher path).
         for round_no in range(2, args.rounds + 1):
@@ -178,9 +139,6 @@ def main() -> int:
             worker_times.append(worker_round(args.studies * round_no))
         direct_s = statistics.median(direct_times)
         worker_s = statistics.median(worker_times)
-
-        def succeeded() -> int:
-            return count("succeeded")
 
         # 3. Live latency: StableStudy seen by this script -> delivery_started by the worker.
         seen: dict[str, float] = {}
@@ -203,7 +161,7 @@ def main() -> int:
         for study in live:
             send_all([study], settings, senders=1)
             time.sleep(0.3)
-        wait_until(lambda: succeeded() >= args.studies * args.rounds + args.live, timeout=600, what="live deliveries")
+        wait_until(lambda: count("succeeded") >= args.studies * args.rounds + args.live, timeout=600, what="live deliveries")
         stop.set()
         with engine.connect() as conn:
             started = dict(conn.execute(text(
@@ -211,32 +169,24 @@ def main() -> int:
                 "WHERE e.type = 'delivery_started' GROUP BY s.orthanc_id")).all())
         latencies = [started[oid].timestamp() - t_seen for oid, t_seen in seen.items() if oid in started]
 
-        direct_rate = total / direct_s
-        worker_rate = total / worker_s
-        print(f"studies={args.studies} instances/study={args.instances} total={total} "
-              f"(ingest {total / ingest_s:.0f} inst/s; SEND_BATCH={settings.send_batch}, "
-              f"ORTHANC_CONCURRENT_JOBS={settings.orthanc_concurrent_jobs})")
-        print(f"rounds={args.rounds} (medians; direct {', '.join(f'{x:.2f}' for x in direct_times)} s, "
-              f"worker {', '.join(f'{x:.2f}' for x in worker_times)} s)")
-        print(f"direct Orthanc store : {direct_s:7.2f} s  {direct_rate:7.1f} inst/s")
-        print(f"worker delivery      : {worker_s:7.2f} s  {worker_rate:7.1f} inst/s "
-              f"(worker CPU {1000 * worker_cpu_s / args.studies:.1f} ms per study, first round)")
-        print(f"throughput ratio worker/direct = {worker_rate / direct_rate:.2f}")
-        print(f"worker routing from a cold start: {routing_s:.2f} s for {args.studies} studies "
-              f"({args.studies / routing_s:.0f} studies/s, {total / routing_s:.0f} inst/s; /changes read from 0)")
-        print(f"StableStudy -> send start over {len(latencies)} live studies (POLL_INTERVAL 0.5 s): "
-              f"p50 {statistics.median(latencies):.3f} s, p95 {float(np.percentile(latencies, 95)):.3f} s, "
-              f"max {max(latencies):.3f} s")
-        print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
-        return 0
-    finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(60)
-        peer.terminate()
-        orthanc.stop()
-        pg.stop()
-        remove_tree(base)
+    direct_rate = total / direct_s
+    worker_rate = total / worker_s
+    print(f"studies={args.studies} instances/study={args.instances} total={total} "
+          f"(ingest {total / ingest_s:.0f} inst/s; SEND_BATCH={settings.send_batch}, "
+          f"ORTHANC_CONCURRENT_JOBS={settings.orthanc_concurrent_jobs})")
+    print(f"rounds={args.rounds} (medians; direct {', '.join(f'{x:.2f}' for x in direct_times)} s, "
+          f"worker {', '.join(f'{x:.2f}' for x in worker_times)} s)")
+    print(f"direct Orthanc store : {direct_s:7.2f} s  {direct_rate:7.1f} inst/s")
+    print(f"worker delivery      : {worker_s:7.2f} s  {worker_rate:7.1f} inst/s "
+          f"(worker CPU {1000 * worker_cpu_s / args.studies:.1f} ms per study, first round)")
+    print(f"throughput ratio worker/direct = {worker_rate / direct_rate:.2f}")
+    print(f"worker routing from a cold start: {routing_s:.2f} s for {args.studies} studies "
+          f"({args.studies / routing_s:.0f} studies/s, {total / routing_s:.0f} inst/s; /changes read from 0)")
+    print(f"StableStudy -> send start over {len(latencies)} live studies (POLL_INTERVAL 0.5 s): "
+          f"p50 {statistics.median(latencies):.3f} s, p95 {float(np.percentile(latencies, 95)):.3f} s, "
+          f"max {max(latencies):.3f} s")
+    print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
+    return 0
 
 
 if __name__ == "__main__":
