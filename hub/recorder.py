@@ -242,32 +242,57 @@ def queue_job(
 
 
 def job_started(conn: Connection, job_id: int, *, orthanc_job_id: str, at: datetime) -> None:
-    row = conn.execute(
+    jobs_started(conn, [job_id], orthanc_job_id=orthanc_job_id, at=at)
+
+
+def jobs_started(conn: Connection, job_ids: Sequence[int], *, orthanc_job_id: str, at: datetime) -> None:
+    """Record that Orthanc job `orthanc_job_id` carries these jobs: one statement per batch.
+
+    Set-based on purpose: the dispatcher records a whole batch at once, and per-job
+    statements (each firing the QI dirty-marking trigger) were most of its database time.
+    """
+    conn.execute(
         text(
-            "UPDATE routing_jobs SET orthanc_job_id = :oj, started_at = COALESCE(started_at, :at), "
-            "attempts = attempts + 1, updated_at = :at WHERE id = :id "
-            "RETURNING study_id, destination, attempts"
+            """
+            WITH started AS (
+                UPDATE routing_jobs SET orthanc_job_id = :oj, started_at = COALESCE(started_at, :at),
+                       attempts = attempts + 1, updated_at = :at
+                WHERE id = ANY(CAST(:ids AS bigint[])) RETURNING id, study_id, destination, attempts
+            )
+            INSERT INTO events (study_id, job_id, type, at, destination, detail)
+            SELECT study_id, id, 'delivery_started', :at, destination,
+                   jsonb_build_object('attempt', attempts, 'orthanc_job', CAST(:oj AS text))
+            FROM started ORDER BY id
+            """
         ),
-        {"id": job_id, "oj": orthanc_job_id, "at": at},
-    ).one()
-    add_event(conn, row.study_id, "delivery_started", at, job_id=job_id, destination=row.destination,
-              detail={"attempt": row.attempts, "orthanc_job": orthanc_job_id})
+        {"ids": list(job_ids), "oj": orthanc_job_id, "at": at},
+    )
 
 
 def job_succeeded(conn: Connection, job_id: int, *, at: datetime, instances_sent: int | None) -> None:
-    """Mark success; an AI job's success is the study's `ai_sent` event."""
-    row = conn.execute(
+    jobs_succeeded(conn, [job_id], at=at, instances_sent=instances_sent)
+
+
+def jobs_succeeded(conn: Connection, job_ids: Sequence[int], *, at: datetime, instances_sent: int | None) -> None:
+    """Mark jobs succeeded (one statement per batch); an AI job's success is the study's `ai_sent` event."""
+    study_ids = conn.execute(
         text(
-            "UPDATE routing_jobs SET state = 'succeeded', finished_at = :at, updated_at = :at, "
-            "instances_sent = :n, last_error = NULL, last_error_code = NULL, claimed_by = NULL "
-            "WHERE id = :id RETURNING study_id, destination, purpose"
+            """
+            WITH done AS (
+                UPDATE routing_jobs SET state = 'succeeded', finished_at = :at, updated_at = :at,
+                       instances_sent = :n, last_error = NULL, last_error_code = NULL, claimed_by = NULL
+                WHERE id = ANY(CAST(:ids AS bigint[])) RETURNING id, study_id, destination, purpose
+            )
+            INSERT INTO events (study_id, job_id, type, at, destination, detail)
+            SELECT study_id, id, CASE WHEN purpose = 'ai' THEN 'ai_sent' ELSE 'delivered' END, :at, destination,
+                   jsonb_build_object('instances', CAST(:n AS integer))
+            FROM done ORDER BY id RETURNING study_id
+            """
         ),
-        {"id": job_id, "at": at, "n": instances_sent},
-    ).one()
-    kind = "ai_sent" if row.purpose == "ai" else "delivered"
-    add_event(conn, row.study_id, kind, at, job_id=job_id, destination=row.destination,
-              detail={"instances": instances_sent})
-    refresh_study_status(conn, row.study_id)
+        {"ids": list(job_ids), "at": at, "n": instances_sent},
+    ).scalars().all()
+    for study_id in sorted(set(study_ids)):  # one order for every writer: fewer deadlocks
+        refresh_study_status(conn, study_id)
 
 
 def job_failed(

@@ -221,8 +221,7 @@ class Dispatcher:
                 self._fail(batch, str(exc), exc.orthanc_status, start, count_attempt=True)
                 return
             now = datetime.now(UTC)
-            self._write(lambda conn: [recorder.job_started(conn, job.id, orthanc_job_id=orthanc_job, at=now)
-                                      for job in batch])
+            self._write(lambda conn: recorder.jobs_started(conn, _ids(batch), orthanc_job_id=orthanc_job, at=now))
         delay = POLL_FIRST_S
         while True:
             if self.stopping.is_set() and not self._grace_left():
@@ -258,9 +257,8 @@ class Dispatcher:
     def _succeed(self, batch: list[ClaimedJob], status: dict, start: float) -> None:
         at = parse_orthanc_time(status.get("CompletionTime")) or datetime.now(UTC)
         sent = (status.get("Content") or {}).get("InstancesCount")
-        self._write(lambda conn: [
-            recorder.job_succeeded(conn, job.id, at=at, instances_sent=sent if len(batch) == 1 else None)
-            for job in batch])
+        self._write(lambda conn: recorder.jobs_succeeded(
+            conn, _ids(batch), at=at, instances_sent=sent if len(batch) == 1 else None))
         SEND_SECONDS.labels(batch[0].destination, "success").observe(time.monotonic() - start)
         log.info("jobs delivered", extra={"fields": {"jobs": _ids(batch), "destination": batch[0].destination,
                                                      "instances": sent}})
