@@ -201,6 +201,10 @@ class RuleSet:
     def active(self) -> list[Rule]:
         return sorted((r for r in self.rules if r.enabled), key=lambda r: (r.priority, r.name))
 
+    def tags_tested(self) -> frozenset[str]:
+        """The DICOM keywords the active rules' conditions read."""
+        return frozenset(c.tag for r in self.active() for c in (*r.when.all, *r.when.any))
+
     def matches(self, rule: Rule, series: SeriesFacts) -> bool:
         when = rule.when
         if when.kind != "any" and series.kind != when.kind:

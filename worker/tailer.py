@@ -183,11 +183,12 @@ class Tailer:
         for study_row in {r.study_id for r in recorded if r.kind == "original"}:
             first = recorder.mark_study_stable(conn, study_row, at)
             recorder.add_event(conn, study_row, "stable", at, detail={"first": bool(first)})
+        rules = self.rules.rules
         candidates = [
-            Candidate(sid, study_row, kind, sender, series_tags(self.orthanc, oid, study))
+            Candidate(sid, study_row, kind, sender, series_tags(self.orthanc, oid, study, rules.tags_tested()))
             for sid, study_row, kind, sender, oid in unrouted_series(conn, study.get("Series", []))
         ]
-        route(conn, candidates, self.rules.rules, self.settings.ai_modality, now)
+        route(conn, candidates, rules, self.settings.ai_modality, now)
         resend_grown_series(conn, study.get("Series", []), now)
 
 
