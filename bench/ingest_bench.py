@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.stack import BenchStack, bench_stack
+from bench.worker_bench import cpu_seconds
 from hub.synthetic import make_study, write_datasets
 from tests.harness.ports import free_port
 from tests.harness.stack import OrthancRest
@@ -52,6 +53,35 @@ def push(files: list[list[Path]], settings) -> float:
     return time.perf_counter() - start
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWindow:
+    """CPU seconds each part of the stack spends while a round's senders run.
+
+    Orthanc, the worker and the peer are read from /proc/PID/stat; the senders are this
+    script's children; "PostgreSQL and rest" is the machine's busy time minus those
+    (mostly PostgreSQL, which is both Orthanc's index and the worker's database)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        children = os.times()
+        return {"machine": machine_busy_s(), "senders": children.children_user + children.children_system,
+                **{name: cpu_seconds(pid) for name, pid in self.pids.items()}}
+
+    def spent(self) -> dict[str, float]:
+        end = self._read()
+        used = {name: end[name] - self.start[name] for name in end}
+        used["PostgreSQL and rest"] = used.pop("machine") - sum(used.values())
+        return used
+
+
 def settled_lag(stack: BenchStack, rest: OrthancRest) -> int:
     """The cursor lag once the same three times in a row: changes past the worker's last
     commit that it has no use for, the baseline for the round's lag."""
@@ -71,9 +101,11 @@ def main() -> int:
 
     with bench_stack("ingest") as stack:
         settings, base = stack.settings, stack.base
-        rest = stack.orthanc().rest
+        orthanc = stack.orthanc()
+        rest = orthanc.rest
         peer_port = free_port()
-        stack.storescp(peer_port, "--ignore")
+        peer = stack.storescp(peer_port, "--ignore")
+        pids = {"Orthanc": orthanc.proc.pid, "peer": peer.pid}
         rest.put_modality("PEER", "PEER", peer_port)
 
         def study_set(name: str) -> list[list[Path]]:
@@ -93,9 +125,12 @@ def main() -> int:
                 rest.delete(f"/studies/{study_id}")
 
         a_rates, b_rates, lags_max, drain = [], [], [], []
+        cpu: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
         for r in range(args.rounds):
             clear_orthanc()
+            window = CpuWindow(pids)
             a_rates.append(total / push(sets[r, "A"], settings))
+            cpu["A"].append(window.spent())
             clear_orthanc()
             worker = stack.worker(name=f"worker-{r}")
             baseline = settled_lag(stack, rest)
@@ -109,7 +144,9 @@ def main() -> int:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
+            window = CpuWindow({**pids, "worker": worker.proc.pid})
             b_rates.append(total / push(sets[r, "B"], settings))
+            cpu["B"].append(window.spent())
             ended = time.perf_counter()
             wait_until(lambda before=jobs_before: stack.count_jobs() - before >= args.studies, timeout=300,
                        interval=0.05, what="every study of the round routed")
@@ -132,6 +169,16 @@ def main() -> int:
     print()
     print(f"median A {statistics.median(a_rates):.0f} inst/s, median B {statistics.median(b_rates):.0f} inst/s; "
           f"ratio of medians {ratio:.2f}, median of pair ratios {pair_ratio:.2f}")
+    print()
+    print("CPU seconds per 1,000 instances while the senders run (median over rounds; 2 cores):")
+    print()
+    parts = ["Orthanc", "PostgreSQL and rest", "senders", "peer", "worker"]
+    print("| side | " + " | ".join(parts) + " |")
+    print("|---|" + "---:|" * len(parts))
+    for side in "AB":
+        medians = [statistics.median(w.get(part, 0.0) for w in cpu[side]) * 1000 / total for part in parts]
+        print(f"| {side} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
+    print()
     print(f"command: .venv/bin/python -m bench.ingest_bench {' '.join(sys.argv[1:])}".rstrip())
     print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
     return 0
