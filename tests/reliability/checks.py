@@ -171,4 +171,3 @@ def verify_run(engine: Engine, rest: OrthancRest, topo: Topology, originals: set
     if problems:
         raise AssertionError(f"{figures.summary()}\n" + "\n".join(problems[:60]))
     return figures
-
