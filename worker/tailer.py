@@ -184,8 +184,9 @@ class Tailer:
             first = recorder.mark_study_stable(conn, study_row, at)
             recorder.add_event(conn, study_row, "stable", at, detail={"first": bool(first)})
         rules = self.rules.rules
+        needed = rules.tags_tested()
         candidates = [
-            Candidate(sid, study_row, kind, sender, series_tags(self.orthanc, oid, study, rules.tags_tested()))
+            Candidate(sid, study_row, kind, sender, series_tags(self.orthanc, oid, study, needed))
             for sid, study_row, kind, sender, oid in unrouted_series(conn, study.get("Series", []))
         ]
         route(conn, candidates, rules, self.settings.ai_modality, now)
