@@ -50,7 +50,10 @@ def wait_final(db, ai: AINode, expected_jobs: int, seed: int, timeout: float = 1
             return not conn.execute(text("SELECT count(*) FROM series WHERE routed_at IS NULL")).scalar_one()
 
     def settled_twice() -> bool:
-        return settled() and not time.sleep(SETTLE_S) and settled()
+        if not settled():
+            return False
+        time.sleep(SETTLE_S)
+        return settled()
 
     try:
         wait_until(settled_twice, timeout=timeout, interval=0.5, what="every job final")
