@@ -26,10 +26,9 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.stack import BenchStack, bench_stack
+from bench.stack import BenchStack, bench_stack, print_footer
 from bench.worker_bench import cpu_seconds
 from hub.synthetic import make_study, write_datasets
 from tests.harness.ports import free_port
@@ -179,8 +178,7 @@ def main() -> int:
         medians = [statistics.median(w.get(part, 0.0) for w in cpu[side]) * 1000 / total for part in parts]
         print(f"| {side} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
     print()
-    print(f"command: .venv/bin/python -m bench.ingest_bench {' '.join(sys.argv[1:])}".rstrip())
-    print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
+    print_footer("bench.ingest_bench")
     return 0
 
 if __name__ == "__main__":

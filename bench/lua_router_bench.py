@@ -31,12 +31,11 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from bench.stack import BenchStack, bench_stack
+from bench.stack import BenchStack, bench_stack, print_footer
 from bench.worker_bench import send_all
 from hub.synthetic import make_study
 from tests.harness.ports import free_port
@@ -204,8 +203,7 @@ def main() -> int:
         for r in outages:
             print(f"| {LABELS[r['phase'].removesuffix('-outage')]} | {r['delivered']} / {r['sent']} |")
     print()
-    print(f"command: .venv/bin/python -m bench.lua_router_bench {' '.join(sys.argv[1:])}".rstrip())
-    print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
+    print_footer("bench.lua_router_bench")
     return 0
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,12 @@ class BenchStack:
         with self.engine.connect() as conn:
             return conn.execute(text("SELECT count(*) FROM routing_jobs WHERE CAST(:s AS text) IS NULL OR state = :s"),
                                 {"s": state}).scalar_one()
+
+
+def print_footer(module: str) -> None:
+    """The lines that make a printed result reproducible: its command and when it ran."""
+    print(f"command: .venv/bin/python -m {module} {' '.join(sys.argv[1:])}".rstrip())
+    print(f"measured {datetime.now(UTC).isoformat(timespec='seconds')}")
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
