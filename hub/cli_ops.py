@@ -1,5 +1,5 @@
 """Operations commands of `./orthanc`: status, studies, study, destinations, test, queue,
-retry, cancel, logs, shell, db. Registered onto hub.cli's typer app by `register(app)`.
+retry, cancel, hold, release, logs, shell, db. Registered onto hub.cli's typer app by `register(app)`.
 
 Exit codes (hub.tooling.exitcodes, documented in docs/operations.md) are the contract
 scripts and monitoring rely on: 0 ok, 1 the operation failed, 2 usage, 3 configuration,
@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from hub.tooling import exitcodes
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
+    from hub.queries import DestinationState
     from hub.settings import Settings
 
 out = Console(highlight=False)
@@ -136,7 +137,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     try:
         response = httpx.get(url, timeout=5)
         body = response.json()
-        result["worker"] = {"ok": response.status_code == 200, **{k: body[k] for k in ("status",) if k in body}}
+        result["worker"] = {"ok": response.status_code == 200,
+                            **{k: body[k] for k in ("status", "problems") if k in body}}
     except (httpx.HTTPError, ValueError) as exc:
         result["worker"] = {"ok": False, "error": f"{url}: {type(exc).__name__}"}
     return result
@@ -161,7 +163,10 @@ def status(
         table.add_row("Orthanc", _ok(o["ok"]), o.get("error") or
                       f"version {o['version']}, AET {o['aet']}, {o['studies']} studies, {o['disk_mb']} MB")
         table.add_row("PostgreSQL (QI)", _ok(d["ok"]), d.get("error") or f"schema {d['schema']}")
-        table.add_row("Worker", _ok(w["ok"]), w.get("error") or w.get("status", ""))
+        # A refused routing.yml: "degraded: routing.yml refused at line 12, running on rules of 14:05".
+        problems = "; ".join(w.get("problems") or [])
+        table.add_row("Worker", _ok(w["ok"]), w.get("error") or (f"degraded: {problems}" if problems
+                                                                  else w.get("status", "")))
         if "queue" in result:
             q = result["queue"]
             table.add_row("Queue", "", f"{q['queued']} queued, {q['sending']} sending, {q['failed']} failed, "
@@ -252,7 +257,12 @@ def destinations(
     echo: Annotated[bool, typer.Option("--echo/--no-echo", help="C-ECHO each destination")] = True,
     env_file: EnvFile = None,
 ) -> None:
-    """Destinations known to Orthanc, with a C-ECHO of each. Exit 1 when an echo fails."""
+    """Destinations known to Orthanc, with a C-ECHO of each and its hold. Exit 1 when an echo fails.
+
+    A held destination (an outage the worker detected, or an operator's hold) shows
+    "outage since HH:MM, N jobs waiting" or "on hold by <who> since HH:MM"; one held
+    but no longer in Orthanc is listed too, so that it can be released.
+    """
     from hub.orthanc_client import OrthancClient, OrthancError
 
     settings = _settings(env_file)
@@ -260,16 +270,23 @@ def destinations(
     try:
         with OrthancClient.from_settings(settings, timeout=15) as client:
             known = client.modalities()
-            table = Table("name", "AET", "host", "port", "echo", "latency")
-            for name in sorted(known):
-                spec = known[name]
+            states = _destination_states(settings, known)
+            table = Table("name", "AET", "host", "port", "echo", "latency", "hold")
+            held_elsewhere = sorted(n for n, s in (states or {}).items() if s.held and n not in known)
+            for name in [*sorted(known), *held_elsewhere]:
+                spec = known.get(name, {})
                 verdict, latency = "-", ""
-                if echo:
+                if echo and name in known:
                     result = client.echo(name)
                     verdict = "[green]ok[/green]" if result.ok else "[red]failed[/red]"
                     latency = f"{result.latency_ms:.0f} ms"
                     failed += not result.ok
-                table.add_row(*_data(name, spec.get("AET"), spec.get("Host"), spec.get("Port")), verdict, latency)
+                state = states.get(name) if states is not None else None
+                hold = "?" if states is None else ((state.summary(settings.zone) if state else None) or "")
+                if name not in known:
+                    hold += " (not in Orthanc)"
+                table.add_row(*_data(name, spec.get("AET"), spec.get("Host"), spec.get("Port")), verdict, latency,
+                              *_data(hold))
     except OrthancError as exc:
         raise _fail(f"Orthanc: {exc}", exitcodes.UNAVAILABLE) from None
     out.print(table)
@@ -277,6 +294,100 @@ def destinations(
         err.print("no destinations: add MODALITY_ lines to .env and run `make seed-modalities`")
     if failed:
         raise typer.Exit(exitcodes.FAILED)
+
+
+def _destination_states(settings: Settings, names: Iterable[str]) -> dict[str, DestinationState] | None:
+    """Holds and waiting jobs per destination; None (said on stderr) when the QI database is down.
+
+    The destination list comes from Orthanc, so it is still worth printing without them.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hub import queries
+    from hub.db import engine_for
+
+    engine = engine_for(settings, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            return queries.destination_states(conn, names)
+    except SQLAlchemyError as exc:
+        detail = getattr(exc, "orig", None) or exc
+        err.print(f"holds unknown: the QI database is unreachable: {str(detail).strip().splitlines()[0]}",
+                  markup=False)
+        return None
+    finally:
+        engine.dispose()
+
+
+def _known_destination(settings: Settings, name: str) -> None:
+    """Exit 5 unless `name` is a destination (in .env's MODALITY_ lines or Orthanc's modalities).
+
+    .env is checked first, so a destination can be held while Orthanc is down; a name
+    only Orthanc knows needs Orthanc (exit 4 when it does not answer).
+    """
+    from hub.orthanc_client import OrthancClient, OrthancError
+
+    if name in settings.modalities:
+        return
+    try:
+        with OrthancClient.from_settings(settings, timeout=10) as client:
+            known = set(client.modalities())
+    except OrthancError as exc:
+        raise _fail(f"{name} is not in .env and Orthanc cannot be asked about it: {exc}",
+                    exitcodes.UNAVAILABLE) from None
+    if name not in known:
+        names = ", ".join(sorted(known | set(settings.modalities))) or "none"
+        raise _fail(f"no destination named {name!r} (known: {names})", exitcodes.NOT_FOUND)
+
+
+def hold(
+    name: Annotated[str, typer.Argument(help="destination name as in Orthanc (e.g. LPCHROUTER)")],
+    reason: Annotated[str | None, typer.Option("--reason", help="why, shown with the hold and audited")] = None,
+    env_file: EnvFile = None,
+) -> None:
+    """Hold a destination: its jobs wait, spending no attempts, until `release` (audited).
+
+    Use it for a planned PACS downtime. A destination the worker holds for an outage
+    becomes an operator hold: the worker stops probing it and only `release` lifts it.
+    Exit 0 held, 1 already on hold by an operator, 5 unknown destination.
+    """
+    from hub import operations, queries
+
+    settings = _settings(env_file)
+    _known_destination(settings, name)
+    with _db(settings, write=True) as conn:
+        before = queries.destination_states(conn, [name])[name]
+        if not operations.hold_destination(conn, name, actor=_actor(), source="cli",
+                                           reason=(reason or "").strip() or None):
+            now = queries.destination_states(conn, [name])[name].summary(settings.zone) or "on hold"
+            raise _fail(f"{name} is already {now}; nothing changed", exitcodes.FAILED)
+    taken_over = " (it was an automatic outage hold; the worker no longer probes it)" \
+        if before.kind is queries.HoldKind.OUTAGE else ""
+    out.print(f"{name} is on hold{taken_over}: {before.jobs_waiting} job(s) waiting; "
+              f"`./orthanc release {name}` sends them", markup=False)
+
+
+def release(
+    name: Annotated[str, typer.Argument(help="destination name (see `orthanc destinations`)")],
+    env_file: EnvFile = None,
+) -> None:
+    """Release a held destination (an operator's hold or an outage hold): its jobs are sent (audited).
+
+    Releasing an outage hold lifts it at once; if the destination still does not
+    answer C-ECHO, the worker holds it again. Exit 0 released, 1 not on hold, 5 unknown.
+    """
+    from hub import operations, queries
+
+    settings = _settings(env_file)
+    with _db(settings, write=True) as conn:
+        before = queries.destination_states(conn, [name])[name]
+        released = operations.release_destination(conn, name, actor=_actor(), source="cli")
+    if not released:
+        _known_destination(settings, name)  # exit 5 for a typo rather than "not on hold"
+        raise _fail(f"{name} is not on hold; nothing changed", exitcodes.FAILED)
+    again = "; if it still does not answer C-ECHO the worker holds it again" \
+        if before.kind is queries.HoldKind.OUTAGE else ""
+    out.print(f"{name} released: its {before.jobs_waiting} waiting job(s) are sent now{again}", markup=False)
 
 
 def test(
@@ -512,6 +623,8 @@ def register(app: typer.Typer) -> None:
     app.command("queue")(queue)
     app.command("retry")(retry)
     app.command("cancel")(cancel)
+    app.command("hold")(hold)
+    app.command("release")(release)
     app.command("logs")(logs)
     app.command("shell")(shell)
     app.command("db")(db)

@@ -105,6 +105,7 @@ routing_jobs = Table(
     Column("started_at", TZ),
     Column("finished_at", TZ),
     Column("updated_at", TZ, nullable=False),
+    Column("send_intent_at", TZ),
 )
 
 job_series = Table(
@@ -121,6 +122,11 @@ destination_holds = Table(
     Column("held_at", TZ, nullable=False),
     Column("held_by", Text, nullable=False),
     Column("reason", Text),
+    Column("kind", Text, nullable=False),
+    Column("probe_failures", Integer, nullable=False),
+    Column("last_probe_at", TZ),
+    Column("next_probe_at", TZ),
+    Column("last_error", Text),
 )
 
 worker_state = Table(
@@ -141,6 +147,7 @@ worker_heartbeats = Table(
     Column("orthanc_ok", Boolean),
     Column("cursor_lag", BigInteger),
     Column("info", JSONB, nullable=False),
+    Column("lock_key", Integer),
 )
 
 config_status = Table(
@@ -151,6 +158,7 @@ config_status = Table(
     Column("error", Text),
     Column("error_at", TZ),
     Column("content", JSONB),
+    Column("error_checksum", Text),
 )
 
 audit_log = Table(

@@ -63,24 +63,91 @@ def check_modality_name(value: str) -> str:
     return value
 
 
+# The DICOM services a peer may ask of Orthanc beyond echo and store, by the word that
+# enables them in a MODALITY_ line (`AET|HOST|PORT|find,move`; `qr` is all three).
+RETRIEVE_SERVICES = ("find", "get", "move")
+RETRIEVE_WORDS = {"find": ("find",), "get": ("get",), "move": ("move",), "qr": RETRIEVE_SERVICES}
+
+
 @dataclass(frozen=True)
 class Modality:
-    """A DICOM peer as Orthanc knows it: symbolic name, AE title, host and port."""
+    """A DICOM peer as Orthanc knows it: symbolic name, AE title, host, port and what it may ask.
+
+    Every peer (a destination, the AI node) may echo Orthanc and store to it. Query and
+    retrieve (C-FIND, C-GET, C-MOVE) read studies back out of the hub, so each is off
+    unless enabled: with DicomCheckModalityHost, Orthanc then grants it only to a caller
+    with this AE title *and* this host (docs in README.md, "Security").
+    """
 
     name: str
     aet: str
     host: str
     port: int
+    allow_find: bool = False
+    allow_get: bool = False
+    allow_move: bool = False
+
+    @property
+    def retrieve(self) -> tuple[str, ...]:
+        """The query/retrieve services enabled, in RETRIEVE_SERVICES order (empty: none)."""
+        return tuple(s for s in RETRIEVE_SERVICES if getattr(self, f"allow_{s}"))
+
+    def spec(self) -> str:
+        """The MODALITY_ line value that parses back to this modality (name aside)."""
+        base = f"{self.aet}|{self.host}|{self.port}"
+        return f"{base}|{','.join(self.retrieve)}" if self.retrieve else base
 
     def orthanc_body(self) -> dict[str, object]:
-        return {"AET": self.aet, "Host": self.host, "Port": self.port}
+        """PUT /modalities/{name} body. Every permission is explicit: Orthanc's default is all allowed."""
+        return {
+            "AET": self.aet, "Host": self.host, "Port": self.port,
+            "AllowEcho": True, "AllowStore": True,
+            "AllowFind": self.allow_find, "AllowGet": self.allow_get, "AllowMove": self.allow_move,
+            "AllowFindWorklist": False, "AllowStorageCommitment": False,
+        }
+
+
+def parse_retrieve(value: str) -> dict[str, bool]:
+    """`find,get,move` or `qr` (any case, comma-separated) as allow_* keyword arguments."""
+    enabled: set[str] = set()
+    for word in (w.strip().lower() for w in value.split(",")):
+        if not word:
+            continue
+        if word not in RETRIEVE_WORDS:
+            raise ValueError(f"expected AET|HOST|PORT|SERVICES, SERVICES being find, get, move or qr "
+                             f"(comma-separated); got {word[:20]!r}")
+        enabled.update(RETRIEVE_WORDS[word])
+    return {f"allow_{s}": s in enabled for s in RETRIEVE_SERVICES}
+
+
+def check_retrieve_host(host: str, retrieve: tuple[str, ...] | list[str]) -> str:
+    """Query/retrieve needs the host as an IP address: Orthanc compares the caller's with it literally.
+
+    With DicomCheckModalityHost, Orthanc 1.10.1 refuses a C-FIND from 127.0.0.1 for a
+    modality registered as `localhost` ("Its IP address should be localhost").
+    """
+    if retrieve:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"query/retrieve ({', '.join(retrieve)}) needs the host as an IP address, not "
+                             f"{host[:40]!r}: Orthanc compares the caller's address with it literally") from None
+    return host
 
 
 def parse_modality_line(name: str, value: str) -> Modality:
-    """Parse `AET|HOST|PORT` for the modality `name`; raise ValueError on any defect."""
+    """Parse `AET|HOST|PORT[|SERVICES]` for the modality `name`; raise ValueError on any defect.
+
+    SERVICES enables query/retrieve from that peer (`find`, `get`, `move`, or `qr` for
+    all three); without it the peer may only echo and store, as every older line means.
+    """
     check_modality_name(name)
     parts = value.split("|")
-    if len(parts) != 3:
-        raise ValueError(f"expected AET|HOST|PORT, got {len(parts)} field(s) in {value[:60]!r}")
-    aet, host, port = (p.strip() for p in parts)
-    return Modality(name=name, aet=check_aet(aet), host=check_host(host), port=check_port(port))
+    if len(parts) not in (3, 4):
+        raise ValueError(f"expected AET|HOST|PORT or AET|HOST|PORT|SERVICES, got {len(parts)} field(s) "
+                         f"in {value[:60]!r}")
+    aet, host, port = (p.strip() for p in parts[:3])
+    allowed = parse_retrieve(parts[3]) if len(parts) == 4 else {}
+    modality = Modality(name=name, aet=check_aet(aet), host=check_host(host), port=check_port(port), **allowed)
+    check_retrieve_host(modality.host, modality.retrieve)
+    return modality

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -274,7 +274,7 @@ class AINode(StorageSCP):
     """An AI orchestrator like mercure: receives studies, returns results into them.
 
     When a study has had no new instance for `quiet_s` seconds (mercure's "study
-    complete" timer), the node waits `delay_s` (the inference time) and C-STOREs one
+    complete" timer) plus `delay_s` or `delay_for(uid)` (the inference time), it C-STOREs one
     derived series per entry of `results` back to Orthanc, in the same
     StudyInstanceUID and from its own calling AET, which is how the worker recognises
     AI results. Instances arriving for a study after its results went out start a
@@ -298,8 +298,15 @@ class AINode(StorageSCP):
         host: str = LOOPBACK,
         retry_s: float = 1.0,
         retry_for_s: float = 180.0,
+        delay_for: Callable[[str], float] | None = None,
     ) -> None:
         super().__init__(aet, port, out_dir=out_dir, host=host)
+        self.delay_for = delay_for  # per-study inference time (StudyInstanceUID -> s); delay_s otherwise
+        # The node's own clock, per study, for checking the hub's AI round trip against it:
+        # first and last instance received (first round), and when its results began to go out.
+        self.first_received_at: dict[str, float] = {}
+        self.last_received_at: dict[str, float] = {}
+        self.results_sent_at: dict[str, float] = {}
         self.retry_s = retry_s
         self.retry_for_s = retry_for_s
         self._retries: list[tuple[float, float, str, list[Dataset]]] = []  # (due, first try, uid, results)
@@ -353,15 +360,23 @@ class AINode(StorageSCP):
 
     def _received(self, ds: Dataset, receipt: Receipt) -> None:
         with self._lock:
-            pending = self._pending.setdefault(receipt.study_instance_uid, _PendingStudy())
+            uid = receipt.study_instance_uid
+            self.first_received_at.setdefault(uid, receipt.received_at)
+            if uid not in self.results_sent_at:
+                self.last_received_at[uid] = receipt.received_at
+            pending = self._pending.setdefault(uid, _PendingStudy())
             if not pending.datasets:  # the patient and study modules are all we need
                 pending.datasets.append(ds)
             pending.last_received = time.monotonic()
 
+    def _delay(self, study_uid: str) -> float:
+        return self.delay_for(study_uid) if self.delay_for else self.delay_s
+
     def _due(self) -> list[tuple[str, list[Dataset]]]:
+        """Studies quiet for `quiet_s` whose inference time has passed (studies run side by side)."""
         now = time.monotonic()
         with self._lock:
-            ready = [uid for uid, p in self._pending.items() if now - p.last_received >= self.quiet_s]
+            ready = [uid for uid, p in self._pending.items() if now - p.last_received >= self.quiet_s + self._delay(uid)]
             self._returning += len(ready)
             return [(uid, self._pending.pop(uid).datasets) for uid in ready]
 
@@ -376,8 +391,6 @@ class AINode(StorageSCP):
     def _loop(self) -> None:
         while not self._stop.is_set():
             for study_uid, datasets in self._due():
-                if self._stop.wait(self.delay_s):
-                    return
                 derived: list[Dataset] = []
                 for description, modality in self.results:
                     derived.extend(derive_ai_series(datasets, description, modality))
@@ -387,6 +400,8 @@ class AINode(StorageSCP):
             self._stop.wait(0.05)
 
     def _return_results(self, study_uid: str, derived: list[Dataset], first_try: float) -> None:
+        with self._lock:
+            self.results_sent_at.setdefault(study_uid, time.time())
         try:
             statuses = send_datasets(
                 derived, self.orthanc_host, self.orthanc_dicom_port, self.aet, self.orthanc_aet

@@ -1,4 +1,4 @@
-"""Operator actions on routing jobs: retry, cancel, resend. Each is audited.
+"""Operator actions on routing jobs: retry, cancel, resend; hold and release a destination. Each is audited.
 
 The app and the CLI call these; the worker's dispatcher then picks the job up. A
 job that Orthanc is sending right now is not cancelled under its feet: `cancel`
@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, text
 
+from hub.queries import HoldKind
 from hub.recorder import add_event, audit, queue_job, refresh_study_status
 
 
@@ -83,9 +84,14 @@ def cancel_job(conn: Connection, job_id: int, *, actor: str, source: str) -> Non
 def resend_study(
     conn: Connection, study_id: int, destination: str, *, actor: str, source: str, kind: str | None = None
 ) -> int:
-    """Queue a new delivery of the study's series (optionally one kind) to `destination`."""
+    """Queue a new delivery of the study's series (optionally one kind) to `destination`.
+
+    Series from a sender that failed the origin check (kind 'rejected', worker/ingest.py)
+    are never sent: a resend of the whole study must not deliver a forged AI result.
+    """
     series_ids = conn.execute(
-        text("SELECT id FROM series WHERE study_id = :id AND (CAST(:kind AS text) IS NULL OR kind = :kind)"),
+        text("SELECT id FROM series WHERE study_id = :id AND kind <> 'rejected' "
+             "AND (CAST(:kind AS text) IS NULL OR kind = :kind)"),
         {"id": study_id, "kind": kind},
     ).scalars().all()
     if not series_ids:
@@ -104,25 +110,50 @@ def resend_study(
     return job_id
 
 
+def _hold_row(conn: Connection, destination: str) -> dict | None:
+    """The destination's hold, locked, as the audit's "before" (None when not held)."""
+    row = conn.execute(
+        text("SELECT kind, held_at, held_by, reason, last_error FROM destination_holds "
+             "WHERE destination = :d FOR UPDATE"),
+        {"d": destination},
+    ).mappings().first()
+    return None if row is None else {"held": True, **row}
+
+
 def hold_destination(conn: Connection, destination: str, *, actor: str, source: str, reason: str | None = None) -> bool:
-    """Stop sending to `destination` (jobs wait, without spending attempts); False if already held."""
-    held = conn.execute(
-        text("INSERT INTO destination_holds (destination, held_by, reason) VALUES (:d, :a, :r) "
-             "ON CONFLICT DO NOTHING"),
-        {"d": destination, "a": actor, "r": reason},
-    ).rowcount == 1
-    if held:
+    """Stop sending to `destination` (jobs wait, without spending attempts); False if an operator already holds it.
+
+    An automatic outage hold (HoldKind.OUTAGE) becomes an operator hold: the worker
+    stops probing it, so it stays held until a person releases it even once it answers
+    again (a PACS in maintenance may answer C-ECHO before it should receive). held_at
+    restarts, so "on hold by <actor> since" is the operator's time; the outage's own
+    start stays in destination_outages and in this action's audit entry.
+    """
+    before = _hold_row(conn, destination)
+    taken = conn.execute(
+        text("INSERT INTO destination_holds (destination, held_by, reason, kind) VALUES (:d, :a, :r, :kind) "
+             "ON CONFLICT (destination) DO UPDATE SET kind = EXCLUDED.kind, held_by = EXCLUDED.held_by, "
+             "reason = EXCLUDED.reason, held_at = now(), next_probe_at = NULL "
+             "WHERE destination_holds.kind <> EXCLUDED.kind RETURNING destination"),
+        {"d": destination, "a": actor, "r": reason, "kind": HoldKind.OPERATOR.value},
+    ).first() is not None
+    if taken:
         audit(conn, actor=actor, source=source, action="destination.hold", target=f"destination:{destination}",
-              after={"held": True, "reason": reason})
-    return held
+              before=before or {"held": False},
+              after={"held": True, "kind": HoldKind.OPERATOR.value, "reason": reason})
+    return taken
 
 
 def release_destination(conn: Connection, destination: str, *, actor: str, source: str) -> bool:
-    """Resume sending to `destination`; False if it was not held."""
-    released = conn.execute(
-        text("DELETE FROM destination_holds WHERE destination = :d"), {"d": destination}
-    ).rowcount == 1
-    if released:
-        audit(conn, actor=actor, source=source, action="destination.release", target=f"destination:{destination}",
-              before={"held": True}, after={"held": False})
-    return released
+    """Resume sending to `destination`, whoever held it; False if it was not held.
+
+    Releasing an outage hold only lifts the hold (its jobs may be tried at once): if
+    the destination still does not answer, the worker puts it on hold again.
+    """
+    before = _hold_row(conn, destination)
+    if before is None:
+        return False
+    conn.execute(text("DELETE FROM destination_holds WHERE destination = :d"), {"d": destination})
+    audit(conn, actor=actor, source=source, action="destination.release", target=f"destination:{destination}",
+          before=before, after={"held": False})
+    return True

@@ -135,11 +135,19 @@ class OrthancClient:
     def delete_modality(self, name: str) -> None:
         self.request("DELETE", f"/modalities/{name}")
 
-    def echo(self, name: str, timeout: int = 5) -> EchoResult:
-        """C-ECHO through Orthanc; never raises for a failed echo, returns the error text."""
+    def echo(self, name: str, timeout: int = 5, *, raise_unreachable: bool = False) -> EchoResult:
+        """C-ECHO through Orthanc; returns the error text of a failed echo.
+
+        With `raise_unreachable`, Orthanc itself being unreachable raises
+        OrthancUnavailable instead: the worker must not mistake it for a peer's outage.
+        """
         start = time.perf_counter()
         try:
             self.request("POST", f"/modalities/{name}/echo", json={"Timeout": timeout})
+        except OrthancUnavailable as exc:
+            if raise_unreachable:
+                raise
+            return EchoResult(False, (time.perf_counter() - start) * 1000, str(exc))
         except OrthancError as exc:
             return EchoResult(False, (time.perf_counter() - start) * 1000, str(exc))
         return EchoResult(True, (time.perf_counter() - start) * 1000, None)
@@ -157,6 +165,14 @@ class OrthancClient:
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self.get(f"/jobs/{job_id}")
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job Orthanc still knows (running, pending and its JobsHistorySize finished ones)."""
+        return self.get("/jobs", expand="")
+
+    def modality_aet(self, name: str) -> str:
+        """The AE title Orthanc calls for modality `name` (store jobs report it as RemoteAet)."""
+        return self.get(f"/modalities/{name}/configuration")["AET"]
 
     def cancel_job(self, job_id: str) -> None:
         self.request("POST", f"/jobs/{job_id}/cancel", json={})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 # worklist and serve-folders plugins, which the hub does not want.
 PLUGINS = ("libOrthancPostgreSQLIndex.so", "libOrthancDicomWeb.so", "libOrthancWebViewer.so")
 DEFAULT_LUA = PROJECT_ROOT / "stack" / "lua" / "hub.lua"
+LOG_FILTER = PROJECT_ROOT / "hub" / "logredact.py"
 
 
 def render_orthanc_config(settings: Settings, *, lua_scripts: list[Path] | None = None) -> dict[str, Any]:
@@ -66,10 +68,20 @@ def render_orthanc_config(settings: Settings, *, lua_scripts: list[Path] | None 
         "DicomModalitiesInDatabase": True,
         "DicomModalities": {},
         # Any sender may store and echo (a routing hub receives from many modalities
-        # whose addresses change); the sender AET is recorded as RemoteAET metadata.
+        # whose addresses change); the sender's AET and address are recorded as RemoteAET
+        # and RemoteIP metadata, and the worker trusts an AI result only when both match
+        # a registered modality (worker/ingest.py).
         "DicomAlwaysAllowStore": True,
         "DicomAlwaysAllowEcho": True,
-        "DicomCheckModalityHost": False,
+        # Reading studies back out (C-FIND, C-GET, C-MOVE) is for registered modalities
+        # whose own Allow* flag grants it (hub/dicom_names.py: off unless enabled), and
+        # only from their registered host: a calling AET alone is what any device on the
+        # network can choose, its address is not.
+        "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowFindWorklist": False,
+        "DicomAlwaysAllowGet": False,
+        "DicomAlwaysAllowMove": False,
+        "DicomCheckModalityHost": True,
         "DicomScuTimeout": 10,
         "DeidentifyLogs": True,
         "StableAge": settings.stable_age,
@@ -131,5 +143,10 @@ def orthanc_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
 
 
 def orthanc_argv(config_path: Path) -> list[str]:
-    """Foreground command line for Orthanc (for a subprocess or supervisord)."""
-    return [str(ORTHANC_BINARY), str(config_path)]
+    """Foreground command line for Orthanc (for a subprocess or supervisord).
+
+    Orthanc starts through hub/logredact.py, which becomes Orthanc (same pid) after
+    setting up a filter that removes patient identifiers from its output: Orthanc
+    1.10.1 logs a PatientID that neither DeidentifyLogs nor a Lua hook can prevent.
+    """
+    return [sys.executable, "-I", str(LOG_FILTER), "--", str(ORTHANC_BINARY), str(config_path)]

@@ -27,6 +27,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from hub import datadirs
 from hub.settings import Settings
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -110,8 +111,9 @@ def init_cluster(
     if superuser_password is None:
         raise PgClusterError("a superuser password is needed to create a cluster")
     datadir.mkdir(parents=True, exist_ok=True)
-    if any(datadir.iterdir()):
+    if any(entry.name != datadirs.MARKER for entry in datadir.iterdir()):
         raise PgClusterError(f"{datadir} is not empty and holds no PostgreSQL cluster")
+    (datadir / datadirs.MARKER).unlink(missing_ok=True)  # initdb wants it empty; written again below
     datadir.chmod(0o700)
     _give_to_service_user(datadir)
     _check_reachable(datadir)
@@ -140,6 +142,8 @@ def init_cluster(
             f"unix_socket_directories = '{_socket_dir(datadir)}'\n"
             "password_encryption = 'scram-sha-256'\n"
         )
+    # The hub created this cluster, so `make uninstall` may remove it (hub/datadirs.py).
+    datadirs.mark(datadir, "POSTGRES_STORAGE")
     return True
 
 

@@ -2,7 +2,9 @@
 
 Every number shown by the QI pages, the CLI report and the Grafana dashboards is
 defined once, in db/migrations/versions/0002_qi_views.py (three of them replaced by faster
-forms with the same answers in 0004_qi_speed.py): `qi_study` (one row per
+forms with the same answers in 0004_qi_speed.py; the per-study and per-destination
+durations measured from the attempt their evidence belongs to, so that none is negative,
+in 0006_attempt_durations.py): `qi_study` (one row per
 study, DESIGN.md section 4), `qi_delivery` (one row per study and destination),
 `qi_attempt` (one row per finished send attempt) and the aggregate functions
 `qi_*(p_from, p_to, ...)` (counts, p50/p90/p95 with percentile_cont, max, rates with
@@ -45,11 +47,14 @@ READABLE_RELATIONS: tuple[str, ...] = ("qi_settings", "qi_study", "qi_delivery",
 DEFINITIONS: dict[str, str] = {
     "wait_stable": "Seconds from the first instance received to the study being stable (first stability).",
     "to_ai": "Seconds from study stable to the first successful send to the AI node.",
-    "ai_round_trip": "Seconds from the AI send succeeding to the first AI-result instance received.",
+    "ai_round_trip": "Seconds from the AI send succeeding to the first AI-result instance received; "
+                     "a result that came before that success answers an earlier attempt and is "
+                     "measured from that attempt's start.",
     "result_settle": "Seconds from the first AI-result instance to that result series being stable.",
     "to_destinations": "Seconds from ready (AI result stable on AI routes, else study stable) "
-                       "to the last required delivery succeeding.",
-    "turnaround": "Seconds from the first instance received to the last required delivery succeeding.",
+                       "to delivered (the last required delivery succeeded and, on AI routes, the AI result is stable).",
+    "turnaround": "Seconds from the first instance received to delivered (the last required delivery "
+                  "succeeded and, on AI routes, the AI result is stable).",
 }
 
 _FUNCTIONS = frozenset({
@@ -339,11 +344,16 @@ def ai_outcomes(
 
 
 def ai_overdue_studies(conn: Connection, flt: QiFilter, zone: ZoneInfo, *, limit: int = 200) -> pd.DataFrame:
-    """Studies whose AI result is late or missing past AI_RESULT_TIMEOUT, newest send first."""
+    """Studies whose AI result is late or missing past AI_RESULT_TIMEOUT, newest send first.
+
+    waited_s is the round trip once the result is there (ai_result_at - ai_sent_at would
+    be negative for a result that answered an earlier attempt), else the time since the send.
+    """
     return _frame(
         conn,
         "SELECT study_instance_uid, accession_number, modality, source_aet, ai_sent_at, ai_result_at, "  # noqa: S608
-        "ai_result_state, ai_round_trip_s, qi_seconds(COALESCE(ai_result_at, now()), ai_sent_at) AS waited_s, "
+        "ai_result_state, ai_round_trip_s, CASE WHEN ai_result_at IS NOT NULL THEN ai_round_trip_s "
+        "ELSE qi_seconds(now(), ai_sent_at) END AS waited_s, "
         f"status FROM qi_filtered_studies({RANGE_ARGS}, {FILTER_ARGS}) "
         "WHERE ai_overdue ORDER BY ai_sent_at DESC, study_id DESC LIMIT :lim",
         {**flt.params(zone), "lim": int(limit)},

@@ -9,10 +9,12 @@ never even fetched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, text
 
@@ -293,11 +295,19 @@ def get_study(conn: Connection, study_id: int, *, show_phi: bool = False) -> dic
 
 
 def study_events(conn: Connection, study_id: int) -> list[dict[str, Any]]:
+    """A study's events in the order they were recorded (events.id), not by `at`.
+
+    Stage times are Orthanc's whole seconds while the worker's own events carry
+    fractions, so sorting by `at` put `ai_sent` before its `delivery_queued` and
+    `delivered` before its `delivery_started` within a second. The id is taken from a
+    sequence at insert, so along a causal chain (each event written after the one
+    before it committed) id order is causal order (docs/qi.md, "Event order").
+    """
     return _rows(
         conn,
         "SELECT e.id, e.at, e.type, e.destination, e.job_id, e.series_id, s.series_uid, e.detail "
         "FROM events e LEFT JOIN series s ON s.id = e.series_id "
-        "WHERE e.study_id = :id ORDER BY e.at, e.id",
+        "WHERE e.study_id = :id ORDER BY e.id",
         {"id": study_id},
     )
 
@@ -340,13 +350,19 @@ def study_stages(
 
     "Routed" is reached when every delivery job that is not cancelled succeeded; its
     time is the last of those deliveries (the QI definition of delivered_at).
+    Resend jobs (`resend` in study_jobs) and their events are left out, as in the
+    study status and the QI views: a resend shows as its own job row and events and
+    never sends a reached stage back to pending or moves its time.
     """
+    resends = {j["id"] for j in jobs if j.get("resend")}
+    required = [j for j in jobs if not j.get("resend")]
+
     def first(kind: str) -> datetime | None:
-        times = [e["at"] for e in events if e["type"] == kind]
+        times = [e["at"] for e in events if e["type"] == kind and e.get("job_id") not in resends]
         return min(times) if times else None
 
-    ai_jobs = [j for j in jobs if j["purpose"] == "ai" and j["state"] != "cancelled"]
-    deliveries = [j for j in jobs if j["purpose"] == "delivery" and j["state"] != "cancelled"]
+    ai_jobs = [j for j in required if j["purpose"] == "ai" and j["state"] != "cancelled"]
+    deliveries = [j for j in required if j["purpose"] == "delivery" and j["state"] != "cancelled"]
     done = [j for j in deliveries if j["state"] == "succeeded"]
     routed_at = None
     note = ""
@@ -466,6 +482,104 @@ def destination_stats(conn: Connection, since: datetime) -> dict[str, dict[str, 
         entry["last_error"] = row["error"]
         entry["last_error_at"] = row["at"]
     return stats
+
+
+class HoldKind(StrEnum):
+    """Who put a destination on hold (destination_holds.kind), and so who lifts it.
+
+    OPERATOR: a person (app or `./orthanc hold`); only a person releases it.
+    OUTAGE: the worker, when the destination stopped answering C-ECHO; the worker
+    probes it and releases it when it answers again.
+    """
+
+    OPERATOR = "operator"
+    OUTAGE = "outage"
+
+
+@dataclass(frozen=True)
+class DestinationState:
+    """One destination's hold (if any) and how many jobs wait for it.
+
+    The single definition every operator surface reads (app pages, `./orthanc`,
+    `make status`, /metrics), so they can never disagree about what is held.
+    """
+
+    destination: str
+    kind: HoldKind | None
+    held_at: datetime | None
+    held_by: str | None
+    reason: str | None
+    jobs_waiting: int
+    last_error: str | None
+    next_probe_at: datetime | None
+    held_for_s: float | None
+
+    @property
+    def held(self) -> bool:
+        return self.kind is not None
+
+    def summary(self, zone: ZoneInfo, now: datetime | None = None) -> str | None:
+        """The one line every surface prints for a held destination, or None when not held.
+
+        "outage since 14:05, 3 jobs waiting" (the worker's automatic hold) or
+        "on hold by ana since 14:05 (PACS upgrade), 3 jobs waiting". Times are in the
+        site's zone; a hold that began on an earlier day shows its date too, so
+        "since 14:05" never silently means yesterday.
+        """
+        if self.kind is None or self.held_at is None:
+            return None
+        local_now = (now or datetime.now(UTC)).astimezone(zone)
+        started = self.held_at.astimezone(zone)
+        since = started.strftime("%H:%M" if started.date() == local_now.date() else "%Y-%m-%d %H:%M")
+        waiting = f"{self.jobs_waiting} job{'' if self.jobs_waiting == 1 else 's'} waiting"
+        if self.kind is HoldKind.OUTAGE:
+            return f"outage since {since}, {waiting}"
+        reason = f" ({self.reason})" if self.reason else ""
+        return f"on hold by {self.held_by} since {since}{reason}, {waiting}"
+
+
+def destination_states(conn: Connection, names: Iterable[str] = ()) -> dict[str, DestinationState]:
+    """Per destination, by name: its hold (operator or outage) and its waiting jobs.
+
+    Waiting jobs are those in OPEN_JOB_STATES (queued, failed, sending): a hold keeps
+    them from being claimed, so this is what piles up until it is lifted.
+    Covers every held destination, every destination with a waiting job, and `names`
+    (e.g. Orthanc's modalities, so an idle one is listed as not held). The count uses
+    routing_jobs_state_idx (state, destination), so it stays cheap with a deep backlog.
+    """
+    rows = _rows(
+        conn,
+        """
+        WITH waiting AS (
+            SELECT destination, count(*) AS n FROM routing_jobs
+            WHERE state IN ('queued', 'failed', 'sending') GROUP BY destination
+        ), known AS (
+            SELECT destination FROM destination_holds
+            UNION SELECT destination FROM waiting
+            UNION SELECT unnest(CAST(:names AS text[]))
+        )
+        SELECT k.destination, h.kind, h.held_at, h.held_by, h.reason, h.last_error, h.next_probe_at,
+               COALESCE(w.n, 0) AS jobs_waiting, EXTRACT(EPOCH FROM now() - h.held_at)::float AS held_for_s
+        FROM known k
+        LEFT JOIN destination_holds h ON h.destination = k.destination
+        LEFT JOIN waiting w ON w.destination = k.destination
+        ORDER BY k.destination
+        """,
+        {"names": list(names)},
+    )
+    return {
+        r["destination"]: DestinationState(
+            destination=r["destination"], kind=HoldKind(r["kind"]) if r["kind"] else None, held_at=r["held_at"],
+            held_by=r["held_by"], reason=r["reason"], jobs_waiting=r["jobs_waiting"], last_error=r["last_error"],
+            next_probe_at=r["next_probe_at"], held_for_s=r["held_for_s"],
+        )
+        for r in rows
+    }
+
+
+def held_destinations(conn: Connection) -> list[DestinationState]:
+    """Only the held destinations, by name (banners on the Overview and Queue pages)."""
+    return [s for s in destination_states(conn).values() if s.held]
 
 
 def open_jobs_by_destination(conn: Connection) -> dict[str, dict[str, int]]:

@@ -245,8 +245,12 @@ def job_started(conn: Connection, job_id: int, *, orthanc_job_id: str, at: datet
     jobs_started(conn, [job_id], orthanc_job_id=orthanc_job_id, at=at)
 
 
-def jobs_started(conn: Connection, job_ids: Sequence[int], *, orthanc_job_id: str, at: datetime) -> None:
+def jobs_started(conn: Connection, job_ids: Sequence[int], *, orthanc_job_id: str, at: datetime,
+                 adopted: bool = False) -> None:
     """Record that Orthanc job `orthanc_job_id` carries these jobs: one statement per batch.
+
+    `adopted` marks a store found in Orthanc's job list after its sender died before
+    recording it; `at` is then Orthanc's creation time of that job.
 
     Set-based on purpose: the dispatcher records a whole batch at once, and per-job
     statements (each firing the QI dirty-marking trigger) were most of its database time.
@@ -256,16 +260,17 @@ def jobs_started(conn: Connection, job_ids: Sequence[int], *, orthanc_job_id: st
             """
             WITH started AS (
                 UPDATE routing_jobs SET orthanc_job_id = :oj, started_at = COALESCE(started_at, :at),
-                       attempts = attempts + 1, updated_at = :at
+                       attempts = attempts + 1, send_intent_at = NULL, updated_at = :at
                 WHERE id = ANY(CAST(:ids AS bigint[])) RETURNING id, study_id, destination, attempts
             )
             INSERT INTO events (study_id, job_id, type, at, destination, detail)
             SELECT study_id, id, 'delivery_started', :at, destination,
                    jsonb_build_object('attempt', attempts, 'orthanc_job', CAST(:oj AS text))
+                   || CASE WHEN :adopted THEN jsonb_build_object('adopted', true) ELSE '{}'::jsonb END
             FROM started ORDER BY id
             """
         ),
-        {"ids": list(job_ids), "oj": orthanc_job_id, "at": at},
+        {"ids": list(job_ids), "oj": orthanc_job_id, "at": at, "adopted": adopted},
     )
 
 
@@ -310,6 +315,7 @@ def job_failed(
         text(
             "UPDATE routing_jobs SET state = :state, last_error = :err, last_error_code = :code, "
             "next_attempt_at = COALESCE(:retry, next_attempt_at), updated_at = :at, claimed_by = NULL, "
+            "orthanc_job_id = NULL, send_intent_at = NULL, "
             "finished_at = CASE WHEN :state = 'dead' THEN CAST(:at AS timestamptz) END "
             "WHERE id = :id RETURNING study_id, destination, attempts"
         ),
@@ -325,7 +331,12 @@ def job_failed(
 
 
 def refresh_study_status(conn: Connection, study_id: int) -> None:
-    """Recompute the study's workflow status from its jobs, series and events."""
+    """Recompute the study's workflow status from its required jobs, series and events.
+
+    Resends (operator resends and re-sends of grown series: job_series.is_resend) are
+    left out, as in the QI views: a resend is its own job row and events, and never
+    turns a delivered study back into 'delivering' (or 'failed' when it dies).
+    """
     conn.execute(
         text(
             """
@@ -338,6 +349,7 @@ def refresh_study_status(conn: Connection, study_id: int) -> None:
                     count(*) FILTER (WHERE purpose = 'delivery' AND state = 'succeeded') AS delivered,
                     count(*) AS total
                 FROM routing_jobs WHERE study_id = :id AND state <> 'cancelled'
+                  AND NOT EXISTS (SELECT 1 FROM job_series js WHERE js.job_id = routing_jobs.id AND js.is_resend)
             ), s AS (
                 SELECT count(*) FILTER (WHERE kind = 'ai_result') AS ai_results,
                        count(*) FILTER (WHERE routed_at IS NOT NULL) AS routed
@@ -381,4 +393,115 @@ def audit(
         {"actor": actor, "source": source, "action": action, "target": target,
          "before": None if before is None else jsonable(before),
          "after": None if after is None else jsonable(after)},
+    )
+
+
+# --- the send protocol's intents, and destinations on an outage hold -------------------
+
+OUTAGE_HELD_BY = "worker"
+
+
+def jobs_intended(conn: Connection, job_ids: Sequence[int], *, at: datetime) -> None:
+    """Record, before the store request leaves, that these jobs are about to be sent together.
+
+    Committed before the POST: a worker that adopts them without an Orthanc job id then
+    knows a store may be under way and looks for it in Orthanc before sending again.
+    All jobs of one batch share the same `at`, which is how an adopter regroups them.
+    """
+    conn.execute(
+        text("UPDATE routing_jobs SET send_intent_at = :at, updated_at = :at WHERE id = ANY(CAST(:ids AS bigint[]))"),
+        {"ids": list(job_ids), "at": at},
+    )
+
+
+def jobs_waiting(
+    conn: Connection, job_ids: Sequence[int], *, at: datetime, error: str, code: int | None,
+    uncount: bool, retry_at: datetime | None = None, keep_intent: bool = False,
+) -> None:
+    """Put jobs back to wait without spending an attempt, with a `delivery_failed` event.
+
+    For failures that say nothing about the destination's answer to our data: the
+    destination is on an outage hold (it does not answer C-ECHO), or Orthanc itself is
+    unreachable. `uncount` takes back the attempt `jobs_started` counted. With
+    `keep_intent` the send intent stays: the store request may have reached Orthanc.
+    """
+    rows = conn.execute(
+        text(
+            """
+            UPDATE routing_jobs SET state = CASE WHEN CAST(:retry AS timestamptz) IS NULL THEN 'queued' ELSE 'failed' END,
+                   attempts = GREATEST(0, attempts - :dec), orthanc_job_id = NULL,
+                   send_intent_at = CASE WHEN :keep THEN send_intent_at END,
+                   claimed_by = NULL, last_error = :err, last_error_code = :code,
+                   next_attempt_at = COALESCE(CAST(:retry AS timestamptz), :at), updated_at = :at
+            WHERE id = ANY(CAST(:ids AS bigint[])) RETURNING id, study_id, destination, attempts
+            """
+        ),
+        {"ids": list(job_ids), "dec": 1 if uncount else 0, "keep": keep_intent, "err": error[:2000],
+         "code": code, "retry": retry_at, "at": at},
+    ).all()
+    for row in sorted(rows):
+        add_event(conn, row.study_id, "delivery_failed", at, job_id=row.id, destination=row.destination,
+                  detail={"error": error[:500], "code": code, "attempt": row.attempts, "attempt_counted": False,
+                          "retry_at": retry_at.isoformat() if retry_at else None, "waiting": True})
+    for study_id in sorted({row.study_id for row in rows}):
+        refresh_study_status(conn, study_id)
+
+
+def outage_started(conn: Connection, destination: str, *, at: datetime, error: str, next_probe_at: datetime) -> bool:
+    """Put `destination` on an automatic outage hold; False when it was already held (any kind)."""
+    held = conn.execute(
+        text(
+            "INSERT INTO destination_holds (destination, held_at, held_by, reason, kind, next_probe_at, last_error) "
+            "VALUES (:d, :at, :by, 'not answering C-ECHO', 'outage', :probe, :err) ON CONFLICT DO NOTHING"
+        ),
+        {"d": destination, "at": at, "by": OUTAGE_HELD_BY, "probe": next_probe_at, "err": error[:2000]},
+    ).rowcount == 1
+    if held:
+        conn.execute(
+            text(
+                "INSERT INTO destination_outages (destination, started_at, first_error, last_error) "
+                "VALUES (:d, :at, :err, :err) ON CONFLICT (destination) WHERE ended_at IS NULL DO NOTHING"
+            ),
+            {"d": destination, "at": at, "err": error[:2000]},
+        )
+    return held
+
+
+def outage_probe_failed(conn: Connection, destination: str, *, at: datetime, error: str,
+                        next_probe_at: datetime) -> None:
+    conn.execute(
+        text(
+            "UPDATE destination_holds SET probe_failures = probe_failures + 1, last_probe_at = :at, "
+            "next_probe_at = :probe, last_error = :err WHERE destination = :d AND kind = 'outage'"
+        ),
+        {"d": destination, "at": at, "probe": next_probe_at, "err": error[:2000]},
+    )
+    conn.execute(
+        text("UPDATE destination_outages SET probes = probes + 1, last_error = :err "
+             "WHERE destination = :d AND ended_at IS NULL"),
+        {"d": destination, "err": error[:2000]},
+    )
+
+
+def outage_ended(conn: Connection, destination: str, *, at: datetime) -> bool:
+    """The destination answered C-ECHO: lift its outage hold; False if it was no longer an outage hold."""
+    lifted = conn.execute(
+        text("DELETE FROM destination_holds WHERE destination = :d AND kind = 'outage'"), {"d": destination}
+    ).rowcount == 1
+    conn.execute(
+        text("UPDATE destination_outages SET ended_at = :at, probes = probes + 1 "
+             "WHERE destination = :d AND ended_at IS NULL"),
+        {"d": destination, "at": at},
+    )
+    return lifted
+
+
+def close_outages_taken_over(conn: Connection, at: datetime) -> None:
+    """End outage records whose automatic hold an operator released or turned into their own hold."""
+    conn.execute(
+        text(
+            "UPDATE destination_outages o SET ended_at = :at WHERE ended_at IS NULL AND NOT EXISTS "
+            "(SELECT 1 FROM destination_holds h WHERE h.destination = o.destination AND h.kind = 'outage')"
+        ),
+        {"at": at},
     )

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     dicom_storage: Path
     postgres_storage: Path
     state_dir: Path
+    backup_encrypt: bool
+    backup_key_file: Path
 
     orthanc_username: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     orthanc_password: SecretStr
@@ -82,6 +84,7 @@ class Settings(BaseSettings):
     retry_base: float = Field(gt=0)
     retry_cap: float = Field(gt=0)
     retry_max_attempts: int = Field(ge=1, le=100)
+    outage_probe_max: float = Field(ge=1, le=3600)
     dest_concurrency: int = Field(ge=1, le=64)
     worker_concurrency: int = Field(ge=1, le=256)
     orthanc_concurrent_jobs: int = Field(ge=1, le=64)
@@ -132,7 +135,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Paris") from None
         return value
 
-    @field_validator("dicom_storage", "postgres_storage", "state_dir", "routing_rules")
+    @field_validator("dicom_storage", "postgres_storage", "state_dir", "routing_rules", "backup_key_file")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value if value.is_absolute() else (PROJECT_ROOT / value).resolve()

@@ -6,14 +6,19 @@
 #   make quick-setup           the same with defaults, no questions
 #   make menu                  interactive menu over everything below
 #   make seed-modalities       apply MODALITY_* lines of .env to Orthanc
-#   make backup [DIR=...]      consistent backup archive (STATE_DIR/backups by default)
+#   make backup [DIR=...] [ENCRYPT=1]  consistent backup archive (STATE_DIR/backups by default);
+#                              ENCRYPT=1 (or BACKUP_ENCRYPT=1 in .env) encrypts it with age
+#   make backup-key            create the age key for encrypted backups (BACKUP_KEY_FILE)
 #   make backup-list [DIR=...]
-#   make restore FILE=...      verify, then restore (CONFIRM=yes when not on a terminal)
+#   make restore FILE=... [KEY=...]  decrypt (KEY: age secret key, default BACKUP_KEY_FILE),
+#                              verify, then restore (CONFIRM=yes when not on a terminal)
 #   make upgrade               backup, update dependencies, migrate forward, restart
 #   make rebuild               reinstall dependencies (compose: rebuild images), restart
 #   make clean                 stop everything, remove caches; keeps data and config
 #   make reset                 stop, remove the configuration; keeps the data
 #   make uninstall             stop, remove data, configuration and state (typed confirmation)
+#   make mark-data-dirs        mark an older install's data directories as the hub's, so that
+#                              uninstall and restore may delete them (hub/datadirs.py)
 #
 # Non-interactive runs confirm with CONFIRM=yes (restore), CONFIRM=reset, CONFIRM=uninstall.
 #
@@ -27,8 +32,8 @@ TOOLING_RUN = cd $(TOOLING_ROOT) && STACK_MODE=$(STACK_MODE) $(TOOLING_PY) -m
 # Through the main Makefile, its venv stamp; alone (make -f mk/tooling.mk), our own check.
 TOOLING_VENV_DEP := $(if $(VENV_STAMP),$(VENV_STAMP),tooling-venv)
 
-.PHONY: setup quick-setup menu seed-modalities backup backup-list restore upgrade rebuild clean reset uninstall \
-	tooling-venv
+.PHONY: setup quick-setup menu seed-modalities backup backup-key backup-list restore upgrade rebuild clean reset \
+	uninstall mark-data-dirs tooling-venv
 
 # The wizard runs before `make run` on a fresh machine, so it brings up the venv itself.
 tooling-venv:
@@ -50,15 +55,20 @@ menu: $(TOOLING_VENV_DEP) ## interactive menu over every target and command
 seed-modalities: $(TOOLING_VENV_DEP) ## apply the MODALITY_* lines of .env to Orthanc (idempotent)
 	@$(TOOLING_RUN) hub.tooling.seed
 
-backup: $(TOOLING_VENV_DEP) ## consistent backup archive in STATE_DIR/backups (DIR=... elsewhere)
-	@$(TOOLING_RUN) hub.tooling.backup --mode $(STACK_MODE) create $(if $(DIR),--dir "$(DIR)")
+backup: $(TOOLING_VENV_DEP) ## consistent backup archive in STATE_DIR/backups (DIR=... elsewhere; ENCRYPT=1: age)
+	@$(TOOLING_RUN) hub.tooling.backup --mode $(STACK_MODE) create $(if $(DIR),--dir "$(DIR)") \
+		$(if $(filter 1 yes,$(ENCRYPT)),--encrypt)$(if $(filter 0 no,$(ENCRYPT)),--no-encrypt)
+
+backup-key: $(TOOLING_VENV_DEP) ## create the age key for encrypted backups (BACKUP_KEY_FILE); copy it off the server
+	@$(TOOLING_RUN) hub.tooling.backup key
 
 backup-list: $(TOOLING_VENV_DEP) ## list the backups with their date, version and counts
 	@$(TOOLING_RUN) hub.tooling.backup list $(if $(DIR),--dir "$(DIR)")
 
 restore: $(TOOLING_VENV_DEP) ## restore FILE=archive (verified first; CONFIRM=yes without a terminal)
-	@if [ -z "$(FILE)" ]; then echo "usage: make restore FILE=path/to/hub-backup-....tar (see make backup-list)"; exit 2; fi
-	@$(TOOLING_RUN) hub.tooling.backup --mode $(STACK_MODE) restore "$(FILE)" $(if $(filter yes,$(CONFIRM)),--yes)
+	@if [ -z "$(FILE)" ]; then echo "usage: make restore FILE=path/to/hub-backup-....tar[.age] [KEY=age-key] (see make backup-list)"; exit 2; fi
+	@$(TOOLING_RUN) hub.tooling.backup --mode $(STACK_MODE) restore "$(FILE)" $(if $(filter yes,$(CONFIRM)),--yes) \
+		$(if $(KEY),--key "$(KEY)")
 
 upgrade: $(TOOLING_VENV_DEP) ## safety backup, pinned dependencies, migrate the database forward, restart
 	@echo "==> installing the pinned dependencies"
@@ -77,3 +87,6 @@ reset: $(TOOLING_VENV_DEP) ## stop and remove the configuration (.env, rendered 
 uninstall: $(TOOLING_VENV_DEP) ## stop and remove data, configuration and state (typed confirmation)
 	@$(TOOLING_RUN) hub.tooling.uninstall --mode $(STACK_MODE) uninstall $(if $(filter 1 yes,$(KEEP_BACKUPS)),--keep-backups) \
 		$(if $(CONFIRM),--confirm "$(CONFIRM)")
+
+mark-data-dirs: $(TOOLING_VENV_DEP) ## mark an older install's data directories as the hub's (uninstall/restore need it)
+	@$(TOOLING_RUN) hub.tooling.uninstall mark

@@ -1,15 +1,31 @@
-"""Send routing jobs through Orthanc's asynchronous store, with retries.
+"""Send routing jobs through Orthanc's asynchronous store, exactly once, with retries.
 
 Due jobs for one destination are sent together, up to SEND_BATCH jobs per Orthanc
 store job: the per-job cost of claiming, recording and polling is then shared, which
 is what lets the worker keep up with Orthanc's own store rate (bench/worker_bench.py).
 Each job keeps its own outcome, attempts and retry schedule.
 
-Jobs are claimed with FOR UPDATE SKIP LOCKED under a short transaction-level advisory
-lock, which makes the per-destination concurrency limit hold across several workers.
-A job's Orthanc job id is committed as soon as Orthanc accepts the store, so a worker
-that dies mid-send leaves a job that another worker (or its restart) adopts and polls
-instead of sending again.
+The send protocol (docs/architecture.md, "Exactly once"), each step its own commit:
+
+1. claim: jobs go to `sending`, claimed by this worker;
+2. intent: `send_intent_at` is committed just before the store request leaves;
+3. Orthanc accepts the store: its job id is committed (the intent is cleared);
+4. Orthanc reports the outcome: success or failure is committed.
+
+A worker that dies anywhere leaves `sending` jobs that a live worker adopts: with a
+job id it polls that job; with an intent but no job id it first looks for the store
+in Orthanc's job list (same modality, a superset of the batch's series, created after
+the intent) and adopts it, and sends again only when none appeared within
+INTENT_SETTLE_S; with neither, nothing left this worker, so it sends.
+
+A worker is alive while it holds its session-level advisory lock (LIVENESS_LOCK_NS,
+lock_key) and its heartbeat is fresh: PostgreSQL frees the lock the moment a killed
+worker's connection drops, so its jobs are adopted within a claim round, not after
+heartbeat staleness.
+
+A failed store is only counted against RETRY_MAX_ATTEMPTS when the destination still
+answers C-ECHO. One that does not is put on an outage hold (worker/outages.py probes
+it) and its jobs wait without spending attempts.
 """
 
 from __future__ import annotations
@@ -22,19 +38,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg.errors
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
-from hub import recorder
-from hub.orthanc_client import OrthancClient, OrthancError, parse_orthanc_time
+from hub import failpoints, recorder
+from hub.failpoints import Failpoint
+from hub.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, parse_orthanc_time
 from hub.settings import Settings
 from worker.metrics import FAILURES, SEND_SECONDS
+from worker.outages import first_probe_delay
 
 log = logging.getLogger(__name__)
 CLAIM_LOCK_KEY = 0x0A7C_0002
+LIVENESS_LOCK_NS = 0x0A7C  # advisory lock (LIVENESS_LOCK_NS, worker_heartbeats.lock_key): held while alive
 HEARTBEAT_STALE_S = 20
 # Orthanc store jobs of a few instances finish in tens of milliseconds: poll fast first,
 # then back off, so a short job is seen done quickly and a long one costs few requests.
@@ -42,6 +61,14 @@ POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.1
 DEADLOCK_RETRIES = 5
 RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+# A store request that reached Orthanc shows in its job list once Orthanc has looked up
+# the resources, well under a second even on a loaded machine: an intent this old with
+# no matching job means the request never arrived, and the batch may be sent again.
+INTENT_SETTLE_S = 10.0
+# Orthanc's job times are whole seconds, ours are not; both clocks are the same host's.
+INTENT_CLOCK_SLACK_S = 2.0
+ECHO_TIMEOUT_S = 5
+ORTHANC_DOWN_RETRY_S = 3.0  # Orthanc itself unreachable: try again soon, spending no attempt
 T = TypeVar("T")
 
 
@@ -53,6 +80,7 @@ class ClaimedJob:
     purpose: str
     orthanc_job_id: str | None
     attempts: int
+    send_intent_at: datetime | None = None
 
 
 def make_batches(jobs: list[ClaimedJob], size: int) -> list[list[ClaimedJob]]:
@@ -60,18 +88,19 @@ def make_batches(jobs: list[ClaimedJob], size: int) -> list[list[ClaimedJob]]:
 
     First sends to the same destination travel together, up to `size` jobs. A job that
     already failed once is retried alone, so one study the peer rejects cannot drag
-    its batch mates to `dead`. Adopted jobs (already holding an Orthanc job id) stay
-    grouped by that id, so they are polled, never resent.
+    its batch mates to `dead`. Adopted jobs stay grouped by their Orthanc job id (they
+    are polled, never resent) or by their send intent (one batch of a dead worker,
+    looked up in Orthanc as a whole).
     """
-    groups: dict[tuple[str, str | None], list[ClaimedJob]] = {}
+    groups: dict[tuple[str, str | None, datetime | None], list[ClaimedJob]] = {}
     batches = []
     for job in jobs:
-        if job.orthanc_job_id is None and job.attempts > 0:
+        if job.orthanc_job_id is None and job.send_intent_at is None and job.attempts > 0:
             batches.append([job])
         else:
-            groups.setdefault((job.destination, job.orthanc_job_id), []).append(job)
-    for (_, orthanc_job), members in groups.items():
-        step = len(members) if orthanc_job else size
+            groups.setdefault((job.destination, job.orthanc_job_id, job.send_intent_at), []).append(job)
+    for (_, orthanc_job, intent), members in groups.items():
+        step = len(members) if orthanc_job or intent else size
         batches.extend(members[i:i + step] for i in range(0, len(members), step))
     return batches
 
@@ -143,9 +172,12 @@ class Dispatcher:
     def claim(self, limit: int) -> list[ClaimedJob]:
         """Claim due jobs and adopt orphaned `sending` jobs, honouring DEST_CONCURRENCY.
 
-        Orphans include our own `sending` jobs that are not in flight here: a send whose
-        outcome or release could not be written (the database went away) leaves them
-        claimed by a worker that is alive, so nobody else would ever adopt them.
+        Orphans are `sending` jobs of workers that are not alive (no liveness lock, or a
+        stale heartbeat), and our own `sending` jobs that are not in flight here: a send
+        whose outcome or release could not be written (the database went away) leaves
+        them claimed by a worker that is alive, so nobody else would ever adopt them.
+        A held destination's jobs are not claimed for a new send; those already in
+        Orthanc's hands (a job id or an intent) are, to follow them to their outcome.
         """
         now = datetime.now(UTC)
         with self._lock:
@@ -156,8 +188,11 @@ class Dispatcher:
                 text(
                     """
                     WITH live AS (
-                        SELECT worker_id FROM worker_heartbeats
-                        WHERE heartbeat_at > :now - make_interval(secs => :stale)
+                        SELECT h.worker_id FROM worker_heartbeats h
+                        JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                             AND l.classid = CAST(:ns AS oid) AND l.objid = CAST(h.lock_key AS oid)
+                        WHERE h.heartbeat_at > :now - make_interval(secs => :stale)
                     ), busy AS (
                         SELECT destination, count(*) AS n FROM routing_jobs
                         WHERE state = 'sending' AND claimed_by IN (SELECT worker_id FROM live)
@@ -169,7 +204,8 @@ class Dispatcher:
                            OR (j.state = 'sending' AND (j.claimed_by IS NULL OR j.claimed_by = :w
                                OR j.claimed_by NOT IN (SELECT worker_id FROM live))))
                           AND j.id <> ALL(CAST(:mine AS bigint[]))
-                          AND NOT EXISTS (SELECT 1 FROM destination_holds h WHERE h.destination = j.destination)
+                          AND (j.orthanc_job_id IS NOT NULL OR j.send_intent_at IS NOT NULL OR NOT EXISTS
+                               (SELECT 1 FROM destination_holds h WHERE h.destination = j.destination))
                         ORDER BY j.next_attempt_at, j.id LIMIT 2000
                         FOR UPDATE SKIP LOCKED
                     ), ranked AS (
@@ -183,7 +219,7 @@ class Dispatcher:
                     """
                 ),
                 {"now": now, "stale": HEARTBEAT_STALE_S, "limit": limit, "mine": mine, "w": self.worker_id,
-                 "per_dest": self.settings.dest_concurrency * self.settings.send_batch},
+                 "ns": LIVENESS_LOCK_NS, "per_dest": self.settings.dest_concurrency * self.settings.send_batch},
             ).scalars().all()
             if not rows:
                 return []
@@ -191,17 +227,24 @@ class Dispatcher:
                 text(
                     "UPDATE routing_jobs SET state = 'sending', claimed_by = :w, updated_at = :now "
                     "WHERE id = ANY(:ids) "
-                    "RETURNING id, study_id, destination, purpose, orthanc_job_id, attempts"
+                    "RETURNING id, study_id, destination, purpose, orthanc_job_id, attempts, send_intent_at"
                 ),
                 {"w": self.worker_id, "now": now, "ids": list(rows)},
             ).all()
+        if claimed:
+            failpoints.hit(Failpoint.AFTER_CLAIM, claimed[0].destination)
         return sorted((ClaimedJob(*row) for row in claimed), key=lambda j: j.id)
 
     def _run_guarded(self, batch: list[ClaimedJob]) -> None:
         try:
             self.run(batch)
-        except Exception:  # a batch must never take the pool thread down; its jobs are re-adopted later
-            log.exception("send crashed; the jobs will be adopted again", extra={"fields": {"jobs": _ids(batch)}})
+        except Exception as exc:  # a batch must never take the pool thread down; its jobs are re-adopted later
+            if isinstance(exc, OrthancUnavailable):
+                log.warning("Orthanc unreachable during a send; the jobs will be adopted again",
+                            extra={"fields": {"jobs": _ids(batch), "error": str(exc)[:200]}})
+            else:
+                log.exception("send crashed; the jobs will be adopted again", extra={"fields": {"jobs": _ids(batch)}})
+            self.stopping.wait(1.0)  # whatever broke, do not adopt and fail again in a tight loop
             self._release([j.id for j in batch])
         finally:
             with self._lock:
@@ -210,18 +253,123 @@ class Dispatcher:
             self.wake.set()
 
     def run(self, batch: list[ClaimedJob]) -> None:
-        """Send a batch as one Orthanc store job (or adopt its running job) and record the outcome."""
+        """Take a batch through the send protocol: adopt its store if one exists, else send it."""
         start = time.monotonic()
         orthanc_job = batch[0].orthanc_job_id
-        destination = batch[0].destination
-        if orthanc_job is None:
-            try:
-                orthanc_job = self.orthanc.store_async(destination, self._resources([j.id for j in batch]))
-            except OrthancError as exc:
-                self._fail(batch, str(exc), exc.orthanc_status, start, count_attempt=True)
+        if orthanc_job is None and batch[0].send_intent_at is not None:
+            adopted = self._adopt_store(batch)
+            if adopted is False:
+                return  # handed back: shutting down
+            orthanc_job = adopted or self._recorded_job(batch)
+            if orthanc_job is None and self._held(batch[0].destination):
+                self._write(lambda conn: recorder.jobs_waiting(
+                    conn, _ids(batch), at=datetime.now(UTC), error="destination on hold", code=None, uncount=False))
                 return
-            now = datetime.now(UTC)
-            self._write(lambda conn: recorder.jobs_started(conn, _ids(batch), orthanc_job_id=orthanc_job, at=now))
+        if orthanc_job is None:
+            orthanc_job = self._send(batch, start)
+            if orthanc_job is None:
+                return
+        self._poll(batch, orthanc_job, start)
+
+    def _adopt_store(self, batch: list[ClaimedJob]) -> str | bool:
+        """Find the store a dead sender may have started for this batch; record and return its id.
+
+        Returns "" (falsy) when Orthanc has no such job and the intent is old enough
+        (INTENT_SETTLE_S) that the request cannot still be on its way: the batch may
+        then be sent. Returns False when shutdown began while waiting (jobs handed back).
+        """
+        intent = min(j.send_intent_at for j in batch if j.send_intent_at is not None)
+        destination = batch[0].destination
+        resources = set(self._resources(_ids(batch)))
+        aet = self.orthanc.modality_aet(destination)
+        while True:
+            found = self._find_store(aet, resources, intent)
+            if found is not None:
+                job_id = str(found["ID"])
+                self._record_adopted(batch, job_id, parse_orthanc_time(found.get("CreationTime")))
+                log.info("adopted a store a dead worker had started", extra={"fields": {
+                    "jobs": _ids(batch), "destination": destination, "orthanc_job": job_id}})
+                return job_id
+            waited = (datetime.now(UTC) - intent).total_seconds()
+            if waited >= INTENT_SETTLE_S:
+                return ""
+            if self.stopping.is_set():
+                self._release(_ids(batch))
+                return False
+            time.sleep(min(1.0, INTENT_SETTLE_S - waited))
+
+    def _record_adopted(self, batch: list[ClaimedJob], job_id: str, created: datetime | None) -> None:
+        """Record the found store on every job of the dead sender's batch, claimed here or not.
+
+        A claim may have split that batch; its other jobs then poll this store when
+        adopted, instead of finding it already recorded and sending again.
+        """
+        at = created or datetime.now(UTC)
+
+        def record(conn: Connection) -> None:
+            ids = conn.execute(
+                text("SELECT id FROM routing_jobs WHERE destination = :d AND send_intent_at = :intent "
+                     "AND orthanc_job_id IS NULL AND state = 'sending' ORDER BY id"),
+                {"d": batch[0].destination, "intent": batch[0].send_intent_at},
+            ).scalars().all()
+            recorder.jobs_started(conn, sorted(set(ids) | set(_ids(batch))), orthanc_job_id=job_id, at=at,
+                                  adopted=True)
+
+        self._write(record)
+
+    def _recorded_job(self, batch: list[ClaimedJob]) -> str | None:
+        """An Orthanc job id another adopter recorded on these jobs meanwhile (it found their store)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                text("SELECT orthanc_job_id FROM routing_jobs WHERE id = ANY(:ids) AND orthanc_job_id IS NOT NULL "
+                     "LIMIT 1"), {"ids": _ids(batch)},
+            ).scalar()
+
+    def _find_store(self, aet: str, resources: set[str], intent: datetime) -> dict[str, Any] | None:
+        """The earliest store job to `aet` carrying `resources`, created since `intent`, not yet recorded."""
+        since = intent - timedelta(seconds=INTENT_CLOCK_SLACK_S)
+        with self.engine.connect() as conn:
+            recorded = set(conn.execute(
+                text("SELECT detail->>'orthanc_job' FROM events WHERE type = 'delivery_started' AND at >= :since"),
+                {"since": since},
+            ).scalars())
+        matches = []
+        for job in self.orthanc.jobs():
+            content = job.get("Content") or {}
+            created = parse_orthanc_time(job.get("CreationTime"))
+            if (job.get("Type") == "DicomModalityStore" and content.get("RemoteAet") == aet
+                    and resources <= set(content.get("ParentResources") or ())
+                    and created is not None and created >= since.replace(microsecond=0)
+                    and job.get("ID") not in recorded):
+                matches.append((created, job))
+        return min(matches, key=lambda m: m[0])[1] if matches else None
+
+    def _held(self, destination: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(text("SELECT EXISTS (SELECT 1 FROM destination_holds WHERE destination = :d)"),
+                                {"d": destination}).scalar_one()
+
+    def _send(self, batch: list[ClaimedJob], start: float) -> str | None:
+        """Record the intent, ask Orthanc to store, record its job id; None when no store started."""
+        ids = _ids(batch)
+        destination = batch[0].destination
+        resources = self._resources(ids)
+        self._write(lambda conn: recorder.jobs_intended(conn, ids, at=datetime.now(UTC)))
+        try:
+            orthanc_job = self.orthanc.store_async(destination, resources)
+        except OrthancUnavailable as exc:  # the request may have reached Orthanc: keep the intent
+            self._wait_for_orthanc(ids, str(exc), None, uncount=False, keep_intent=True)
+            return None
+        except OrthancError as exc:  # Orthanc answered and refused: no job exists
+            self._fail(batch, str(exc), exc.orthanc_status, start, count_attempt=True)
+            return None
+        failpoints.hit(Failpoint.AFTER_STORE_ACCEPTED, destination)
+        now = datetime.now(UTC)
+        self._write(lambda conn: recorder.jobs_started(conn, ids, orthanc_job_id=orthanc_job, at=now))
+        return orthanc_job
+
+    def _poll(self, batch: list[ClaimedJob], orthanc_job: str, start: float) -> None:
+        """Follow Orthanc's store job to its outcome and record it."""
         delay = POLL_FIRST_S
         while True:
             if self.stopping.is_set() and not self._grace_left():
@@ -230,18 +378,21 @@ class Dispatcher:
             try:
                 status = self.orthanc.job(orthanc_job)
             except OrthancError as exc:
-                if exc.status == 404:
-                    self._fail(batch, f"Orthanc no longer knows job {orthanc_job}", None, start)
+                if exc.status == 404:  # Orthanc restarted (SaveJobs is off): the store is gone, send again
+                    self._write(lambda conn: recorder.jobs_waiting(
+                        conn, _ids(batch), at=datetime.now(UTC), error=f"Orthanc no longer knows job {orthanc_job}",
+                        code=None, uncount=True))
                     return
                 time.sleep(1)
                 continue
             if status["State"] == "Success":
+                failpoints.hit(Failpoint.AFTER_STORE_SUCCESS, batch[0].destination)
                 self._succeed(batch, status, start)
                 return
             if status["State"] == "Failure":
                 detail = status.get("ErrorDetails") or status.get("ErrorDescription") or "store failed"
-                self._fail(batch, f"{status.get('ErrorDescription', '')}: {detail}".strip(": "),
-                           status.get("ErrorCode"), start)
+                self._store_failed(batch, f"{status.get('ErrorDescription', '')}: {detail}".strip(": "),
+                                   status.get("ErrorCode"), start)
                 return
             time.sleep(delay)
             delay = min(POLL_MAX_S, delay * 2)
@@ -263,11 +414,51 @@ class Dispatcher:
         log.info("jobs delivered", extra={"fields": {"jobs": _ids(batch), "destination": batch[0].destination,
                                                      "instances": sent}})
 
+    def _store_failed(self, batch: list[ClaimedJob], error: str, code: int | None, start: float) -> None:
+        """Orthanc's store job failed: a counted attempt if the destination answers C-ECHO, else an outage.
+
+        A destination that does not answer is put on an outage hold and the batch waits,
+        its attempt taken back: an outage of any length then never makes a job `dead`.
+        """
+        destination = batch[0].destination
+        ids = _ids(batch)
+        try:
+            echo = self.orthanc.echo(destination, timeout=ECHO_TIMEOUT_S, raise_unreachable=True)
+        except OrthancUnavailable as exc:
+            self._wait_for_orthanc(ids, f"{error}; then {exc}", code, uncount=True, keep_intent=False)
+            return
+        if echo.ok:
+            self._fail(batch, error, code, start)
+            return
+        now = datetime.now(UTC)
+
+        def hold(conn: Connection) -> bool:
+            new = recorder.outage_started(conn, destination, at=now, error=echo.error or error,
+                                          next_probe_at=now + timedelta(seconds=first_probe_delay(self.settings)))
+            recorder.jobs_waiting(conn, ids, at=now, error=f"{error} (not answering C-ECHO: outage hold)",
+                                  code=code, uncount=True)
+            return new
+
+        if self._write(hold):
+            log.warning("destination not answering C-ECHO: outage hold, its jobs wait",
+                        extra={"fields": {"destination": destination, "error": (echo.error or "")[:300]}})
+        SEND_SECONDS.labels(destination, "failure").observe(time.monotonic() - start)
+        FAILURES.labels(destination).inc(len(batch))
+
+    def _wait_for_orthanc(self, ids: list[int], error: str, code: int | None, *, uncount: bool,
+                          keep_intent: bool) -> None:
+        """Orthanc itself is unreachable: the jobs try again soon, without spending an attempt."""
+        now = datetime.now(UTC)
+        retry_at = now + timedelta(seconds=ORTHANC_DOWN_RETRY_S)
+        self._write(lambda conn: recorder.jobs_waiting(
+            conn, ids, at=now, error=error, code=code, uncount=uncount, retry_at=retry_at, keep_intent=keep_intent))
+
     def _fail(self, batch: list[ClaimedJob], error: str, code: int | None, start: float,
               count_attempt: bool = False) -> None:
-        """Record a failed attempt for every job of the batch; each retries on its own schedule.
+        """Record a counted failed attempt for every job of the batch; each retries on its own schedule.
 
-        `count_attempt` is set when Orthanc refused the store before a job started.
+        `count_attempt` is set when Orthanc refused the store before a job started
+        (otherwise `jobs_started` counted the attempt already).
         """
         now = datetime.now(UTC)
         dead: list[int] = []
@@ -276,8 +467,7 @@ class Dispatcher:
             dead.clear()
             for job in batch:
                 attempts = conn.execute(
-                    text("UPDATE routing_jobs SET attempts = attempts + :inc, orthanc_job_id = NULL "
-                         "WHERE id = :id RETURNING attempts"),
+                    text("UPDATE routing_jobs SET attempts = attempts + :inc WHERE id = :id RETURNING attempts"),
                     {"id": job.id, "inc": 1 if count_attempt else 0},
                 ).scalar_one()
                 retry_at = None

@@ -16,10 +16,19 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine, text
 
-from worker.metrics import JOBS_BY_STATE, REGISTRY
+from hub import queries
+from hub.queries import HoldKind
+from worker.metrics import (
+    DESTINATION_HELD,
+    DESTINATION_HELD_SINCE,
+    DESTINATION_JOBS_WAITING,
+    JOBS_BY_STATE,
+    REGISTRY,
+)
 
 log = logging.getLogger(__name__)
 JOB_STATES = ("queued", "sending", "succeeded", "failed", "dead", "cancelled")
+_SCRAPE_LOCK = threading.Lock()
 
 
 def refresh_job_gauges(engine: Engine) -> None:
@@ -27,6 +36,23 @@ def refresh_job_gauges(engine: Engine) -> None:
         counts = dict(conn.execute(text("SELECT state, count(*) FROM routing_jobs GROUP BY state")).all())
     for state in JOB_STATES:
         JOBS_BY_STATE.labels(state).set(counts.get(state, 0))
+
+
+def refresh_destination_gauges(engine: Engine) -> None:
+    """Held state and waiting jobs per destination, from hub.queries.destination_states.
+
+    The labelled series are rebuilt on each scrape, so a destination that is no longer
+    held and has nothing waiting disappears instead of keeping its last value.
+    """
+    with engine.connect() as conn:
+        states = queries.destination_states(conn)
+    for gauge in (DESTINATION_HELD, DESTINATION_HELD_SINCE, DESTINATION_JOBS_WAITING):
+        gauge.clear()
+    for name, state in states.items():
+        for kind in HoldKind:
+            DESTINATION_HELD.labels(name, kind.value).set(1 if state.kind is kind else 0)
+        DESTINATION_HELD_SINCE.labels(name).set(max(0.0, state.held_for_s or 0.0) if state.held else 0)
+        DESTINATION_JOBS_WAITING.labels(name).set(state.jobs_waiting)
 
 
 def serve(host: str, port: int, engine: Engine, health: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
@@ -38,11 +64,16 @@ def serve(host: str, port: int, engine: Engine, health: Callable[[], dict[str, A
                 body = health()
                 self._send(200 if body["status"] == "ok" else 503, "application/json", json.dumps(body).encode())
             elif self.path == "/metrics":
-                try:
-                    refresh_job_gauges(engine)
-                except Exception:  # metrics must still answer while the database is down
-                    log.warning("job gauges not refreshed: database unavailable")
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+                # One scrape at a time: the destination gauges are cleared and refilled, and a
+                # concurrent scrape must not render them half-filled.
+                with _SCRAPE_LOCK:
+                    try:
+                        refresh_job_gauges(engine)
+                        refresh_destination_gauges(engine)
+                    except Exception:  # metrics must still answer while the database is down
+                        log.warning("job and destination gauges not refreshed: database unavailable")
+                    body = generate_latest(REGISTRY)
+                self._send(200, CONTENT_TYPE_LATEST, body)
             else:
                 self._send(404, "text/plain", b"not found\n")
 

@@ -1,9 +1,13 @@
 """Turn Orthanc resources into recorded studies and series, with their kind.
 
-A series is an AI result when its sender AET (the instances' `RemoteAET` metadata)
-is in AI_RESULT_AETS: the sender is the evidence, not a tag any sender could forge.
-An AI result links to its original study by StudyInstanceUID, then AccessionNumber;
-when neither matches, it is recorded on a study of its own and flagged.
+A series is an AI result when its sender AET (the first instance's `RemoteAET`
+metadata) is in AI_RESULT_AETS **and** its `RemoteIP` is the registered host of a
+modality with that AET (hub/sender_checks.py): a tag, or a calling AET alone, is
+what any sender can forge; its network origin is not. A series that claims an AI
+sender from anywhere else is recorded as kind `rejected`, never routed, and flagged
+(event, audit entry, metric). An AI result links to its original study by
+StudyInstanceUID, then AccessionNumber; when neither matches, it is recorded on a
+study of its own and flagged.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
-from hub import recorder
+from hub import recorder, sender_checks
 from hub.orthanc_client import OrthancClient, parse_orthanc_time
 from hub.recorder import SeriesInfo, StudyInfo
-from worker.metrics import AI_ROUND_TRIP
+from hub.sender_checks import AiSenders, Origin
+from worker.metrics import AI_ROUND_TRIP, SENDER_REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ class OrthancSeries:
     study: StudyInfo
     info: SeriesInfo
     first_instance: str | None
+    remote_ip: str | None = None  # the first instance's RemoteIP metadata: where the sender called from
 
 
 def fetch_series(orthanc: OrthancClient, series_id: str) -> OrthancSeries:
@@ -64,7 +70,7 @@ def fetch_series(orthanc: OrthancClient, series_id: str) -> OrthancSeries:
         first_received_at=received,
         last_received_at=parse_orthanc_time(series.get("LastUpdate")) or received,
     )
-    return OrthancSeries(series_id, study_info, info, instances[0] if instances else None)
+    return OrthancSeries(series_id, study_info, info, instances[0] if instances else None, meta.get("RemoteIP"))
 
 
 @dataclass(frozen=True)
@@ -95,9 +101,13 @@ def refresh_counts(conn: Connection, series_id: int, series: dict) -> None:
 
 
 def record_series(
-    conn: Connection, fetched: OrthancSeries, ai_aets: frozenset[str], now: datetime
+    conn: Connection, fetched: OrthancSeries, ai_senders: AiSenders, now: datetime
 ) -> RecordedSeries:
-    """Record a series (idempotent) and, the first time, its arrival event."""
+    """Record a series (idempotent) and, the first time, its arrival event.
+
+    The origin of a series claiming an AI sender is checked once, when it is first
+    recorded: one Orthanc request per such series, none per instance.
+    """
     existing = conn.execute(
         text("SELECT id, study_id, kind FROM series WHERE series_uid = :uid"), {"uid": fetched.info.series_uid}
     ).first()
@@ -106,7 +116,11 @@ def record_series(
         return RecordedSeries(existing.id, existing.study_id, existing.kind, False)
 
     at = fetched.info.first_received_at or now
-    is_ai = (fetched.info.sender_aet or "") in ai_aets
+    is_ai = ai_senders.claims(fetched.info.sender_aet)
+    if is_ai:
+        origin = ai_senders.check(fetched.info.sender_aet, fetched.remote_ip)
+        if not origin.ok:
+            return _record_rejected(conn, fetched, origin, at)
     if not is_ai:
         study_id = recorder.upsert_study(
             conn, fetched.study, source_aet=fetched.info.sender_aet, received_at=at
@@ -137,6 +151,34 @@ def record_series(
                     extra={"fields": {"series": fetched.orthanc_id, "sender": fetched.info.sender_aet}})
     recorder.refresh_study_status(conn, study_id)
     return RecordedSeries(series_id, study_id, "ai_result", True)
+
+
+def _record_rejected(conn: Connection, fetched: OrthancSeries, origin: Origin, at: datetime) -> RecordedSeries:
+    """Keep a series whose claimed AI sender failed the origin check: recorded, never routed, flagged.
+
+    It is attached to the study it claims (by StudyInstanceUID, then accession) so the
+    operator sees it there, without touching that study's fields; otherwise to a study
+    of its own, flagged like an orphan AI result and so kept out of the QI figures.
+    Kind `rejected` keeps it out of the rules (worker/router.py), the stability sweep,
+    resends, and the AI-result timings.
+    """
+    link = recorder.find_study_for_ai_result(conn, fetched.study.study_uid, fetched.study.accession_number)
+    if link is None:
+        study_id = recorder.upsert_study(conn, fetched.study, source_aet=fetched.info.sender_aet, received_at=at)
+        recorder.set_orphan(conn, study_id)
+        linked_by = "unmatched"
+    else:
+        study_id, linked_by = link
+    series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind="rejected", linked_by=linked_by)
+    detail = {**origin.detail(), "modality": fetched.info.modality}
+    recorder.add_event(conn, study_id, sender_checks.EVENT, at, series_id=series_id, detail=detail)
+    recorder.audit(conn, actor="worker", source="worker", action=sender_checks.AUDIT_ACTION,
+                   target=f"study:{study_id}", after={**detail, "series": series_id})
+    SENDER_REJECTED.labels(origin.aet or "").inc()
+    log.warning("series not accepted as an AI result: its sender address is not the one registered for its AET; "
+                "kept unrouted", extra={"fields": {"series": fetched.orthanc_id, "study": study_id, **origin.detail()}})
+    recorder.refresh_study_status(conn, study_id)
+    return RecordedSeries(series_id, study_id, "rejected", True)
 
 
 def _observe_round_trip(conn: Connection, study_id: int, result_at: datetime) -> None:

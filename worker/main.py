@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -29,7 +30,8 @@ from hub.logs import setup_logging
 from hub.orthanc_client import OrthancClient, OrthancError
 from hub.settings import Settings, SettingsError, load_settings
 from worker import health
-from worker.dispatcher import Dispatcher
+from worker.dispatcher import LIVENESS_LOCK_NS, Dispatcher
+from worker.outages import OutageProber
 from worker.rules_watch import RulesHolder, watch
 from worker.storage import StorageWatch
 from worker.tailer import CURSOR_LOCK_KEY, ChangeFailed, Tailer, check_ai_overdue
@@ -43,11 +45,15 @@ SHUTDOWN_GRACE_S = 20.0
 MAX_BACKOFF_S = 30.0
 
 
-class CursorLock:
-    """Session-level advisory lock on a dedicated connection: held while the connection lives."""
+class SessionLock:
+    """Session-level advisory lock on a dedicated connection: held while the connection lives.
 
-    def __init__(self, engine: Engine):
+    `keys` is one bigint or two int4 values, as pg_try_advisory_lock takes them.
+    """
+
+    def __init__(self, engine: Engine, *keys: int):
         self.engine = engine
+        self.keys = keys
         self.conn: Connection | None = None
 
     def held(self) -> bool:
@@ -58,7 +64,9 @@ class CursorLock:
             except DBAPIError:
                 self.release()
         self.conn = self.engine.connect()
-        if self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": CURSOR_LOCK_KEY}).scalar_one():
+        args = ", ".join(f":k{i}" for i in range(len(self.keys)))
+        if self.conn.execute(text(f"SELECT pg_try_advisory_lock({args})"),
+                             {f"k{i}": k for i, k in enumerate(self.keys)}).scalar_one():
             self.conn.commit()
             return True
         self.release()
@@ -80,7 +88,12 @@ class Worker:
         self.rules = RulesHolder(settings.routing_rules, self.engine)
         self.tailer = Tailer(settings, self.engine, self.orthanc, self.rules)
         self.dispatcher = Dispatcher(settings, self.engine, self.orthanc, self.worker_id)
-        self.cursor_lock = CursorLock(self.engine)
+        self.cursor_lock = SessionLock(self.engine, CURSOR_LOCK_KEY)
+        # Held for the worker's whole life: the moment it dies, PostgreSQL frees it and
+        # other workers adopt its jobs (worker/dispatcher.py, claim).
+        self.lock_key = secrets.randbelow(2**31 - 1) + 1
+        self.liveness = SessionLock(self.engine, LIVENESS_LOCK_NS, self.lock_key)
+        self.prober = OutageProber(settings, self.engine, self.orthanc, self.dispatcher.wake.set)
         self.storage = StorageWatch(settings.dicom_storage, settings.disk_free_warn_mb)
         self.tailer.on_commit = self.dispatcher.wake.set
         self.stop = threading.Event()
@@ -95,8 +108,11 @@ class Worker:
     def health(self) -> dict[str, Any]:
         age = time.monotonic() - self.last_heartbeat if self.last_heartbeat else None
         ok = bool(self.orthanc_ok and self.db_ok and age is not None and age < 5 * HEARTBEAT_S + 10)
+        # A refused routing.yml degrades the hub even though everything answers: it routes on old rules.
+        problems = [p for p in (self.rules.problem(self.settings.zone),) if p]
         return {
-            "status": "ok" if ok else "degraded",
+            "status": "ok" if ok and not problems else "degraded",
+            "problems": problems,
             "worker_id": self.worker_id,
             "orthanc": self.orthanc_ok,
             "database": self.db_ok,
@@ -112,15 +128,22 @@ class Worker:
         }
 
     def heartbeat(self) -> None:
+        """Hold the liveness lock (again, after a database restart) and publish its key with a fresh beat."""
+        if not self.liveness.held():
+            log.warning("liveness lock key taken; choosing another", extra={"fields": {"key": self.lock_key}})
+            self.lock_key = secrets.randbelow(2**31 - 1) + 1
+            self.liveness = SessionLock(self.engine, LIVENESS_LOCK_NS, self.lock_key)
+            return
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             conn.execute(
                 text(
                     """
                     INSERT INTO worker_heartbeats (worker_id, hostname, pid, started_at, heartbeat_at,
-                                                   owns_cursor, orthanc_ok, cursor_lag, info)
-                    VALUES (:id, :host, :pid, :started, :now, :owns, :ook, :lag, CAST(:info AS jsonb))
+                                                   owns_cursor, orthanc_ok, cursor_lag, info, lock_key)
+                    VALUES (:id, :host, :pid, :started, :now, :owns, :ook, :lag, CAST(:info AS jsonb), :key)
                     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at,
+                        lock_key = EXCLUDED.lock_key,
                         owns_cursor = EXCLUDED.owns_cursor, orthanc_ok = EXCLUDED.orthanc_ok,
                         cursor_lag = EXCLUDED.cursor_lag, info = EXCLUDED.info
                     """
@@ -130,6 +153,7 @@ class Worker:
                     "started": self.started_at, "now": now, "owns": self.owns_cursor, "ook": self.orthanc_ok,
                     "lag": self.health()["cursor_lag"],
                     "info": jsonable({"cursor": self.tailer.cursor, "inflight": len(self.dispatcher.inflight)}),
+                    "key": self.lock_key,
                 },
             )
         self.last_heartbeat = time.monotonic()
@@ -158,6 +182,8 @@ class Worker:
         beats.start()
         sender = threading.Thread(target=self._dispatch_after_first_heartbeat, name="dispatcher", daemon=True)
         sender.start()
+        prober = threading.Thread(target=self.prober.run_forever, args=(self.stop,), name="outages", daemon=True)
+        prober.start()
         observer = None
         backoff = 1.0
         last_overdue = 0.0
@@ -222,7 +248,9 @@ class Worker:
         if observer is not None:
             observer.stop()
         server.shutdown()
+        prober.join(10)
         self.cursor_lock.release()
+        self.liveness.release()
         try:
             with self.engine.begin() as conn:
                 conn.execute(text("DELETE FROM worker_heartbeats WHERE worker_id = :id"), {"id": self.worker_id})

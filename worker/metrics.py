@@ -32,3 +32,28 @@ STORAGE_FREE = Gauge(
     "hub_dicom_storage_free_bytes", "Free bytes on DICOM_STORAGE (Orthanc refuses new data at 0)", registry=REGISTRY
 )
 STORAGE_TOTAL = Gauge("hub_dicom_storage_total_bytes", "Size of the DICOM_STORAGE filesystem", registry=REGISTRY)
+# Per destination, refreshed from the database on each scrape (worker/health.py). Every
+# destination that is held or has waiting jobs gets one held series per kind, 0 or 1, so
+# `hub_destination_held{kind="outage"} == 1` alerts and a change of kind leaves no stale 1.
+DESTINATION_HELD = Gauge(
+    "hub_destination_held", "1 while the destination is on hold of this kind (outage: automatic, operator: a person)",
+    ["destination", "kind"], registry=REGISTRY,
+)
+DESTINATION_HELD_SINCE = Gauge(
+    "hub_destination_held_since_seconds", "Seconds since the destination was put on hold (0 when not held)",
+    ["destination"], registry=REGISTRY,
+)
+DESTINATION_JOBS_WAITING = Gauge(
+    "hub_destination_jobs_waiting", "Jobs for the destination that are queued, waiting to retry or being sent",
+    ["destination"], registry=REGISTRY,
+)
+# Issue 15. A series that claims an AI_RESULT_AETS sender from an address not registered
+# for that AE title is kept unrouted (hub/sender_checks.py); the label is one of those AETs.
+SENDER_REJECTED = Counter(
+    "hub_sender_rejected", "Series claiming an AI sender AET from an unregistered address, kept unrouted",
+    ["sender_aet"], registry=REGISTRY,
+)
+RULES_REFUSED = Gauge(
+    "hub_rules_refused", "1 while the saved routing.yml is refused and the worker runs on older rules",
+    registry=REGISTRY,
+)

@@ -60,12 +60,13 @@ def series_tags(
 
 
 def unrouted_series(conn: Connection, series_orthanc_ids: list[str]) -> list[tuple[int, int, str, str | None, str]]:
+    """The series the rules still have to see; a `rejected` series (failed origin check) never does."""
     return [
         tuple(row)
         for row in conn.execute(
             text(
                 "SELECT id, study_id, kind, sender_aet, orthanc_id FROM series "
-                "WHERE orthanc_id = ANY(:ids) AND routed_at IS NULL ORDER BY id FOR UPDATE"
+                "WHERE orthanc_id = ANY(:ids) AND routed_at IS NULL AND kind <> 'rejected' ORDER BY id FOR UPDATE"
             ),
             {"ids": series_orthanc_ids},
         )

@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from hub import recorder
+from hub import failpoints, recorder
+from hub.failpoints import Failpoint
 from hub.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, parse_orthanc_time
+from hub.sender_checks import AiSenders
 from hub.settings import Settings
 from worker import ingest
 from worker.metrics import CHANGES_FAILED, CHANGES_PROCESSED, CURSOR_LAG, STABILITY_RECOVERED
@@ -65,6 +67,7 @@ class Tailer:
         self.engine = engine
         self.orthanc = orthanc
         self.rules = rules
+        self.ai_senders = AiSenders(settings.ai_result_aet_set, orthanc)  # AE title plus origin (issue 15)
         self.last_seen = 0
         self.cursor = 0
         self.failures: dict[int, int] = {}
@@ -116,6 +119,7 @@ class Tailer:
                     try:
                         with conn.begin_nested():
                             self.handle(conn, change)
+                        failpoints.hit(Failpoint.TAILER_MID_BATCH)
                         handled += 1
                         self.failures.pop(seq, None)
                     except (OperationalError, InterfaceError, OrthancUnavailable):
@@ -164,7 +168,7 @@ class Tailer:
 
     def _record(self, conn: Connection, series_id: str, now: datetime) -> ingest.RecordedSeries:
         fetched = ingest.fetch_series(self.orthanc, series_id)
-        return ingest.record_series(conn, fetched, self.settings.ai_result_aet_set, now)
+        return ingest.record_series(conn, fetched, self.ai_senders, now)
 
     def _stable_series(self, conn: Connection, series_id: str, at: datetime, now: datetime) -> None:
         known = ingest.known_series(conn, series_id)
@@ -207,7 +211,7 @@ class Tailer:
             study_ids = conn.execute(
                 text(
                     "SELECT DISTINCT st.orthanc_id FROM series se JOIN studies st ON st.id = se.study_id "
-                    "WHERE se.routed_at IS NULL AND st.orthanc_id IS NOT NULL "
+                    "WHERE se.routed_at IS NULL AND se.kind <> 'rejected' AND st.orthanc_id IS NOT NULL "
                     "AND coalesce(se.last_received_at, se.created_at) BETWEEN :since AND :cutoff LIMIT 100"
                 ),
                 {"since": now - STABILITY_WINDOW,

@@ -6,13 +6,35 @@ form in one go; Orthanc is only called with a value that passed.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from hub.dicom_names import Modality, check_aet, check_host, check_modality_name, check_port
+from hub.dicom_names import (
+    RETRIEVE_SERVICES,
+    Modality,
+    check_aet,
+    check_host,
+    check_modality_name,
+    check_port,
+    check_retrieve_host,
+)
 
 
-def validate(name: str, aet: str, host: str, port: str) -> tuple[Modality | None, dict[str, str]]:
-    """A Modality, or the error of each bad field (field name -> message)."""
+def retrieve_of(entry: dict[str, Any] | None) -> list[str]:
+    """The query/retrieve services Orthanc grants a modality (Orthanc's Allow* default is true)."""
+    if entry is None:
+        return []
+    return [s for s in RETRIEVE_SERVICES if entry.get(f"Allow{s.capitalize()}", True)]
+
+
+def validate(
+    name: str, aet: str, host: str, port: str, retrieve: Collection[str] = ()
+) -> tuple[Modality | None, dict[str, str]]:
+    """A Modality, or the error of each bad field (field name -> message).
+
+    `retrieve` names the query/retrieve services (find, get, move) the peer may use;
+    none by default, as for a MODALITY_ line without its fourth field.
+    """
     errors: dict[str, str] = {}
     checked: dict[str, Any] = {}
     for field, check, value in (
@@ -25,4 +47,10 @@ def validate(name: str, aet: str, host: str, port: str) -> tuple[Modality | None
             errors[field] = str(exc)
     if errors:
         return None, errors
-    return Modality(checked["name"], checked["aet"], checked["host"], checked["port"]), {}
+    allowed = {f"allow_{s}": s in retrieve for s in RETRIEVE_SERVICES}
+    modality = Modality(checked["name"], checked["aet"], checked["host"], checked["port"], **allowed)
+    try:
+        check_retrieve_host(modality.host, modality.retrieve)
+    except ValueError as exc:
+        return None, {"host": str(exc)}
+    return modality, {}

@@ -19,7 +19,7 @@ from hub.queries import Stage
 
 STAGE_COLOURS = ("#1f77b4", "#9467bd", "#2ca02c", "#ff7f0e")
 EVENTS_ROW = "Events"
-FAILURE_EVENTS = {"delivery_failed", "delivery_dead", "ai_overdue", "ai_result_unmatched"}
+FAILURE_EVENTS = {"delivery_failed", "delivery_dead", "ai_overdue", "ai_result_unmatched", "sender_rejected"}
 
 
 def _naive(value: datetime, zone: ZoneInfo) -> datetime:

@@ -1,9 +1,11 @@
-"""Destinations: Orthanc's DICOM modalities, their recent record, C-ECHO, and changes.
+"""Destinations: Orthanc's DICOM modalities, their recent record, holds, C-ECHO, and changes.
 
 Orthanc is the source of truth (REST /modalities, stored in its database), so an
 add, edit or delete takes effect at once without a restart. Every value is checked
 with the same rules as `.env` (hub.dicom_names) before Orthanc is touched; a bad value
 shows an error next to the form and changes nothing. Changes are audited.
+Holds (an operator's, or the worker's during an outage) live in the QI database, so
+they can be put and released while Orthanc is down; hub.operations audits them.
 """
 
 from __future__ import annotations
@@ -18,41 +20,52 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.components import confirm
 from app.components.access import can, needs, require_role
 from app.components.db import reading, show_error, writing
-from app.components.destination_form import validate
-from app.components.fmt import table
+from app.components.destination_form import retrieve_of, validate
+from app.components.fmt import local, table
+from app.components.holds import hold_banners
 from app.components.orthanc import health_client, modalities
 from app.context import get_orthanc, get_settings
 from hub import queries
-from hub.dicom_names import Modality
+from hub.dicom_names import RETRIEVE_SERVICES, Modality
+from hub.operations import hold_destination, release_destination
 from hub.orthanc_client import EchoResult, OrthancError
+from hub.queries import HoldKind
 from hub.recorder import audit
 from hub.settings import Settings
 
 STATS_DAYS = 7
 ECHO_KEY = "destination_echo"
 FLASH_KEY = "destination_flash"
+RETRIEVE_HELP = ("Every destination may echo and store to the hub. C-FIND, C-GET and C-MOVE read studies back "
+                 "out of it: allow them only to a peer that needs them, and give its host as an IP address "
+                 "(Orthanc accepts them only from that address).")
 
 
 def _source(name: str, entry: dict[str, Any] | None, settings: Settings) -> str:
     env = settings.modalities.get(name)
     if env is None:
-        return "app"
+        return "app" if entry is not None else "neither Orthanc nor .env (still held)"
     if entry is None:
         return ".env (missing in Orthanc: run make seed-modalities)"
     same = (entry.get("AET"), entry.get("Host"), int(entry.get("Port", 0))) == (env.aet, env.host, env.port)
     return ".env" if same else ".env (edited since: differs from .env)"
 
 
-def _overview(settings: Settings, current: dict[str, dict[str, Any]]) -> None:
-    since = datetime.now(UTC) - timedelta(days=STATS_DAYS)
+def _overview(settings: Settings, current: dict[str, dict[str, Any]]) -> dict[str, queries.DestinationState]:
+    """The destinations table, with held ones called out first; returns their states for the hold controls."""
+    now = datetime.now(UTC)
+    since = now - timedelta(days=STATS_DAYS)
     try:
         with reading() as conn:
             stats = queries.destination_stats(conn, since)
             open_jobs = queries.open_jobs_by_destination(conn)
+            states = queries.destination_states(conn, set(current) | set(settings.modalities))
     except SQLAlchemyError as exc:
         show_error("Destination statistics are unavailable", exc)
-        stats, open_jobs = {}, {}
-    names = sorted(set(current) | set(settings.modalities))
+        stats, open_jobs, states = {}, {}, {}
+    hold_banners(states.values(), settings.zone, now)
+    # A held destination stays listed even when it is no longer in Orthanc or .env: it must be releasable.
+    names = sorted(set(current) | set(settings.modalities) | {n for n, s in states.items() if s.held})
     rows = []
     for name in names:
         entry = current.get(name)
@@ -65,21 +78,79 @@ def _overview(settings: Settings, current: dict[str, dict[str, Any]]) -> None:
             "aet": entry.get("AET") if entry else (env.aet if env else None),
             "host": entry.get("Host") if entry else (env.host if env else None),
             "port": entry.get("Port") if entry else (env.port if env else None),
+            "retrieve": ", ".join(retrieve_of(entry) if entry else (env.retrieve if env else ())) or "no",
             "source": _source(name, entry, settings),
             "rate": f"{s.get('ok', 0) / attempts:.0%} of {attempts}" if attempts else "no attempts",
             "last_ok_at": s.get("last_ok_at"),
             "last_error": s.get("last_error"), "last_error_at": s.get("last_error_at"),
             "open": ", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "",
+            "hold": (states[name].summary(settings.zone, now) if name in states else None) or "",
         })
     if not rows:
         st.info("Orthanc has no destinations yet, and .env lists none.")
-        return
+        return states
     st.dataframe(table(rows, {
-        "name": "Name", "aet": "AET", "host": "Host", "port": "Port", "source": "Defined in",
+        "name": "Name", "aet": "AET", "host": "Host", "port": "Port", "retrieve": "Query/retrieve",
+        "source": "Defined in", "hold": "Hold",
         "rate": f"Success rate ({STATS_DAYS} d, attempts)", "last_ok_at": "Last success",
         "last_error": "Last error", "last_error_at": "Last error at", "open": "Open jobs",
     }, settings.zone), hide_index=True, key="destinations_table")
     st.caption(f"Rates count finished send attempts over the last {STATS_DAYS} days; times in {settings.tz}.")
+    return states
+
+
+def _holds(user: dict[str, Any], names: list[str], states: dict[str, queries.DestinationState]) -> None:
+    """Hold or release one destination (operator role), through hub.operations, audited as `user`.
+
+    Works while Orthanc is down: a hold is only a row in the QI database, and a PACS
+    downtime is exactly when an operator needs it.
+    """
+    st.subheader("Hold and release")
+    st.caption("A held destination receives nothing: its jobs wait in the queue without spending attempts, "
+               "and are sent when it is released. The worker holds a destination by itself while it does not "
+               "answer C-ECHO (an outage) and releases it when it answers; holding it yourself keeps it held "
+               "until someone releases it.")
+    if not names:
+        st.caption("No destinations.")
+        return
+    operator = can("operator")
+    target = st.selectbox("Destination", names, key="hold_target")
+    state = states.get(target)
+    kind = state.kind if state else None
+    if state is not None and state.held:
+        detail = state.summary(get_settings().zone)
+        if kind is HoldKind.OUTAGE:
+            nxt = local(state.next_probe_at, get_settings().zone, "%H:%M:%S") if state.next_probe_at else "soon"
+            detail += f"; next C-ECHO probe at {nxt}" + (f"; last error: {state.last_error}" if state.last_error else "")
+        st.caption(f"{target}: {detail}.")
+    reason = st.text_input("Reason (optional, shown with the hold and in the audit log)", key="hold_reason",
+                           max_chars=200, disabled=not operator)
+    cols = st.columns([1, 1, 4])
+    hold = cols[0].button("Hold", key="hold_button", disabled=not operator or kind is HoldKind.OPERATOR,
+                          help=needs("operator"))
+    release = cols[1].button("Release", key="release_button", disabled=not operator or kind is None,
+                             help=needs("operator"))
+    if (hold or release) and can("operator"):
+        try:
+            with writing() as conn:
+                if hold:
+                    done = hold_destination(conn, target, actor=user["username"], source="ui",
+                                            reason=reason.strip() or None)
+                else:
+                    done = release_destination(conn, target, actor=user["username"], source="ui")
+        except SQLAlchemyError as exc:
+            show_error(f"{'Hold' if hold else 'Release'} of {target} failed; nothing was changed", exc)
+            return
+        if hold:
+            message = (f"{target} is on hold: its jobs wait until it is released." if done
+                       else f"{target} was already on hold by an operator; nothing changed.")
+        else:
+            message = (f"{target} released: its waiting jobs are sent now." if done
+                       else f"{target} was not on hold; nothing changed.")
+            if done and kind is HoldKind.OUTAGE:
+                message += " If it still does not answer C-ECHO, the worker holds it again."
+        st.session_state[FLASH_KEY] = ("success" if done else "error", message)
+        st.rerun()
 
 
 def _echo(names: list[str]) -> None:
@@ -122,7 +193,7 @@ def _save(user: dict[str, Any], modality: Modality, before: dict[str, Any] | Non
     except OrthancError as exc:
         st.session_state[FLASH_KEY] = ("error", f"Orthanc refused the change: {exc}")
         st.rerun()
-    after = {"aet": modality.aet, "host": modality.host, "port": modality.port}
+    after = {"aet": modality.aet, "host": modality.host, "port": modality.port, "retrieve": list(modality.retrieve)}
     try:
         with writing() as conn:
             audit(conn, actor=user["username"], source="ui", action=action, target=f"destination:{modality.name}",
@@ -142,7 +213,8 @@ def _field_errors(errors: dict[str, str]) -> None:
 
 
 def _plain(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if entry is None else {"aet": entry.get("AET"), "host": entry.get("Host"), "port": entry.get("Port")}
+    return None if entry is None else {"aet": entry.get("AET"), "host": entry.get("Host"), "port": entry.get("Port"),
+                                       "retrieve": retrieve_of(entry)}
 
 
 def _edit(user: dict[str, Any], current: dict[str, dict[str, Any]]) -> None:
@@ -157,9 +229,11 @@ def _edit(user: dict[str, Any], current: dict[str, dict[str, Any]]) -> None:
         aet = cols[1].text_input("AE title", key="add_aet", max_chars=64)
         host = cols[2].text_input("Host", key="add_host")
         port = cols[3].text_input("Port", key="add_port", value="104")
+        retrieve = st.multiselect("Query/retrieve it may use", RETRIEVE_SERVICES, key="add_retrieve",
+                                  help=RETRIEVE_HELP)
         submitted = st.form_submit_button("Add destination", type="primary")
     if submitted and can("admin"):
-        modality, errors = validate(name, aet, host, port)
+        modality, errors = validate(name, aet, host, port, retrieve)
         if modality is not None and modality.name in current:
             errors = {"name": f"{modality.name} already exists; use Edit"}
         if errors:
@@ -179,9 +253,11 @@ def _edit(user: dict[str, Any], current: dict[str, dict[str, Any]]) -> None:
                                          max_chars=64)
                 host = cols[1].text_input("Host", value=entry.get("Host", ""), key=f"edit_host_{target}")
                 port = cols[2].text_input("Port", value=str(entry.get("Port", "")), key=f"edit_port_{target}")
+                retrieve = st.multiselect("Query/retrieve it may use", RETRIEVE_SERVICES, default=retrieve_of(entry),
+                                          key=f"edit_retrieve_{target}", help=RETRIEVE_HELP)
                 submitted = st.form_submit_button("Save changes", type="primary")
             if submitted and can("admin"):
-                modality, errors = validate(target, aet, host, port)
+                modality, errors = validate(target, aet, host, port, retrieve)
                 if errors:
                     _field_errors(errors)
                 else:
@@ -226,7 +302,8 @@ def render(user: dict[str, Any]) -> None:
         orthanc_up = False
     else:
         orthanc_up = True
-    _overview(settings, current)
+    states = _overview(settings, current)
+    _holds(user, sorted(set(current) | set(settings.modalities) | {n for n, s in states.items() if s.held}), states)
     if orthanc_up:
         _echo(sorted(current))
         _edit(user, current)

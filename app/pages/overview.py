@@ -17,12 +17,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.components.access import require_role
 from app.components.db import describe, reading, show_error
 from app.components.fmt import age, local, table
+from app.components.holds import hold_banners
 from app.components.kpi import health_card, metric
 from app.components.orthanc import orthanc_health
 from app.context import get_settings
 from hub import queries
 from hub.disk import StorageStatus, mib, storage_status
+from hub.rules_status import STATUS_NAME as RULES_STATUS
+from hub.rules_status import rules_problem
+from hub.sender_checks import rejected_senders
 from hub.settings import Settings
+
+REJECTED_DAYS = 7  # how far back the Overview lists senders refused as AI results
 
 
 def worker_stale_after(poll_interval: float) -> float:
@@ -70,6 +76,9 @@ def render() -> None:
             data["backlog"] = queries.job_backlog(conn)
             data["today"] = queries.day_counts(conn, today)
             data["last24"] = queries.failure_counts(conn, now - timedelta(hours=24))
+            data["held"] = queries.held_destinations(conn)
+            data["rules"] = queries.config_status(conn, RULES_STATUS)
+            data["rejected"] = rejected_senders(conn, now - timedelta(days=REJECTED_DAYS))
     except SQLAlchemyError as exc:
         db_error = exc
 
@@ -116,6 +125,25 @@ def render() -> None:
     if db_error is not None:
         show_error("Job and study figures are unavailable", db_error)
         return
+
+    # --- issue 15: a refused routing.yml, and senders refused as AI results -----------------
+    rules = data["rules"] or {}
+    problem = rules_problem(rules.get("error"), rules.get("loaded_at"), zone, file_name=settings.routing_rules.name)
+    if problem:
+        st.error(f"degraded: {problem} (Rules page)", icon=":material/rule:")
+    if data["rejected"]:
+        st.subheader(f"Refused AI senders ({REJECTED_DAYS} days)")
+        st.warning(
+            "Series sent with an AI result AE title from an address other than the one registered for it. "
+            "They are kept unrouted (see each study's timeline and the Audit page):\n\n"
+            + "\n".join(f"- {r['text']} (last {local(r['last_at'], zone)})" for r in data["rejected"]),
+            icon=":material/gpp_bad:",
+        )
+
+    # --- held destinations: a PACS outage is not the hub failing, but its studies wait ----
+    if data["held"]:
+        st.subheader("Destinations on hold")
+        hold_banners(data["held"], zone, now)
 
     # --- backlog ----------------------------------------------------------------------
     backlog = data["backlog"]

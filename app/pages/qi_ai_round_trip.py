@@ -17,8 +17,9 @@ from app.components.kpi import metric
 from app.components.qi_filters import READ_TIMEOUT_MS, start_page
 from hub import qi
 
-page = start_page("AI round trip", "From the AI send succeeding to the first AI-result instance received. "
-                  "Studies are counted on the day (in TZ) they were first received.")
+page = start_page("AI round trip", "From the AI send succeeding to the first AI-result instance received "
+                  "(a result that came before that success answered an earlier attempt and is measured from "
+                  "that attempt's start). Studies are counted on the day (in TZ) they were first received.")
 zone, flt, grain = page.zone, page.flt, page.grain
 sla_s = float(page.thresholds["sla_ai_round_trip_s"])
 timeout_s = float(page.thresholds["ai_result_timeout_s"])

@@ -19,6 +19,7 @@ from app.components import confirm, pager
 from app.components.access import can, needs, require_role
 from app.components.db import reading, show_error, writing
 from app.components.fmt import age, table
+from app.components.holds import hold_banners
 from app.context import get_settings
 from hub import queries
 from hub.operations import OperationError, cancel_job, retry_dead_jobs, retry_job
@@ -70,9 +71,12 @@ def render(user: dict[str, Any]) -> None:
         with reading() as conn:
             counts = queries.job_state_counts(conn)
             destinations = queries.recent_destinations(conn, datetime.now(UTC) - timedelta(days=30))
+            held = queries.held_destinations(conn)
     except SQLAlchemyError as exc:
         show_error("The queue is unavailable", exc)
         return
+    # Jobs of a held destination sit in queued/failed without spending attempts: say why.
+    hold_banners(held, zone)
     state = st.radio(
         "State", STATES, horizontal=True, key="queue_state",
         format_func=lambda s: f"{s} ({counts.get(s, 0)})",

@@ -4,7 +4,8 @@
     start     the same without installing Debian packages
     stop      stop everything `run` started
     restart   stop, then start
-    status    each service's state and a real probe; exit code 1 when unhealthy
+    status    each service's state and a real probe, and held destinations; exit code 1 when
+              a service is unhealthy (a held destination alone is not)
     logs      show (-f: follow) the services' logs
     env       create .env with generated secrets if absent
     bootstrap roles, databases, migrations and first admin (the compose `init` service)
@@ -27,7 +28,7 @@ from hub.stack import compose, native
 from hub.stack.bootstrap import BootstrapError, bootstrap_databases
 from hub.stack.layout import StackLayout
 from hub.stack.packages import PrerequisiteError, ensure_packages
-from hub.stack.probes import Probe
+from hub.stack.probes import Probe, held_destinations
 from hub.stack.supervisor import SupervisorError, supervisord_pid
 from hub.stack.supervisor_conf import probe_host
 from hub.tooling import exitcodes
@@ -71,7 +72,7 @@ def summary(settings: Settings, env_file: Path, mode: str, probes: list[Probe]) 
         lines.append(f"Logs: {StackLayout.for_settings(settings).logs_dir}   (make logs, make status, make stop)")
     unhealthy = [p for p in probes if not p.ok]
     if unhealthy:
-        lines.append("Unhealthy: " + ", ".join(p.name for p in unhealthy))
+        lines.append("Unhealthy: " + ", ".join(f"{p.name} ({p.detail})" if p.degraded else p.name for p in unhealthy))
     return "\n".join(lines)
 
 
@@ -107,7 +108,18 @@ def _cmd_status(mode: str, env_file: Path) -> int:
     settings = _settings(env_file)
     healthy = compose.status(settings, env_file, _out) if mode == "compose" else native.status(
         settings, env_file, _out)
-    _out("\nAll services healthy." if healthy else "\nSome services are NOT healthy (see above; `make logs`).")
+    # Held destinations are reported, never counted as unhealthy: a PACS outage is not the hub failing.
+    held = held_destinations(settings)
+    if held:
+        _out("\nDestinations on hold (their jobs wait in the queue, spending no attempts):")
+        for line in held:
+            _out(f"  {line}")
+    if healthy:
+        _out("\nAll services healthy." + (
+            f" {len(held)} destination(s) on hold (above): nothing is sent to them until they answer again "
+            "(outage) or are released (`./orthanc release NAME`)." if held else ""))
+    else:
+        _out("\nSome services are NOT healthy (see above; `make logs`).")
     return exitcodes.OK if healthy else exitcodes.FAILED
 
 

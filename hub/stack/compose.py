@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from hub import datadirs
 from hub.settings import PROJECT_ROOT, Settings, read_config
 from hub.stack.probes import Probe, probe_all, wait_healthy
 
@@ -74,7 +75,7 @@ def _compose(settings: Settings, env_file: Path, *args: str, capture: bool = Fal
 
 def ensure_secret_files(state_dir: Path) -> None:
     """Generate the secrets compose mounts from STATE_DIR (kept there, never in .env)."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    datadirs.create_owned(state_dir, "STATE_DIR", 0o700)  # marked when created (hub/datadirs.py)
     for name in SECRET_FILES:
         path = state_dir / name
         if not path.exists():
@@ -94,10 +95,18 @@ def check_env_file(env_file: Path) -> None:
 def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
     check_env_file(env_file)
     ensure_secret_files(settings.state_dir)
-    for path in (settings.dicom_storage, settings.postgres_storage):
-        path.mkdir(parents=True, exist_ok=True)
+    datadirs.create_owned(settings.dicom_storage, "DICOM_STORAGE")
+    # The postgres image's initdb wants an empty directory: mark it once the cluster exists.
+    new_cluster = not settings.postgres_storage.exists() or not any(settings.postgres_storage.iterdir())
+    settings.postgres_storage.mkdir(parents=True, exist_ok=True)
     out("Starting the compose stack (docker compose up --build --wait)")
     _compose(settings, env_file, "up", "--detach", "--build", "--wait")
+    if new_cluster:
+        try:
+            datadirs.mark(settings.postgres_storage, "POSTGRES_STORAGE")
+        except OSError as exc:
+            out(f"warning: could not mark {settings.postgres_storage} as the hub's ({exc}); "
+                f"run `{datadirs.MARK_COMMAND}` as root before `make uninstall`")
     try:
         return wait_healthy(settings, ["postgres", "orthanc", "dicom", "worker", "app"], 120)
     except TimeoutError as exc:

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hub import pgcluster
+from hub import datadirs, pgcluster
 from hub.envfile import write_private
-from hub.orthanc_config import render_orthanc_config
+from hub.orthanc_config import LOG_FILTER, render_orthanc_config
 from hub.settings import Settings, read_config
 from hub.stack import bootstrap, supervisor
 from hub.stack.layout import SERVICES, StackLayout
@@ -48,7 +48,7 @@ def log_tail(path: Path, lines: int = 25) -> str:
 
 @contextmanager
 def _locked(layout: StackLayout, out: Out) -> Iterator[None]:
-    layout.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    datadirs.create_owned(layout.state_dir, "STATE_DIR", 0o700)  # marked when created (hub/datadirs.py)
     fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -89,7 +89,8 @@ def _render_files(settings: Settings, env_file: Path, layout: StackLayout) -> bo
     lua = [Path(p).read_bytes() for p in config.get("LuaScripts", []) if Path(p).is_file()]
     values = read_config(env_file)
     fingerprints = {
-        "orthanc": _digest(orthanc_text, *lua),
+        # The log filter Orthanc starts through is part of it too: a new one restarts Orthanc.
+        "orthanc": _digest(orthanc_text, *lua, LOG_FILTER.read_bytes()),
         "hub": _digest(*(f"{k}={values[k]}" for k in sorted(values))),
     }
     text = render_supervisord_conf(settings, env_file, layout, fingerprints)
@@ -175,7 +176,7 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
     settings.check_storage()
     with _locked(layout, out):
         layout.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        settings.dicom_storage.mkdir(parents=True, exist_ok=True)
+        datadirs.create_owned(settings.dicom_storage, "DICOM_STORAGE")
         conf_changed = _render_files(settings, env_file, layout)
         up = supervisor.is_up(layout)
         if up and conf_changed:

@@ -16,9 +16,10 @@ from hub.settings import PROJECT_ROOT
 INSTALL_SCRIPT = PROJECT_ROOT / "stack" / "native" / "install-debian-packages.sh"
 
 # orthanc-webviewer is loaded by hub.orthanc_config; dcmtk gives storescu/echoscu
-# (used by the status probe); postgresql-15 gives initdb and postgres.
+# (used by the status probe); postgresql-15 gives initdb and postgres; age encrypts
+# backups (`make backup ENCRYPT=1`, hub/tooling/encryption.py).
 NATIVE_PACKAGES: tuple[str, ...] = (
-    "orthanc", "orthanc-postgresql", "orthanc-dicomweb", "orthanc-webviewer", "dcmtk", "postgresql-15",
+    "orthanc", "orthanc-postgresql", "orthanc-dicomweb", "orthanc-webviewer", "dcmtk", "postgresql-15", "age",
 )
 
 

@@ -12,6 +12,9 @@ Layout of an archive (`hub-backup-YYYYmmddTHHMMSSZ.tar`, mode 600):
     config/routing.yml   the routing rules file, when present
     storage/xx/yy/uuid   every DICOM file the Orthanc index dump references
     manifest.json        last: format, versions, time, counts, size+sha256 of each member
+
+An encrypted backup (`hub-backup-....tar.age`) is this same tar inside age's format
+(hub/tooling/encryption.py); restore decrypts it, then verifies it here as any other.
 """
 
 from __future__ import annotations

@@ -13,15 +13,23 @@ Consistency, without stopping DICOM reception:
    after the snapshot are simply not in this backup.
 Every failing step raises: nothing is hidden, and a failed backup leaves no archive.
 
-Restore verifies the whole archive (manifest, member list, sizes, sha256) before it
-stops anything, then stops the stack, recreates both databases empty, pg_restores
-them, migrates the QI schema forward, replaces the DICOM storage, starts the stack
-and checks that Orthanc holds the backed-up number of studies.
+Optionally (`make backup ENCRYPT=1`, or BACKUP_ENCRYPT=1) the tar is streamed through
+`age` to the public half of BACKUP_KEY_FILE, which never goes into an archive
+(hub/tooling/encryption.py): `hub-backup-....tar.age`.
+
+Restore decrypts an encrypted archive first (into a private directory, deleted
+afterwards; a wrong key is refused), then verifies the whole archive (manifest,
+member list, sizes, sha256) before it stops anything. It replaces DICOM_STORAGE's
+contents only when the directory is the hub's (marked, empty or absent:
+hub/datadirs.py). Then it stops the stack, recreates both databases empty,
+pg_restores them, migrates the QI schema forward, replaces the DICOM storage, starts
+the stack and checks that Orthanc holds the backed-up number of studies.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -31,7 +39,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,12 +47,20 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from hub import pgcluster
+from hub import datadirs, pgcluster
 from hub.db import migrate
 from hub.envfile import read_env_file, write_private
 from hub.orthanc_config import render_orthanc_config
-from hub.settings import PROJECT_ROOT, Settings, SettingsError, env_file_path, load_settings, settings_from_values
-from hub.tooling import exitcodes
+from hub.settings import (
+    DEFAULTS_FILE,
+    PROJECT_ROOT,
+    Settings,
+    SettingsError,
+    env_file_path,
+    load_settings,
+    settings_from_values,
+)
+from hub.tooling import encryption, exitcodes
 from hub.tooling.archive import (
     ENV_MEMBER,
     MANIFEST,
@@ -159,22 +175,42 @@ def _dump_orthanc_index(settings: Settings, target: Path) -> tuple[list[str], di
     return uuids, counts
 
 
-def create_backup(settings: Settings, env_file: Path, out_dir: Path, *, say: Say = _quiet) -> Path:
+def _encryption_key(settings: Settings, out_dir: Path, key_file: Path | None) -> Path:
+    """The age key to encrypt with; refused inside the backup directory, which gets copied."""
+    key = (key_file or settings.backup_key_file).resolve()
+    if out_dir.resolve() in key.parents:
+        raise BackupError(f"the backup key {key} is inside the backup directory {out_dir}: whoever copies the "
+                          "backups would get the key too; keep it elsewhere (BACKUP_KEY_FILE)")
+    return key
+
+
+def create_backup(settings: Settings, env_file: Path, out_dir: Path, *, say: Say = _quiet,
+                  encrypt: bool | None = None, key_file: Path | None = None) -> Path:
     """Write a verified-format backup archive into `out_dir` and return its path.
 
-    PostgreSQL must be accepting connections (the caller arranges it).
+    PostgreSQL must be accepting connections (the caller arranges it). With `encrypt`
+    (default: BACKUP_ENCRYPT) the tar is streamed through `age` to the key's public
+    key, so no unencrypted copy ever touches the disk; the archive is then
+    `hub-backup-....tar.age`.
     """
+    encrypt = settings.backup_encrypt if encrypt is None else encrypt
     out_dir.mkdir(parents=True, exist_ok=True)
     out_dir.chmod(0o700)
+    try:
+        age_argv = encryption.encrypt_command(_encryption_key(settings, out_dir, key_file)) if encrypt else None
+    except encryption.EncryptionError as exc:
+        raise BackupError(str(exc)) from None
     started = datetime.now(UTC)
-    name = f"{ARCHIVE_PREFIX}{started.strftime('%Y%m%dT%H%M%SZ')}.tar"
+    plain_name = f"{ARCHIVE_PREFIX}{started.strftime('%Y%m%dT%H%M%SZ')}.tar"
+    name = plain_name + (encryption.SUFFIX if encrypt else "")
     final = out_dir / name
-    if final.exists():
+    if (out_dir / plain_name).exists() or (out_dir / (plain_name + encryption.SUFFIX)).exists():
         time.sleep(1.1)
-        return create_backup(settings, env_file, out_dir, say=say)
+        return create_backup(settings, env_file, out_dir, say=say, encrypt=encrypt, key_file=key_file)
     part = out_dir / f".{name}.part"
     old_umask = os.umask(0o077)
     workdir = Path(tempfile.mkdtemp(prefix=".hub-backup-", dir=out_dir))
+    age: subprocess.Popen[bytes] | None = None
     try:
         manifest = Manifest(
             created_at=started.isoformat(timespec="seconds"),
@@ -198,34 +234,28 @@ def create_backup(settings: Settings, env_file: Path, out_dir: Path, *, say: Say
         orthanc_dump = workdir / "orthanc.dump"
         uuids, counts = _dump_orthanc_index(settings, orthanc_dump)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            add_file(tar, manifest, orthanc_dump, ORTHANC_DUMP)
-            add_file(tar, manifest, qi_dump, QI_DUMP)
-            add_file(tar, manifest, env_file, ENV_MEMBER)
-            rendered = json.dumps(render_orthanc_config(settings), indent=2, sort_keys=True).encode()
-            add_bytes(tar, manifest, rendered, ORTHANC_CONFIG_MEMBER, started.timestamp())
-            if settings.routing_rules.is_file():
-                add_file(tar, manifest, settings.routing_rules, ROUTING_MEMBER)
-            say(f"copying {len(uuids)} DICOM storage files")
-            total = 0
-            for uuid in uuids:
-                source = storage_path(settings, uuid)
-                if not source.is_file():
-                    raise BackupError(
-                        f"{source} is referenced by Orthanc's index but missing from DICOM_STORAGE "
-                        "(deleted during the backup, or the storage is damaged): run the backup again; "
-                        "if it fails again, check the storage"
-                    )
-                member = STORAGE_PREFIX + str(source.relative_to(settings.dicom_storage))
-                add_file(tar, manifest, source, member)
-                total += manifest.members[member]["size"]
-            manifest.counts = {**counts, "storage_files": len(uuids), "storage_bytes": total}
-            add_bytes(tar, None, manifest.to_json(), MANIFEST, started.timestamp())
+        with os.fdopen(fd, "wb") as raw:
+            if age_argv is not None:
+                say("encrypting with age as it is written")
+                age = subprocess.Popen(age_argv, stdin=subprocess.PIPE, stdout=raw, stderr=subprocess.PIPE)
+                assert age.stdin is not None
+            sink = raw if age is None else age.stdin
+            with tarfile.open(fileobj=sink, mode="w" if age is None else "w|", format=tarfile.PAX_FORMAT) as tar:
+                _write_members(tar, manifest, settings, env_file, orthanc_dump, qi_dump, uuids, counts, started, say)
+            if age is not None:
+                assert age.stdin is not None and age.stderr is not None
+                age.stdin.close()
+                error = age.stderr.read().decode(errors="replace").strip()
+                if age.wait() != 0:
+                    raise BackupError(f"age failed to encrypt the archive: {error}")
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(part, final)
         return final
     except BaseException:
+        if age is not None and age.poll() is None:
+            age.kill()
+            age.wait()
         part.unlink(missing_ok=True)
         raise
     finally:
@@ -233,10 +263,46 @@ def create_backup(settings: Settings, env_file: Path, out_dir: Path, *, say: Say
         os.umask(old_umask)
 
 
+def _write_members(tar: tarfile.TarFile, manifest: Manifest, settings: Settings, env_file: Path,
+                   orthanc_dump: Path, qi_dump: Path, uuids: list[str], counts: dict[str, int],
+                   started: datetime, say: Say) -> None:
+    """Every member, in the archive's order, and the manifest last."""
+    add_file(tar, manifest, orthanc_dump, ORTHANC_DUMP)
+    add_file(tar, manifest, qi_dump, QI_DUMP)
+    add_file(tar, manifest, env_file, ENV_MEMBER)
+    rendered = json.dumps(render_orthanc_config(settings), indent=2, sort_keys=True).encode()
+    add_bytes(tar, manifest, rendered, ORTHANC_CONFIG_MEMBER, started.timestamp())
+    if settings.routing_rules.is_file():
+        add_file(tar, manifest, settings.routing_rules, ROUTING_MEMBER)
+    say(f"copying {len(uuids)} DICOM storage files")
+    total = 0
+    for uuid in uuids:
+        source = storage_path(settings, uuid)
+        if not source.is_file():
+            raise BackupError(
+                f"{source} is referenced by Orthanc's index but missing from DICOM_STORAGE "
+                "(deleted during the backup, or the storage is damaged): run the backup again; "
+                "if it fails again, check the storage"
+            )
+        member = STORAGE_PREFIX + str(source.relative_to(settings.dicom_storage))
+        add_file(tar, manifest, source, member)
+        total += manifest.members[member]["size"]
+    manifest.counts = {**counts, "storage_files": len(uuids), "storage_bytes": total}
+    add_bytes(tar, None, manifest.to_json(), MANIFEST, started.timestamp())
+
+
+ENCRYPTED = "encrypted with age (contents shown by `python -m hub.tooling.backup verify FILE`)"
+
+
 def list_backups(directory: Path) -> list[tuple[Path, Manifest | None, str | None]]:
-    """Archives in `directory`, oldest first, with their manifest or the reason it is unreadable."""
-    found = []
-    for path in sorted(directory.glob(f"{ARCHIVE_PREFIX}*.tar")) if directory.is_dir() else []:
+    """Archives in `directory`, oldest first, with their manifest or why it is not shown
+    (unreadable, or ENCRYPTED: reading an encrypted manifest means decrypting it all)."""
+    found: list[tuple[Path, Manifest | None, str | None]] = []
+    paths = [*directory.glob(f"{ARCHIVE_PREFIX}*.tar"), *directory.glob(f"{ARCHIVE_PREFIX}*.tar{encryption.SUFFIX}")]
+    for path in sorted(paths) if directory.is_dir() else []:
+        if encryption.is_encrypted(path):
+            found.append((path, None, ENCRYPTED))
+            continue
         try:
             found.append((path, read_manifest(path), None))
         except ArchiveError as exc:
@@ -290,7 +356,7 @@ def _restore_storage(tar: tarfile.TarFile, manifest: Manifest, storage: Path) ->
         with os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(handle, out, 1024 * 1024)
     for entry in storage.iterdir():
-        if entry.name == RESTORE_TMP:
+        if entry.name in (RESTORE_TMP, datadirs.MARKER):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -326,13 +392,68 @@ def check_restored(settings: Settings, manifest: Manifest, timeout: float = 180)
     raise BackupError(f"Orthanc did not answer within {timeout:.0f} s after the restore ({last})")
 
 
+def default_key_file(env_file: Path) -> Path:
+    """BACKUP_KEY_FILE of `env_file`, or of config/env.defaults when there is no usable .env."""
+    try:
+        return load_settings(env_file).backup_key_file
+    except SettingsError:
+        raw = Path(read_env_file(DEFAULTS_FILE)["BACKUP_KEY_FILE"])
+        return raw if raw.is_absolute() else (PROJECT_ROOT / raw).resolve()
+
+
+def _scratch_dir(env_file: Path, archive: Path) -> Path:
+    """A private directory for the decrypted copy: in STATE_DIR when it exists (the
+    same disk as the data), else next to the archive, else the system's temp dir."""
+    candidates = []
+    with contextlib.suppress(SettingsError):
+        candidates.append(load_settings(env_file).state_dir)
+    candidates += [archive.resolve().parent, Path(tempfile.gettempdir())]
+    for directory in candidates:
+        if directory.is_dir() and os.access(directory, os.W_OK | os.X_OK):
+            return Path(tempfile.mkdtemp(prefix=".hub-decrypted-", dir=directory))
+    raise ArchiveError("no writable directory for the decrypted copy of the archive")
+
+
+@contextlib.contextmanager
+def opened_archive(archive: Path, env_file: Path, key_file: Path | None = None,
+                   say: Say = _quiet) -> Iterator[Path]:
+    """The archive as a plain tar: itself, or (age-encrypted) a decrypted private copy
+    that is deleted afterwards. Decryption failures (wrong key, damage) raise
+    ArchiveError, before anything is changed."""
+    if not encryption.is_encrypted(archive):
+        yield archive
+        return
+    key = key_file or default_key_file(env_file)
+    scratch = _scratch_dir(env_file, archive)
+    try:
+        plain = scratch / archive.name.removesuffix(encryption.SUFFIX)
+        say(f"decrypting {archive.name} with {key} into {scratch}")
+        try:
+            encryption.decrypt_file(archive, plain, key)
+        except encryption.EncryptionError as exc:
+            raise ArchiveError(str(exc)) from None
+        yield plain
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def restore_backup(
-    archive: Path, env_file: Path, control: StackControl, *, say: Say = _quiet, check_timeout: float = 180
+    archive: Path, env_file: Path, control: StackControl, *, say: Say = _quiet, check_timeout: float = 180,
+    key_file: Path | None = None,
 ) -> Manifest:
     """Restore `archive` into the stack configured by `env_file` (see module docstring).
 
-    Raises ArchiveError, before anything is changed, when the archive is unusable.
+    An age-encrypted archive is decrypted first (with `key_file`, default
+    BACKUP_KEY_FILE), then verified like any other. Raises ArchiveError when the
+    archive is unusable (or the key wrong) and datadirs.NotOwned when DICOM_STORAGE is
+    not the hub's to replace, both before anything is changed.
     """
+    with opened_archive(archive, env_file, key_file, say) as plain:
+        return _restore_plain(plain, env_file, control, say=say, check_timeout=check_timeout)
+
+
+def _restore_plain(archive: Path, env_file: Path, control: StackControl, *, say: Say,
+                   check_timeout: float) -> Manifest:
     manifest = verify_archive(archive)
     say(f"archive verified: {len(manifest.members)} members, backup of {manifest.created_at}")
     with tarfile.open(archive, mode="r:") as tar:
@@ -342,16 +463,18 @@ def restore_backup(
         say(f"keeping the current configuration {env_file} (paths, ports and secrets)")
     else:
         from hub.envfile import parse_env_text
-        from hub.settings import DEFAULTS_FILE
 
         values = read_env_file(DEFAULTS_FILE)
         values.update(parse_env_text(archived_env.decode("utf-8"), ENV_MEMBER))
         settings = settings_from_values(values)
+    settings.check_storage()
+    # Restore empties DICOM_STORAGE: only the hub's own (marked, or empty) may be.
+    datadirs.check_owned(settings.dicom_storage, "DICOM_STORAGE", allow_empty=True)
+    if not env_file.exists():
         write_private(env_file, archived_env.decode("utf-8"))
         say(f"no configuration found: restored the backup's .env to {env_file}")
-    settings.check_storage()
-    for path in (settings.dicom_storage, settings.state_dir):
-        path.mkdir(parents=True, exist_ok=True)
+    datadirs.create_owned(settings.dicom_storage, "DICOM_STORAGE")
+    datadirs.create_owned(settings.state_dir, "STATE_DIR", 0o700)
     say("stopping the stack")
     control.stop_all()
     work = Path(tempfile.mkdtemp(prefix=".hub-restore-", dir=settings.state_dir))
@@ -399,26 +522,82 @@ def _confirm(question: str) -> bool:
     return input(f"{question} Type 'restore' to go on: ").strip() == "restore"
 
 
+def _restore_command(args: argparse.Namespace, env_file: Path, say: Say) -> int:
+    """Decrypt (when encrypted) and verify, confirm, restore; refusals change nothing."""
+    refused = "\nnothing was changed."
+    try:
+        with opened_archive(args.file, env_file, args.key, say) as plain:
+            manifest = verify_archive(plain)
+            print(f"{args.file}: verified ({manifest.counts.get('studies', '?')} studies, made "
+                  f"{manifest.created_at} by hub {manifest.hub_version})")
+            if not args.yes and os.environ.get("CONFIRM") != "yes" and not _confirm(
+                "This replaces the hub's databases and DICOM storage with the backup's."
+            ):
+                print("aborted: nothing was changed (non-interactive runs need CONFIRM=yes)", file=sys.stderr)
+                return exitcodes.ABORTED
+            restore_backup(plain, env_file, control_for(args.mode, env_file), say=say)
+    except (ArchiveError, datadirs.NotOwned) as exc:
+        print(f"error: refusing to restore: {exc}{refused}", file=sys.stderr)
+        return exitcodes.CONFIG
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    except (BackupError, ControlError, pgcluster.PgClusterError, psycopg.Error, OSError) as exc:
+        print(f"error: the restore failed: {exc}\nThe stack may be stopped and the databases or storage "
+              "partly restored: fix the cause and run the same restore again (the archive is unchanged), "
+              "or `make run` to start what is there.", file=sys.stderr)
+        return exitcodes.FAILED
+    print("restore complete; the stack is running and holds the backed-up studies")
+    return exitcodes.OK
+
+
+def _key_command(env_file: Path) -> int:
+    """`make backup-key`: create BACKUP_KEY_FILE and say how to keep it."""
+    key_file = default_key_file(env_file)
+    try:
+        public = encryption.create_key(key_file)
+    except encryption.EncryptionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    print(f"backup key written: {key_file} (mode 600)\npublic key: {public}")
+    print("Copy this file OFF the server now (a password manager, a safe): without it no encrypted backup "
+          "can be restored, and whoever has it can read them all.")
+    print("Then `make backup ENCRYPT=1`, or BACKUP_ENCRYPT=1 in .env for every backup.")
+    return exitcodes.OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hub.tooling.backup", description="Backups of the routing hub.")
     parser.add_argument("--mode", default=os.environ.get("STACK_MODE", "auto"), choices=("auto", "native", "compose"))
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="write a backup archive")
     create.add_argument("--dir", type=Path, default=None, help="directory for the archive (default STATE_DIR/backups)")
+    crypt = create.add_mutually_exclusive_group()
+    crypt.add_argument("--encrypt", dest="encrypt", action="store_true", default=None,
+                       help="encrypt with age for BACKUP_KEY_FILE (default: BACKUP_ENCRYPT)")
+    crypt.add_argument("--no-encrypt", dest="encrypt", action="store_false")
     listing = sub.add_parser("list", help="list the backups")
     listing.add_argument("--dir", type=Path, default=None)
     verify = sub.add_parser("verify", help="verify an archive without restoring it")
     verify.add_argument("file", type=Path)
+    verify.add_argument("--key", type=Path, default=None, help="age key for an encrypted archive")
     restore = sub.add_parser("restore", help="restore an archive (replaces the current data)")
     restore.add_argument("file", type=Path)
     restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.add_argument("--key", type=Path, default=None,
+                         help="age secret key for an encrypted archive (default BACKUP_KEY_FILE)")
+    sub.add_parser("key", help="create the age key for encrypted backups (BACKUP_KEY_FILE)")
     args = parser.parse_args(argv)
     env_file = env_file_path()
     say: Say = lambda message: print(f"==> {message}", flush=True)  # noqa: E731
 
+    if args.command == "key":
+        return _key_command(env_file)
+
     if args.command == "verify":
         try:
-            manifest = verify_archive(args.file)
+            with opened_archive(args.file, env_file, args.key) as plain:
+                manifest = verify_archive(plain)
         except ArchiveError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exitcodes.CONFIG
@@ -426,33 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.OK
 
     if args.command == "restore":
-        try:
-            manifest = verify_archive(args.file)
-        except ArchiveError as exc:
-            print(f"error: refusing to restore: {exc}\nnothing was changed.", file=sys.stderr)
-            return exitcodes.CONFIG
-        print(f"{args.file}: verified ({manifest.counts.get('studies', '?')} studies, made {manifest.created_at} "
-              f"by hub {manifest.hub_version})")
-        if not args.yes and os.environ.get("CONFIRM") != "yes" and not _confirm(
-            "This replaces the hub's databases and DICOM storage with the backup's."
-        ):
-            print("aborted: nothing was changed (non-interactive runs need CONFIRM=yes)", file=sys.stderr)
-            return exitcodes.ABORTED
-        try:
-            restore_backup(args.file, env_file, control_for(args.mode, env_file), say=say)
-        except ArchiveError as exc:
-            print(f"error: refusing to restore: {exc}\nnothing was changed.", file=sys.stderr)
-            return exitcodes.CONFIG
-        except SettingsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return exitcodes.CONFIG
-        except (BackupError, ControlError, pgcluster.PgClusterError, psycopg.Error, OSError) as exc:
-            print(f"error: the restore failed: {exc}\nThe stack may be stopped and the databases or storage "
-                  "partly restored: fix the cause and run the same restore again (the archive is unchanged), "
-                  "or `make run` to start what is there.", file=sys.stderr)
-            return exitcodes.FAILED
-        print("restore complete; the stack is running and holds the backed-up studies")
-        return exitcodes.OK
+        return _restore_command(args, env_file, say)
 
     try:
         settings = load_settings(env_file)
@@ -467,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, manifest, problem in entries:
             size = _human(path.stat().st_size)
             if manifest is None:
-                print(f"{path}  {size}  UNREADABLE: {problem}")
+                print(f"{path}  {size}  {problem if problem == ENCRYPTED else 'UNREADABLE: ' + str(problem)}")
             else:
                 print(f"{path}  {size}  made {manifest.created_at}  hub {manifest.hub_version}  "
                       f"{manifest.counts.get('studies', '?')} studies, {manifest.counts.get('instances', '?')} instances")
@@ -476,10 +629,13 @@ def main(argv: list[str] | None = None) -> int:
     control = control_for(args.mode, env_file)
     try:
         with control.maintenance_db(settings):
-            path = create_backup(settings, env_file, directory, say=say)
+            path = create_backup(settings, env_file, directory, say=say, encrypt=args.encrypt)
     except (BackupError, ControlError, pgcluster.PgClusterError, psycopg.Error, OSError) as exc:
         print(f"error: the backup failed: {exc}", file=sys.stderr)
         return exitcodes.FAILED
+    if encryption.is_encrypted(path):
+        print(f"backup written, encrypted with age: {path} ({_human(path.stat().st_size)})")
+        return exitcodes.OK
     manifest = read_manifest(path)
     print(f"backup written: {path} ({_human(path.stat().st_size)}, {manifest.counts.get('studies')} studies, "
           f"{manifest.counts.get('storage_files')} files)")

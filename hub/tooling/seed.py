@@ -3,7 +3,10 @@
 All lines are validated before anything is sent, so a malformed line never leaves
 Orthanc with half of the intended destinations. Destinations that exist in Orthanc
 but not in `.env` (added in the app) are left alone, and fields Orthanc keeps beyond
-AET/host/port (for example ones set in the app) survive an update.
+AET/host/port and the DICOM permissions (for example ones set in the app) survive an
+update. Each line's permissions are written explicitly (hub/dicom_names.py: echo and
+store, query/retrieve only when the line enables it), so a destination registered by
+an older version, with Orthanc's allow-everything defaults, is tightened by a re-seed.
 """
 
 from __future__ import annotations
@@ -59,12 +62,27 @@ def modality_lines(env_file: Path) -> list[Modality]:
     return parsed
 
 
+# Orthanc reports AllowStorageCommitment as these two flags.
+_REPORTED_AS = {"AllowStorageCommitment": ("AllowNAction", "AllowEventReport")}
+
+
 def _same(current: dict[str, Any], wanted: Modality) -> bool:
-    return (
-        current.get("AET") == wanted.aet
-        and current.get("Host") == wanted.host
-        and int(current.get("Port", 0)) == wanted.port
-    )
+    """True when Orthanc already has this AET, host, port and every permission of the line."""
+    for key, value in wanted.orthanc_body().items():
+        if key == "Port":
+            if int(current.get("Port", 0)) != value:
+                return False
+        elif key in _REPORTED_AS:
+            if any(current.get(k, value) != value for k in _REPORTED_AS[key]):
+                return False
+        elif current.get(key) != value:
+            return False
+    return True
+
+
+def retrieve_allowed(entry: dict[str, Any]) -> list[str]:
+    """The query/retrieve services Orthanc grants this modality (its Allow* flags default to true)."""
+    return [s for s in ("Find", "Get", "Move") if entry.get(f"Allow{s}", True)]
 
 
 def apply_modalities(client: OrthancClient, wanted: list[Modality]) -> list[Outcome]:
@@ -78,7 +96,7 @@ def apply_modalities(client: OrthancClient, wanted: list[Modality]) -> list[Outc
     for modality in wanted:
         current = existing.get(modality.name)
         if current is not None and _same(current, modality):
-            outcomes.append(Outcome(modality.name, "unchanged", f"{modality.aet}|{modality.host}|{modality.port}"))
+            outcomes.append(Outcome(modality.name, "unchanged", modality.spec()))
             continue
         body = {**(current or {}), **modality.orthanc_body()}
         try:
@@ -87,10 +105,12 @@ def apply_modalities(client: OrthancClient, wanted: list[Modality]) -> list[Outc
             outcomes.append(Outcome(modality.name, "failed", str(exc)))
             continue
         action = "updated" if current is not None else "created"
-        outcomes.append(Outcome(modality.name, action, f"{modality.aet}|{modality.host}|{modality.port}"))
+        outcomes.append(Outcome(modality.name, action, modality.spec()))
     wanted_names = {m.name for m in wanted}
     for name in sorted(set(existing) - wanted_names):
-        outcomes.append(Outcome(name, "kept", "not in .env (added in the app); left alone"))
+        open_services = retrieve_allowed(existing[name])
+        note = f"; it may query/retrieve (C-{', C-'.join(s.upper() for s in open_services)})" if open_services else ""
+        outcomes.append(Outcome(name, "kept", f"not in .env (added in the app); left alone{note}"))
     return outcomes
 
 
@@ -104,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except SeedError as exc:
         print(f"error: malformed destination line(s); nothing was applied:\n  {str(exc).replace(chr(10), chr(10) + '  ')}",
               file=sys.stderr)
-        print("expected MODALITY_<NAME>=<AET>|<HOST>|<PORT>, e.g. MODALITY_PACS=PACS|127.0.0.1|11112",
-              file=sys.stderr)
+        print("expected MODALITY_<NAME>=<AET>|<HOST>|<PORT>[|<SERVICES>], e.g. MODALITY_PACS=PACS|127.0.0.1|11112 "
+              "(SERVICES find, get, move or qr enables query/retrieve from that host)", file=sys.stderr)
         return exitcodes.CONFIG
     try:
         settings = load_settings(env_file)

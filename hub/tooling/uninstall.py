@@ -12,7 +12,13 @@ writes a new .env and the stack starts on the same data.
 
 Removed by `uninstall`: the above data too, STATE_DIR (with its backups unless
 --keep-backups), and .env. The code checkout and its .venv stay (remove the
-directory to remove them); nothing outside these paths is touched.
+directory to remove them); nothing outside these paths is touched. The backup
+encryption key (BACKUP_KEY_FILE) is never removed: kept backups need it.
+
+`uninstall` deletes only directories the stack created: each must hold the hub's
+ownership marker, and system paths are refused outright (hub/datadirs.py). Every
+check runs before the confirmation, so a refusal changes nothing. `mark` (make
+mark-data-dirs) marks the directories of an install made before markers existed.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hub import pgcluster
+from hub import datadirs, pgcluster
 from hub.envfile import EnvFileError
 from hub.settings import PROJECT_ROOT, Settings, SettingsError, env_file_path, read_config, settings_from_values
 from hub.tooling import exitcodes
@@ -33,20 +39,33 @@ from hub.tooling.control import ControlError, control_for, resolve_mode
 RENDERED = ("orthanc.json", "supervisord.conf", "stack-pids.json", "supervisord.pid", "supervisor.sock")
 
 
-class UnsafePath(ValueError):
-    """A configured path is too dangerous to delete recursively."""
+def check_removable(settings: Settings) -> list[str]:
+    """Every reason not to delete the configured data directories (empty: all may go).
+
+    A system path is refused whatever it holds; any other directory must carry the
+    hub's ownership marker (hub/datadirs.py).
+    """
+    problems = []
+    for role, path in datadirs.configured(settings).items():
+        try:
+            datadirs.check_owned(path, role)
+        except datadirs.NotOwned as exc:
+            problems.append(str(exc))
+    return problems
 
 
-def check_removable(path: Path) -> Path:
-    """Refuse '/', top-level directories, the checkout and its parents, and home directories."""
-    resolved = path.resolve()
-    if len(resolved.parts) < 3:
-        raise UnsafePath(f"refusing to delete {resolved}: too close to the root of the file system")
-    if resolved == PROJECT_ROOT or resolved in PROJECT_ROOT.parents:
-        raise UnsafePath(f"refusing to delete {resolved}: it contains the hub's code")
-    if resolved == Path.home().resolve():
-        raise UnsafePath(f"refusing to delete {resolved}: it is a home directory")
-    return resolved
+def _remove_tree(path: Path) -> None:
+    """Remove `path`; of a mount point (a dedicated DICOM disk) only the contents."""
+    if not path.exists():
+        return
+    if not os.path.ismount(path):
+        shutil.rmtree(path)
+        return
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _size(path: Path) -> str:
@@ -111,15 +130,14 @@ def uninstall(env_file: Path, mode: str, confirm: str | None, keep_backups: bool
         print(f"error: {env_file} is missing or invalid, so the data paths are unknown; "
               "nothing was removed (remove the directories by hand, or restore the .env)", file=sys.stderr)
         return exitcodes.CONFIG
-    targets = [settings.dicom_storage, settings.postgres_storage, settings.state_dir]
-    try:
-        for path in targets:
-            check_removable(path)
-    except UnsafePath as exc:
-        print(f"error: {exc}; nothing was removed", file=sys.stderr)
+    problems = check_removable(settings)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print("nothing was removed", file=sys.stderr)
         return exitcodes.CONFIG
     backups = settings.state_dir / "backups"
-    n_backups = len(list(backups.glob("hub-backup-*.tar"))) if backups.is_dir() else 0
+    n_backups = len(list(backups.glob("hub-backup-*.tar*"))) if backups.is_dir() else 0
     print("This stops the stack and PERMANENTLY removes:")
     print(f"  DICOM storage     {settings.dicom_storage} ({_size(settings.dicom_storage)})")
     print(f"  PostgreSQL data   {settings.postgres_storage} ({_size(settings.postgres_storage)})")
@@ -128,6 +146,9 @@ def uninstall(env_file: Path, mode: str, confirm: str | None, keep_backups: bool
     print(f"  configuration     {env_file}")
     if n_backups and not keep_backups:
         print("  (copy the backups elsewhere first, or run with KEEP_BACKUPS=1)")
+    key = settings.backup_key_file.resolve()
+    if key.exists() and any(p.resolve() in key.parents for p in datadirs.configured(settings).values()):
+        print(f"  and the backup key {key}, without which encrypted backups cannot be restored: copy it first")
     if not _confirm("uninstall", confirm, "remove all of this"):
         print("aborted: nothing was changed", file=sys.stderr)
         return exitcodes.ABORTED
@@ -138,22 +159,38 @@ def uninstall(env_file: Path, mode: str, confirm: str | None, keep_backups: bool
         subprocess.run(compose.compose_argv(env_file, "down", "--volumes", "--remove-orphans"),
                        env=compose.compose_env(settings, env_file), check=False)
     for path in (settings.dicom_storage, settings.postgres_storage):
-        if path.exists():
-            shutil.rmtree(path)
+        _remove_tree(path)
     if settings.state_dir.exists():
         for entry in settings.state_dir.iterdir():
-            if keep_backups and entry.name == "backups":
+            if keep_backups and entry.name in ("backups", datadirs.MARKER):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-        if not keep_backups:
+        if not keep_backups and not os.path.ismount(settings.state_dir):
             settings.state_dir.rmdir()
     env_file.unlink(missing_ok=True)
     print("uninstalled: data, configuration and state removed"
           + (f"; backups kept in {backups}" if keep_backups else ""))
     print(f"the code and its virtual environment remain in {PROJECT_ROOT}")
+    if settings.backup_key_file.exists():
+        print(f"the backup key {settings.backup_key_file} was kept: encrypted backups cannot be restored without it")
+    return exitcodes.OK
+
+
+def mark(env_file: Path) -> int:
+    """`make mark-data-dirs`: mark an older install's data directories as the hub's."""
+    settings = _settings(env_file)
+    if settings is None:
+        print(f"error: {env_file} is missing or invalid, so the data paths are unknown", file=sys.stderr)
+        return exitcodes.CONFIG
+    try:
+        for line in datadirs.mark_existing(settings):
+            print(line)
+    except (datadirs.NotOwned, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
     return exitcodes.OK
 
 
@@ -176,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make clean|reset|uninstall", description=__doc__)
     parser.add_argument("--mode", default=os.environ.get("STACK_MODE", "auto"), choices=("auto", "native", "compose"))
     parser.add_argument("--confirm", default=None, help="the confirmation word, for scripts")
-    parser.add_argument("action", choices=("clean", "reset", "uninstall"))
+    parser.add_argument("action", choices=("clean", "reset", "uninstall", "mark"))
     parser.add_argument("--keep-backups", action="store_true")
     args = parser.parse_args(argv)
     env_file = env_file_path()
@@ -184,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         return clean(env_file, args.mode)
     if args.action == "reset":
         return reset(env_file, args.mode, args.confirm)
+    if args.action == "mark":
+        return mark(env_file)
     try:
         return uninstall(env_file, args.mode, args.confirm, args.keep_backups)
     except OSError as exc:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from hub import pgcluster
+from hub import datadirs, pgcluster
 from hub.envfile import GENERATED_SECRETS, EnvFileError, generate_secret, read_env_file, render_env, write_private
 from hub.settings import DEFAULTS_FILE, MODALITY_PREFIX, SettingsError, env_file_path, settings_from_values
 from hub.tooling import answers, exitcodes
@@ -178,7 +178,7 @@ def edit_destinations(new: dict[str, str], prompt: Prompter) -> None:
         except ValueError as exc:
             print(f"  ! {exc}")
             continue
-        new[MODALITY_PREFIX + modality.name] = f"{modality.aet}|{modality.host}|{modality.port}"
+        new[MODALITY_PREFIX + modality.name] = modality.spec()
         show()
 
 
@@ -230,14 +230,18 @@ def create_directories(values: dict[str, str]) -> list[str]:
 
     DICOM_STORAGE and STATE_DIR belong to the user running the stack (Orthanc runs as
     that user); POSTGRES_STORAGE to the `postgres` user when we are root (initdb and
-    postgres refuse to run as root). Returns what was done, for the operator.
+    postgres refuse to run as root). Each directory created (or found empty) gets the
+    hub's ownership marker, so that `make uninstall` and `make restore` may later
+    delete it and nothing else (hub/datadirs.py); POSTGRES_STORAGE gets it with its
+    cluster, since initdb wants an empty directory. Returns what was done, for the operator.
     """
     settings = settings_from_values(values)
     done = []
-    for path, mode in ((settings.dicom_storage, 0o750), (settings.state_dir, 0o700)):
-        if not path.exists():
-            path.mkdir(parents=True, mode=mode)
-            done.append(f"created {path}")
+    for role, path, mode in (("DICOM_STORAGE", settings.dicom_storage, 0o750),
+                             ("STATE_DIR", settings.state_dir, 0o700)):
+        existed = path.exists()
+        if datadirs.create_owned(path, role, mode):
+            done.append(f"{'marked the empty' if existed else 'created'} {path}")
     pg_dir = settings.postgres_storage
     if not pg_dir.exists():
         pg_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,11 @@ what it did, so a failing run can be replayed from its seed.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +21,27 @@ import httpx
 
 from tests.harness.stack import OrthancServer, PostgresServer
 from tests.harness.waiting import wait_until
+
+
+class CpuHog:
+    """Busy-loop processes on every core while a test runs, as on a loaded hub.
+
+    The windows between the send protocol's steps widen under load; the exactly-once
+    tests run beside a hog so that a kill lands in them as it would on a bad day.
+    """
+
+    def __init__(self, processes: int | None = None):
+        self.processes = processes or os.cpu_count() or 2
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> CpuHog:
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.processes)]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(10)
 
 
 def sigkill_orthanc(server: OrthancServer) -> None:

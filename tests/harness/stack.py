@@ -21,7 +21,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from hub import pgcluster
+from hub import datadirs, pgcluster
 from hub.envfile import generate_secret, read_env_file, render_env, write_private
 from hub.orthanc_config import orthanc_argv, orthanc_env, render_orthanc_config, write_orthanc_config
 from hub.settings import DEFAULTS_FILE, Settings, settings_from_values
@@ -261,6 +261,7 @@ class OrthancServer:
 
     def start(self, timeout: float = 90) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        datadirs.create_owned(self.settings.dicom_storage, "DICOM_STORAGE")  # as `make run` does
         if self.overrides:
             config = render_orthanc_config(self.settings)
             for key, value in self.overrides.items():

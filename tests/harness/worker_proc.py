@@ -21,8 +21,10 @@ from tests.harness.waiting import wait_until
 class WorkerProcess:
     """One worker process reading `values` (raw settings) from its own .env file."""
 
-    def __init__(self, values: dict[str, str], directory: Path, name: str = "worker"):
+    def __init__(self, values: dict[str, str], directory: Path, name: str = "worker",
+                 extra_env: dict[str, str] | None = None):
         self.values = values
+        self.extra_env = extra_env or {}  # process environment, e.g. HUB_FAILPOINT (settings come from .env)
         self.env_file = write_env(values, directory / f"{name}.env")
         self.log = directory / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -32,12 +34,17 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.values['ROUTING_API_PORT']}/health"
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, "HUB_ENV_FILE": str(self.env_file), "PYTHONUNBUFFERED": "1"}
-        self.proc = spawn([sys.executable, "-m", "worker"], self.log, env=env, cwd=PROJECT_ROOT)
-        wait_until(self._healthy, timeout=30, what=f"worker health ({self.log})")
+        self.start_nowait()
+        wait_until(self.healthy, timeout=30, what=f"worker health ({self.log})")
         return self
 
-    def _healthy(self) -> bool:
+    def start_nowait(self) -> WorkerProcess:
+        """Spawn the process and return at once (as supervisord restarts a worker)."""
+        env = {**os.environ, "HUB_ENV_FILE": str(self.env_file), "PYTHONUNBUFFERED": "1", **self.extra_env}
+        self.proc = spawn([sys.executable, "-m", "worker"], self.log, env=env, cwd=PROJECT_ROOT)
+        return self
+
+    def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
         try:
@@ -47,6 +54,13 @@ class WorkerProcess:
 
     def health(self) -> dict:
         return httpx.get(self.health_url, timeout=5).json()
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to end on its own (a failpoint); returns its exit code."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all, as in a crash."""
@@ -103,7 +117,7 @@ def event_types(engine: Engine, study_uid: str) -> list[tuple[str, str | None]]:
             (r.type, r.destination)
             for r in conn.execute(
                 text("SELECT e.type, e.destination FROM events e JOIN studies s ON s.id = e.study_id "
-                     "WHERE s.study_uid = :uid ORDER BY e.at, e.id"),
+                     "WHERE s.study_uid = :uid ORDER BY e.id"),  # recorded (causal) order, as the app lists them
                 {"uid": study_uid},
             )
         ]

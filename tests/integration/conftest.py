@@ -33,8 +33,8 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """`workers(values, name)` starts a worker process; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(values: dict, name: str = "worker") -> WorkerProcess:
-        proc = WorkerProcess(values, tmp_path, name).start()
+    def start(values: dict, name: str = "worker", extra_env: dict[str, str] | None = None) -> WorkerProcess:
+        proc = WorkerProcess(values, tmp_path, name, extra_env).start()
         started.append(proc)
         return proc
 

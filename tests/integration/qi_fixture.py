@@ -57,12 +57,13 @@ class Study:
 class Recorder:
     """The sequence of recorder calls the worker makes, with explicit timestamps."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, uid_root: str = "1.2.826.0.1.3680043.10.77") -> None:
         self.conn = conn
+        self.uid_root = uid_root  # another root lets a second fixture share the database
         self.studies: dict[str, Study] = {}
 
     def arrive(self, key: str, at: datetime, *, modality: str, source: str, wait_s: float) -> Study:
-        uid = f"1.2.826.0.1.3680043.10.77.{len(self.studies) + 1}"
+        uid = f"{self.uid_root}.{len(self.studies) + 1}"
         info = StudyInfo(study_uid=uid, patient_id=f"PID-{key}", patient_name=f"SECRET^{key}",
                          accession_number=f"ACC-{key}", description="XR BONE LENGTH")
         study_id = recorder.upsert_study(self.conn, info, source_aet=source, received_at=at)
@@ -191,4 +192,86 @@ def build(conn: Connection, now: datetime | None = None) -> dict[str, Study]:
     recorder.upsert_series(conn, orphan_id, SeriesInfo(series_uid=f"{orphan_uid}.1", study_uid=orphan_uid,
                                                         sender_aet=AI, first_received_at=utc("2026-03-08T12:00:00")),
                            kind="ai_result", linked_by="unmatched")
+    return r.studies
+
+
+# --- attempts: AI results that answer an earlier attempt, originals delivered before the AI result
+
+ATTEMPTS_ROOT = "1.2.826.0.1.3680043.10.78"
+ATTEMPTS_T0 = utc("2026-04-14T15:00:00")  # 08:00 PDT, an ordinary Tuesday
+
+
+def lost(job_id: int) -> str:
+    """The error the dispatcher records when Orthanc forgot a store job (it crashed mid-send)."""
+    return f"Orthanc no longer knows job oj-{job_id}"
+
+
+def build_attempts(conn: Connection) -> dict[str, Study]:
+    """Studies whose evidence belongs to an earlier attempt or another payload (UTC; t = ATTEMPTS_T0).
+
+    Orthanc's times (receptions, stabilities, job completions) are whole seconds; the
+    worker's own (queueing, attempt starts, failures) have fractions, as in production.
+
+    A1  resend: AI attempt 1 starts t+11.4, Orthanc loses it (failure t+70.1); the AI had
+        answered it: result t+40 (stable t+60); attempt 2 starts t+100.3 and succeeds at
+        t+101. The result is delivered to LPCHROUTER at t+63. 0002 said -61 s; the
+        round trip is 40 - 11 = 29 s.
+    A2  the same in one second: attempt 1 starts t+1040.6, the result is received in
+        that same second (Orthanc writes t+1040); attempt 2 succeeds at t+1046. 0 s.
+    A3  the start of the answered attempt was never recorded (the worker died after
+        Orthanc accepted the store): queued t+2010.3, result t+2030, the only recorded
+        attempt starts t+2050.5 and succeeds t+2051. From the queueing: 20 s.
+    A4  an AI result from elsewhere, received (t+3005) before the hub even queued the
+        study to the AI (t+3010.2, sent t+3012): no round trip to measure.
+    A5  the originals go straight to PACS (done t+4015) and to the AI (sent t+4012,
+        result t+4100, stable t+4120): delivered when the result is stable, t+4120.
+    A6  as A1, but late: attempt 1 starts t+5011.3, the result answers it at t+7111
+        (2100 s > AI_RESULT_TIMEOUT), attempt 2 succeeds at t+7711. 0002 said -600 s.
+    """
+    t0 = ATTEMPTS_T0
+    r = Recorder(conn, ATTEMPTS_ROOT)
+
+    def t(seconds: float) -> datetime:
+        return t0 + timedelta(seconds=seconds)
+
+    a1 = r.arrive("A1", t(0), modality="CR", source="MOD_A", wait_s=10)
+    ai = r.route(a1, t(10.25), AI, "bone_length_ai", purpose="ai")
+    recorder.job_started(conn, ai, orthanc_job_id="oj-a1-1", at=t(11.4))
+    r.ai_result(a1, t(40), settle_s=20)
+    recorder.job_failed(conn, ai, at=t(70.1), error=lost(ai), error_code=None, retry_at=t(100))
+    res = a1.ai_series[-1]
+    j = r.route(a1, t(60.5), "LPCHROUTER", "qa_visualization", series=[res])
+    r.attempt(j, t(61.2), t(63))
+    r.attempt(ai, t(100.3), t(101))
+
+    a2 = r.arrive("A2", t(1000), modality="CR", source="MOD_A", wait_s=10)
+    ai = r.route(a2, t(1010.2), AI, "bone_length_ai", purpose="ai")
+    recorder.job_started(conn, ai, orthanc_job_id="oj-a2-1", at=t(1040.6))
+    r.ai_result(a2, t(1040), settle_s=10)
+    recorder.job_failed(conn, ai, at=t(1041.5), error=lost(ai), error_code=None, retry_at=t(1045))
+    r.attempt(ai, t(1045.1), t(1046))
+
+    a3 = r.arrive("A3", t(2000), modality="CR", source="MOD_A", wait_s=10)
+    ai = r.route(a3, t(2010.3), AI, "bone_length_ai", purpose="ai")
+    r.ai_result(a3, t(2030), settle_s=10)
+    r.attempt(ai, t(2050.5), t(2051))
+
+    a4 = r.arrive("A4", t(3000), modality="CR", source="MOD_A", wait_s=10)
+    r.ai_result(a4, t(3005), settle_s=3)
+    ai = r.route(a4, t(3010.2), AI, "bone_length_ai", purpose="ai")
+    r.attempt(ai, t(3011.1), t(3012))
+
+    a5 = r.arrive("A5", t(4000), modality="CR", source="MOD_A", wait_s=10)
+    ai = r.route(a5, t(4010.2), AI, "bone_length_ai", purpose="ai")
+    j = r.route(a5, t(4010.2), "PACS", "direct_pacs")
+    r.attempt(ai, t(4011.1), t(4012))
+    r.attempt(j, t(4011.2), t(4015))
+    r.ai_result(a5, t(4100), settle_s=20)
+
+    a6 = r.arrive("A6", t(5000), modality="CR", source="MOD_B", wait_s=10)
+    ai = r.route(a6, t(5010.2), AI, "bone_length_ai", purpose="ai")
+    recorder.job_started(conn, ai, orthanc_job_id="oj-a6-1", at=t(5011.3))
+    recorder.job_failed(conn, ai, at=t(5070.4), error=lost(ai), error_code=None, retry_at=t(7700))
+    r.ai_result(a6, t(7111), settle_s=10)
+    r.attempt(ai, t(7700.2), t(7711))
     return r.studies

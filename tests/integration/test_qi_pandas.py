@@ -28,7 +28,7 @@ LA = ZoneInfo("America/Los_Angeles")
 DURATIONS = {
     "wait_stable_s": ("stable_at", "first_received_at"),
     "to_ai_s": ("ai_sent_at", "stable_at"),
-    "ai_round_trip_s": ("ai_result_at", "ai_sent_at"),
+    "ai_round_trip_s": ("ai_result_at", "ai_answered_at"),
     "result_settle_s": ("ai_result_stable_at", "ai_result_at"),
     "to_destinations_s": ("delivered_at", "ready_at"),
     "turnaround_s": ("delivered_at", "first_received_at"),
@@ -40,15 +40,35 @@ def _min(values: pd.Series) -> pd.Timestamp:
     return values.min() if len(values) else pd.NaT
 
 
+def answered_attempt(sent: pd.Timestamp, result: pd.Timestamp, starts: pd.DataFrame | None,
+                     queued: pd.Series) -> pd.Timestamp:
+    """The start of the send the first AI result answers (docs/qi.md "Durations are never negative"):
+    the success when the result came after it; else the latest attempt start at or before the
+    result, at whole seconds; else the AI job's first queueing; else none."""
+    if pd.isna(sent) or pd.isna(result):
+        return pd.NaT
+    if result >= sent:
+        return sent
+    whole = starts["at"].dt.floor("s") if starts is not None else pd.Series([], dtype=object)
+    before = whole[whole <= result]
+    if len(before):
+        return before.max()
+    first = queued.min().floor("s") if len(queued) else pd.NaT
+    return first if pd.notna(first) and first <= result else pd.NaT
+
+
 def recompute(conn: Connection, now: datetime, limits: dict[str, int]) -> pd.DataFrame:
     """One row per (non-orphan) study, from the base tables only."""
     studies = pd.read_sql(text("SELECT id AS study_id, study_uid, accession_number, modalities, source_aet, "
                                "first_received_at, stable_at FROM studies WHERE NOT orphan_ai_result"), conn)
     series = pd.read_sql(text("SELECT study_id, kind, modality, first_received_at, stable_at FROM series"), conn)
-    jobs = pd.read_sql(text("SELECT id, study_id, purpose, destination, rule_name, state, finished_at "
+    jobs = pd.read_sql(text("SELECT id, study_id, purpose, destination, rule_name, state, created_at, finished_at "
                             "FROM routing_jobs"), conn)
     resends = set(pd.read_sql(text("SELECT job_id FROM job_series WHERE is_resend"), conn)["job_id"])
     required = jobs[~jobs["id"].isin(resends)]
+    ai_jobs = set(required[required["purpose"] == "ai"]["id"])
+    started = pd.read_sql(text("SELECT study_id, job_id, at FROM events WHERE type = 'delivery_started'"), conn)
+    ai_starts_of = dict(tuple(started[started["job_id"].isin(ai_jobs)].groupby("study_id")))
     series_of = dict(tuple(series.groupby("study_id")))
     jobs_of = dict(tuple(required.groupby("study_id")))
     rule_jobs_of = dict(tuple(jobs[jobs["rule_name"].notna()].groupby("study_id")))
@@ -67,7 +87,11 @@ def recompute(conn: Connection, now: datetime, limits: dict[str, int]) -> pd.Dat
         deliveries = active[active["purpose"] == "delivery"]
         complete = (len(deliveries) > 0 and bool((deliveries["state"] == "succeeded").all())
                     and (not ai_route or pd.notna(ai_result_stable_at)))
-        delivered_at = deliveries["finished_at"].max() if complete else pd.NaT
+        # delivered once every delivery is done and, on AI routes, the AI result is stable
+        delivered_at = max(deliveries["finished_at"].max(), ai_result_stable_at if ai_route else pd.NaT) \
+            if complete else pd.NaT
+        ai_answered_at = answered_attempt(ai_sent_at, ai_result_at, ai_starts_of.get(s.study_id),
+                                          job[job["purpose"] == "ai"]["created_at"])
         originals = sorted(set(ser[(ser["kind"] == "original")]["modality"].dropna()) - {""})
         per_destination = active.groupby("destination")["state"]
         row = {
@@ -75,7 +99,8 @@ def recompute(conn: Connection, now: datetime, limits: dict[str, int]) -> pd.Dat
             "modality": s.modalities or ("\\".join(originals) if originals else None),
             "source_aet": s.source_aet, "first_received_at": s.first_received_at, "stable_at": s.stable_at,
             "ai_sent_at": ai_sent_at, "ai_result_at": ai_result_at, "ai_result_stable_at": ai_result_stable_at,
-            "ready_at": ready_at, "delivered_at": delivered_at, "routed": len(job) > 0,
+            "ready_at": ready_at, "delivered_at": delivered_at, "ai_answered_at": ai_answered_at,
+            "routed": len(job) > 0,
             "ai_route": ai_route, "delivery_expected": len(job) > 0 and (len(deliveries) > 0 or ai_route),
             "dead": bool((job["state"] == "dead").any()),
             "open": bool(job["state"].isin(["queued", "sending", "failed"]).any()),
@@ -104,13 +129,17 @@ def recompute(conn: Connection, now: datetime, limits: dict[str, int]) -> pd.Dat
     frame["sla_turnaround"] = state(frame["delivery_expected"], frame["turnaround_s"],
                                     frame["first_received_at"], limits["turnaround"])
     frame["sla_ai_round_trip"] = state(sent, frame["ai_round_trip_s"], frame["ai_sent_at"], limits["ai_round_trip"])
+    # a result that answers no send of the hub has no round trip to judge
+    unanswered = frame["ai_result_at"].notna() & frame["ai_round_trip_s"].isna()
+    frame.loc[unanswered, "sla_ai_round_trip"] = None
     frame["sla_to_destinations"] = state(frame["delivery_expected"] & frame["ready_at"].notna(),
                                          frame["to_destinations_s"], frame["ready_at"], limits["to_destinations"])
     waited = (now_ts - frame["ai_sent_at"]).dt.total_seconds()
     frame["ai_result_state"] = np.where(
         ~sent, None,
         np.where(frame["ai_result_at"].notna(),
-                 np.where(frame["ai_round_trip_s"] <= limits["timeout"], "on_time", "late"),
+                 np.where(frame["ai_round_trip_s"].isna() | (frame["ai_round_trip_s"] <= limits["timeout"]),
+                          "on_time", "late"),
                  np.where(waited > limits["timeout"], "overdue", "waiting")))
     local = frame["first_received_at"].dt.tz_convert(LA)
     frame["day"] = local.dt.date
@@ -210,3 +239,11 @@ def test_pandas_agrees_on_synthetic_studies(db: Engine, qi_db: QiDatabase) -> No
     with db.connect() as conn:
         assert qi.dirty_count(conn) > 0
         assert compare(conn, QiFilter(date(2026, 10, 1), date(2026, 11, 30))) > 2900
+
+
+def test_pandas_agrees_on_answers_to_earlier_attempts(db: Engine) -> None:
+    """The fixture of results answering an earlier attempt and of originals delivered before the AI result."""
+    with db.begin() as conn:
+        qi_fixture.build_attempts(conn)
+    with db.connect() as conn:
+        assert compare(conn, QiFilter(date(2026, 4, 14), date(2026, 4, 14))) == 6

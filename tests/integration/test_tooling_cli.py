@@ -35,9 +35,9 @@ rules:
   - name: chest-to-pacs
     when: {kind: original, all: [{tag: StudyDescription, contains: CHEST}]}
     then: {deliver_to: [PACS], payload: matched}
-  - name: hand-to-down
+  - name: hand-to-refusing
     when: {kind: original, all: [{tag: StudyDescription, contains: HAND}]}
-    then: {deliver_to: [DOWNPACS], payload: matched}
+    then: {deliver_to: [REFUSEPACS], payload: matched}
 """
 
 
@@ -91,6 +91,10 @@ def cli_stack(pg_server: PostgresServer, qi_db: QiDatabase, hub_values: dict[str
         closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         closed.bind(("127.0.0.1", 0))
         orthanc.rest.put_modality("DOWNPACS", "DOWNPACS", closed.getsockname()[1])
+        # A PACS that answers C-ECHO and refuses every store: its job spends its attempts
+        # and ends dead (a PACS that is down would only be put on an outage hold).
+        refusing = make_pacs("REFUSEPACS", mode="refuse")
+        orthanc.rest.put_modality("REFUSEPACS", "REFUSEPACS", refusing.port)
         (state / "logs").mkdir(parents=True)
         worker = WorkerProcess(values, state / "logs", "worker").start()
         chest = make_study(1, 2, "CHEST PA")
@@ -142,8 +146,8 @@ def job_id(stack: CliStack, state: str) -> int:
 
 
 def test_every_command_has_help() -> None:
-    for command in ("status", "studies", "study", "destinations", "test", "queue", "retry", "cancel", "logs",
-                    "shell", "db"):
+    for command in ("status", "studies", "study", "destinations", "test", "queue", "retry", "cancel", "hold",
+                    "release", "logs", "shell", "db"):
         result = subprocess.run([str(PROJECT_ROOT / "orthanc"), command, "--help"], capture_output=True, text=True,
                                 timeout=60, check=False)
         assert result.returncode == 0 and "Usage" in result.stdout, (command, result.stderr)
@@ -174,7 +178,7 @@ def test_status_studies_study_queue_and_logs(cli_stack: CliStack) -> None:
     assert orthanc_cli(cli_stack, "study", "1.2.3.4.5.404").returncode == 5
 
     queue = orthanc_cli(cli_stack, "queue")
-    assert queue.returncode == 0 and "dead: 1" in queue.stdout and "DOWNPACS" in queue.stdout
+    assert queue.returncode == 0 and "dead: 1" in queue.stdout and "REFUSEPACS" in queue.stdout
     assert "succeeded" in orthanc_cli(cli_stack, "queue", "--state", "succeeded").stdout
 
     logs = orthanc_cli(cli_stack, "logs", "worker", "-n", "5")

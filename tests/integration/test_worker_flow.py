@@ -104,19 +104,40 @@ def test_new_series_after_stability_routes_only_new_series(env, workers, db, pac
     assert [n for _, n in per_job] == [1, 1]
 
 
-def test_pacs_down_gets_retries_then_delivery(env, workers, db, pacs, clean_orthanc, hub_settings, tmp_path):
+def holds(db) -> list[dict]:
+    with db.connect() as conn:
+        return [dict(r) for r in conn.execute(text(
+            "SELECT destination, kind, probe_failures FROM destination_holds")).mappings()]
+
+
+def test_pacs_down_is_an_outage_hold_that_spends_no_attempt(env, workers, db, pacs, clean_orthanc, hub_settings,
+                                                             tmp_path):
+    """With a budget of one attempt, a PACS that is down must still never make the job dead."""
     clean_orthanc.rest.put_modality("PACS", pacs.aet, pacs.port)
     pacs.stop()
-    workers({**env, "ROUTING_RULES": rules_file(tmp_path, ALL_TO_PACS)})
-    send(make_study(1, 3, "CR HAND"), hub_settings)
-    wait_until(lambda: any(j["attempts"] >= 2 for j in jobs(db)), timeout=40, what="retries while down")
-    failed = jobs(db)[0]
-    assert failed["state"] in ("failed", "sending") and failed["last_error_code"] == 9
+    workers({**env, "ROUTING_RULES": rules_file(tmp_path, ALL_TO_PACS), "RETRY_MAX_ATTEMPTS": "1",
+             "OUTAGE_PROBE_MAX": "2"})
+    study = make_study(1, 3, "CR HAND")
+    send(study, hub_settings)
+    wait_until(lambda: [h for h in holds(db) if h["probe_failures"] >= 2], timeout=40, what="an outage hold, probed")
+    assert [(h["destination"], h["kind"]) for h in holds(db)] == [("PACS", "outage")]
+    waiting = jobs(db)[0]
+    assert waiting["state"] == "queued" and waiting["attempts"] == 0 and waiting["last_error_code"] == 9
     pacs.start()
+    back = time.monotonic()
     wait_until(lambda: all_jobs_final(db, 1), timeout=40, what="delivery after the PACS is back")
+    # one probe interval (OUTAGE_PROBE_MAX) plus the store itself
+    assert time.monotonic() - back < 2 + 3
     job = jobs(db)[0]
-    assert job["state"] == "succeeded" and job["attempts"] >= 2
+    assert job["state"] == "succeeded" and job["attempts"] == 1
     assert pacs.instance_count == 3 and not pacs.duplicates()
+    assert holds(db) == []
+    with db.connect() as conn:
+        outage = conn.execute(text("SELECT destination, ended_at IS NOT NULL AS ended, probes "
+                                   "FROM destination_outages")).one()
+    assert outage.destination == "PACS" and outage.ended and outage.probes >= 3
+    types = [t for t, _ in event_types(db, study[0].StudyInstanceUID)]
+    assert "delivery_failed" in types and "delivery_dead" not in types
 
 
 def test_refusing_pacs_ends_dead_with_error(env, workers, db, make_pacs, clean_orthanc, hub_settings, tmp_path):
@@ -197,6 +218,8 @@ def test_invalid_rules_file_keeps_old_rules(env, workers, db, pacs, clean_orthan
 
 
 def test_unknown_study_ai_result_is_recorded_and_flagged(env, workers, db, clean_orthanc, hub_settings):
+    # The AI node as registered: its results count only from this host (tests/security/test_dicom_identity.py).
+    clean_orthanc.rest.put_modality("MERCURE", "MERCURE", free_port())
     workers(env)
     orphan = derive_ai_series(make_study(1, 1, "NEVER SENT"), "AI REPORT", "SR")
     send(orphan, hub_settings, calling_aet="MERCURE")

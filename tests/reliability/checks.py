@@ -171,3 +171,18 @@ def verify_run(engine: Engine, rest: OrthancRest, topo: Topology, originals: set
     if problems:
         raise AssertionError(f"{figures.summary()}\n" + "\n".join(problems[:60]))
     return figures
+
+
+DURATION_COLUMNS = ("wait_stable_s", "to_ai_s", "ai_round_trip_s", "result_settle_s", "to_destinations_s",
+                    "turnaround_s")
+
+
+def negative_durations(engine: Engine) -> list[tuple[str, str, float]]:
+    """(study, column, value) of every negative stage duration in the QI view `qi_study`."""
+    found: list[tuple[str, str, float]] = []
+    with engine.connect() as conn:
+        for column in DURATION_COLUMNS:
+            rows = conn.execute(text(
+                f"SELECT study_instance_uid, {column} FROM qi_study WHERE {column} < 0")).all()  # noqa: S608 (names)
+            found += [(uid, column, value) for uid, value in rows]
+    return found

@@ -3,9 +3,9 @@ fast-restarted, each in turn at a random point (seeded, see conftest.py).
 
 After recovery nothing accepted is lost, every job is final and succeeded exactly
 once, every peer holds every instance its rules name, and every timeline is
-complete. A duplicate at a peer is allowed only inside the documented window (a job
-that had to be sent again after its store was lost or failed part-way); the test
-prints how many there were.
+complete. A duplicate at a peer is allowed only inside the documented window: a store
+under way when Orthanc crashed (Orthanc forgets it; the worker sends it again); the
+test prints how many there were. The worker's kill may repeat nothing.
 
 Orthanc's index lives in the same PostgreSQL, so the session's servers are the ones
 that crash; they are left running and healthy afterwards for the tests that follow.
@@ -80,8 +80,12 @@ def test_crashes_lose_and_repeat_nothing(topology, workers, db, orthanc, pg_serv
         wait_until(lambda: orthanc_answers(orthanc), timeout=60, what="Orthanc healthy after the crash test")
     assert report.accepted == study_uids(ds for study in studies for ds in study), \
         f"seed {seed}: {len(report.given_up)} studies never accepted"
+    # Only an Orthanc crash (or a database restart that takes Orthanc with it) may repeat a
+    # store: the worker's own kill must not (the send protocol adopts what Orthanc has).
+    orthanc_faults = [at for at, (_, name, _) in zip(injector.struck_at, injector.done, strict=True)
+                      if name != "worker SIGKILL"]
     figures = verify_run(db, orthanc.rest, topology, originals, report.accepted, ai_studies,
-                         duplicates_allowed_after_retries=True, faults_at=injector.struck_at)
+                         duplicates_allowed_after_retries=True, faults_at=orthanc_faults)
     print(f"seed {seed}: faults {injector.done}; {report.retries} sender retries, "
           f"{time.monotonic() - began:.0f} s; {figures.summary()}")
     assert [name for _, name, _ in injector.done] == [name for name, _ in faults]

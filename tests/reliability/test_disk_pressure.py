@@ -304,8 +304,12 @@ def test_a_full_disk_refuses_new_data_reports_it_and_loses_nothing(
 
     # 6. Every accepted instance was routed; none is deliverable yet (the PACS is down),
     # so the documented purge query offers none of them, however old they are.
-    wait_until(lambda: len(jobs(stack.db)) == n_studies and any(j["attempts"] for j in jobs(stack.db)),
-               timeout=60, what="a job per accepted study, attempted")
+    def pacs_held() -> bool:  # the worker tried, found the PACS not answering, and holds it
+        with stack.db.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM destination_holds WHERE kind = 'outage'")).scalar_one() == 1
+
+    wait_until(lambda: len(jobs(stack.db)) == n_studies and pacs_held(),
+               timeout=60, what="a job per accepted study, tried, the PACS on an outage hold")
     age_every_study(stack.db, days=30)
     assert purgeable(stack) == set()
 

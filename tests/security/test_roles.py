@@ -87,7 +87,8 @@ def test_a_viewer_has_no_enabled_action_on_any_page(
     # The same pages do offer the actions to an operator (so the check above means something).
     operator = _detail(open_page, flows["dead"].study_id, "operator")
     assert set(_enabled_actions(operator)) == {"detail_retry", "detail_cancel", "detail_resend"}
-    assert set(_enabled_actions(open_page("destinations", as_="operator"))) == {"echo_one", "echo_all"}
+    # Hold is an operator's action; Release stays disabled while nothing is held.
+    assert set(_enabled_actions(open_page("destinations", as_="operator"))) == {"echo_one", "echo_all", "hold_button"}
 
 
 def test_user_management_is_out_of_reach_below_admin(app_env: AppEnv) -> None:

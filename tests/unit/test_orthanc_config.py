@@ -47,7 +47,9 @@ def test_security_and_routing_behaviour(hub_settings: Settings) -> None:
     assert config["ConcurrentJobs"] == hub_settings.orthanc_concurrent_jobs
     assert config["DicomModalitiesInDatabase"] is True
     assert config["DicomAlwaysAllowStore"] is True and config["DicomAlwaysAllowEcho"] is True
-    assert config["DicomCheckModalityHost"] is False
+    # Query/retrieve: registered modalities only, from their registered host (tests/security/test_dicom_identity.py).
+    assert config["DicomCheckModalityHost"] is True
+    assert not [k for k in ("Find", "FindWorklist", "Get", "Move") if config[f"DicomAlwaysAllow{k}"] is not False]
     # Recycling would delete undelivered studies: never on.
     assert config["MaximumStorageSize"] == 0 and config["MaximumPatientCount"] == 0
     assert config["OverwriteInstances"] is False

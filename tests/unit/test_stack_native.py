@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from hub import pgcluster
 from hub.envfile import GENERATED_SECRETS
-from hub.settings import Settings, settings_from_values
+from hub.settings import PROJECT_ROOT, Settings, settings_from_values
 from hub.stack import native
 from hub.stack.layout import SERVICES, StackLayout
 from hub.stack.supervisor_conf import probe_host, render_supervisord_conf
@@ -44,7 +45,9 @@ def test_commands_and_environment(hub_settings: Settings, tmp_path: Path) -> Non
     if os.geteuid() == 0:
         assert conf["program:postgres"]["user"] == "postgres"
     orthanc = conf["program:orthanc"]
-    assert orthanc["command"] == f"/usr/sbin/Orthanc {s.state_dir / 'orthanc.json'}"
+    # Orthanc runs through the log filter, which execs it (hub/logredact.py).
+    assert orthanc["command"] == (f"{sys.executable} -I {PROJECT_ROOT / 'hub' / 'logredact.py'} -- "
+                                  f"/usr/sbin/Orthanc {s.state_dir / 'orthanc.json'}")
     assert 'TCP_NODELAY="1"' in orthanc["environment"] and f'TZ="{s.tz}"' in orthanc["environment"]
     assert 'HUB_CONFIG_FINGERPRINT="aaa"' in orthanc["environment"]
     for name in ("worker", "app"):

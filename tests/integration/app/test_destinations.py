@@ -77,7 +77,11 @@ def test_add_edit_delete_take_effect_in_orthanc_and_are_audited(
     assert orthanc_modalities(app_env)["PACS2"]["Port"] == 11104
     add = app_env.audit("destination.add")[0]
     assert (add.actor, add.target, add.after) == (
-        USERS["admin"], "destination:PACS2", {"aet": "PACS2_AE", "host": "127.0.0.1", "port": 11104})
+        USERS["admin"], "destination:PACS2", {"aet": "PACS2_AE", "host": "127.0.0.1", "port": 11104, "retrieve": []})
+    # By default a destination may echo and store, never query/retrieve (issue 15).
+    flags = orthanc_modalities(app_env)["PACS2"]
+    assert [flags[k] for k in ("AllowEcho", "AllowStore", "AllowFind", "AllowGet", "AllowMove")] == [
+        True, True, False, False, False]
     fill_add(at, "PACS2", "OTHER", "127.0.0.1", "104")  # a duplicate name is refused
     assert any("already exists" in e.value for e in at.error)
 
@@ -92,6 +96,22 @@ def test_add_edit_delete_take_effect_in_orthanc_and_are_audited(
     assert orthanc_modalities(app_env)["PACS2"]["AET"] == "PACS2_NEW"
     edit = app_env.audit("destination.edit")[0]
     assert edit.before["port"] == 11104 and edit.after["port"] == 11105
+    # Query/retrieve is enabled per service, and only for a host given as an IP address.
+    at.multiselect(key="edit_retrieve_PACS2").set_value(["find"])
+    at.text_input(key="edit_host_PACS2").input("pacs.example")
+    next(b for b in at.form_submit_button if b.label == "Save changes").click()
+    at.run()
+    assert any("needs the host as an IP address" in e.value for e in at.error)
+    at.text_input(key="edit_host_PACS2").input("127.0.0.1")
+    next(b for b in at.form_submit_button if b.label == "Save changes").click()
+    at.run()
+    assert_clean(at)
+    assert [orthanc_modalities(app_env)["PACS2"][k] for k in ("AllowFind", "AllowGet", "AllowMove")] == [
+        True, False, False]
+    assert app_env.audit("destination.edit")[1].after["retrieve"] == ["find"]
+    at.multiselect(key="edit_retrieve_PACS2").set_value([])
+    next(b for b in at.form_submit_button if b.label == "Save changes").click()
+    at.run()
     at.text_input(key="edit_port_PACS2").input("0")
     next(b for b in at.form_submit_button if b.label == "Save changes").click()
     at.run()
@@ -106,7 +126,8 @@ def test_add_edit_delete_take_effect_in_orthanc_and_are_audited(
     at.button(key="delete_destination_yes").click()
     at.run()
     assert "PACS2" not in orthanc_modalities(app_env)
-    assert app_env.audit("destination.delete")[0].before == {"aet": "PACS2_NEW", "host": "127.0.0.1", "port": 11105}
+    assert app_env.audit("destination.delete")[0].before == {"aet": "PACS2_NEW", "host": "127.0.0.1", "port": 11105,
+                                                             "retrieve": []}
 
 
 def test_echo_one_and_all_with_latency_and_errors(

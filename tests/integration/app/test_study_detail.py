@@ -113,6 +113,7 @@ def test_resend_to_a_chosen_destination_after_confirmation(
     app_env.orthanc.rest.put_modality("LPCHROUTER", "LPCHROUTER", 11999)
     flow = flows["delivered"]
     at = detail(flow.study_id, as_="operator")
+    stages = table_rows(at, "Stage")
     at.selectbox(key="detail_resend_dest").set_value("LPCHROUTER")
     at.selectbox(key="detail_resend_kind").set_value("ai_result")
     at.button(key="detail_resend").click()
@@ -129,6 +130,10 @@ def test_resend_to_a_chosen_destination_after_confirmation(
         (flow.ai_series_ids[0], True)]
     audit = app_env.audit("study.resend")[0]
     assert audit.target == f"study:{flow.study_id}" and audit.after["destination"] == "LPCHROUTER"
+    # the resend is its own job: the delivered study keeps its status and its reached stages
+    assert app_env.scalar("SELECT status FROM studies WHERE id = :id", id=flow.study_id) == "delivered"
+    assert table_rows(detail(flow.study_id, as_="operator"), "Stage") == stages
+    assert stages[3]["Stage"] == "Routed to Destinations" and stages[3]["Note"] != "pending"
 
 
 @pytest.fixture
