@@ -307,6 +307,7 @@ class AINode(StorageSCP):
         self.first_received_at: dict[str, float] = {}
         self.last_received_at: dict[str, float] = {}
         self.results_sent_at: dict[str, float] = {}
+        self.results_transfer_s: dict[str, float] = {}  # how long the first results' C-STOREs took
         self.retry_s = retry_s
         self.retry_for_s = retry_for_s
         self._retries: list[tuple[float, float, str, list[Dataset]]] = []  # (due, first try, uid, results)
@@ -412,6 +413,7 @@ class AINode(StorageSCP):
             problem = f"statuses {[hex(s) for s in statuses]}"
         ok = sum(1 for s in statuses if s == STATUS_SUCCESS)
         with self._lock:
+            self.results_transfer_s.setdefault(study_uid, time.time() - self.results_sent_at[study_uid])
             self._returning -= 1
             self.returned += ok
             if ok == len(derived):

@@ -88,14 +88,16 @@ def make_batches(jobs: list[ClaimedJob], size: int) -> list[list[ClaimedJob]]:
 
     First sends to the same destination travel together, up to `size` jobs. A job that
     already failed once is retried alone, so one study the peer rejects cannot drag
-    its batch mates to `dead`. Adopted jobs stay grouped by their Orthanc job id (they
+    its batch mates to `dead`. AI sends go one study per store job: the store's
+    completion is then that study's own arrival at the AI node, which is where its AI
+    round trip starts (docs/qi.md); in a batch it would be the last study's. Adopted jobs stay grouped by their Orthanc job id (they
     are polled, never resent) or by their send intent (one batch of a dead worker,
     looked up in Orthanc as a whole).
     """
     groups: dict[tuple[str, str | None, datetime | None], list[ClaimedJob]] = {}
     batches = []
     for job in jobs:
-        if job.orthanc_job_id is None and job.send_intent_at is None and job.attempts > 0:
+        if job.orthanc_job_id is None and job.send_intent_at is None and (job.attempts > 0 or job.purpose == "ai"):
             batches.append([job])
         else:
             groups.setdefault((job.destination, job.orthanc_job_id, job.send_intent_at), []).append(job)

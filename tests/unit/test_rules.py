@@ -185,3 +185,10 @@ def test_batches_group_first_sends_by_destination_and_isolate_retries():
     jobs = [job(1), job(2), job(3, "B"), job(4), job(5, attempts=2), job(6, oj="x", attempts=1), job(7, oj="x")]
     batches = [[j.id for j in b] for b in make_batches(jobs, 2)]
     assert sorted(batches) == [[1, 2], [3], [4], [5], [6, 7]]
+
+
+def test_ai_sends_go_one_study_per_store_job():
+    from worker.dispatcher import ClaimedJob, make_batches
+
+    jobs = [ClaimedJob(i, i, "MERCURE", "ai", None, 0) for i in range(1, 4)]
+    assert [[j.id for j in b] for b in make_batches(jobs, 10)] == [[1], [2], [3]]
