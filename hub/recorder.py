@@ -279,14 +279,20 @@ def job_succeeded(conn: Connection, job_id: int, *, at: datetime, instances_sent
 
 
 def jobs_succeeded(conn: Connection, job_ids: Sequence[int], *, at: datetime, instances_sent: int | None) -> None:
-    """Mark jobs succeeded (one statement per batch); an AI job's success is the study's `ai_sent` event."""
+    """Mark jobs succeeded (one statement per batch); an AI job's success is the study's `ai_sent` event.
+
+    Idempotent: two workers can follow the same Orthanc job (one adopted it while the
+    other's liveness lock was being taken again after a database restart); the second
+    success records nothing, so a job never gets two `delivered` events.
+    """
     study_ids = conn.execute(
         text(
             """
             WITH done AS (
                 UPDATE routing_jobs SET state = 'succeeded', finished_at = :at, updated_at = :at,
                        instances_sent = :n, last_error = NULL, last_error_code = NULL, claimed_by = NULL
-                WHERE id = ANY(CAST(:ids AS bigint[])) RETURNING id, study_id, destination, purpose
+                WHERE id = ANY(CAST(:ids AS bigint[])) AND state <> 'succeeded'
+                RETURNING id, study_id, destination, purpose
             )
             INSERT INTO events (study_id, job_id, type, at, destination, detail)
             SELECT study_id, id, CASE WHEN purpose = 'ai' THEN 'ai_sent' ELSE 'delivered' END, :at, destination,

@@ -72,3 +72,19 @@ def test_a_batch_is_recorded_like_its_jobs_one_by_one(db):
     assert [row[1:] for row in batch["jobs"]] == [("succeeded", 1, "oj", started, done, None, None)] * 3
     # The AI job succeeded but no result came back yet; the second study is fully delivered.
     assert batch["statuses"] == ["ai_pending", "delivered"]
+
+
+def test_a_second_success_of_the_same_job_records_nothing(db):
+    """Two workers may follow one Orthanc job; the job still gets one outcome event."""
+    with db.begin() as conn:
+        _, jobs = make_jobs(conn, "1.2.3")
+        recorder.jobs_started(conn, jobs, orthanc_job_id="oj", at=T0)
+        recorder.jobs_succeeded(conn, jobs, at=T0 + timedelta(seconds=2), instances_sent=None)
+        recorder.jobs_succeeded(conn, jobs, at=T0 + timedelta(seconds=3), instances_sent=None)
+        outcomes = conn.execute(text(
+            "SELECT job_id, count(*) FROM events WHERE job_id = ANY(:jobs) AND type IN ('delivered', 'ai_sent') "
+            "GROUP BY job_id"), {"jobs": jobs}).all()
+        finished = set(conn.execute(text("SELECT finished_at FROM routing_jobs WHERE id = ANY(:jobs)"),
+                                    {"jobs": jobs}).scalars())
+    assert sorted(n for _, n in outcomes) == [1] * len(jobs)
+    assert finished == {T0 + timedelta(seconds=2)}
