@@ -473,6 +473,28 @@ def outage_started(conn: Connection, destination: str, *, at: datetime, error: s
     return held
 
 
+def lease_outage_probe(conn: Connection, *, now: datetime, lease_until: datetime) -> tuple[str, int] | None:
+    """Take one due outage probe: (destination, failed probes so far), or None.
+
+    Moving `next_probe_at` to `lease_until` under SKIP LOCKED is the lease: no other
+    worker probes that destination before this probe is recorded or the lease ends.
+    """
+    row = conn.execute(
+        text(
+            """
+            UPDATE destination_holds SET next_probe_at = :lease
+            WHERE destination = (
+                SELECT destination FROM destination_holds
+                WHERE kind = 'outage' AND (next_probe_at IS NULL OR next_probe_at <= :now)
+                ORDER BY next_probe_at NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING destination, probe_failures
+            """
+        ),
+        {"now": now, "lease": lease_until},
+    ).first()
+    return (row.destination, row.probe_failures) if row else None
+
+
 def outage_probe_failed(conn: Connection, destination: str, *, at: datetime, error: str,
                         next_probe_at: datetime) -> None:
     conn.execute(

@@ -49,7 +49,7 @@ from hub.failpoints import Failpoint
 from hub.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, parse_orthanc_time
 from hub.settings import Settings
 from worker.metrics import FAILURES, SEND_SECONDS
-from worker.outages import first_probe_delay
+from worker.outages import ECHO_TIMEOUT_S, first_probe_delay
 
 log = logging.getLogger(__name__)
 CLAIM_LOCK_KEY = 0x0A7C_0002
@@ -67,7 +67,6 @@ RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailur
 INTENT_SETTLE_S = 10.0
 # Orthanc's job times are whole seconds, ours are not; both clocks are the same host's.
 INTENT_CLOCK_SLACK_S = 2.0
-ECHO_TIMEOUT_S = 5
 ORTHANC_DOWN_RETRY_S = 3.0  # Orthanc itself unreachable: try again soon, spending no attempt
 T = TypeVar("T")
 

@@ -132,13 +132,7 @@ def record_series(
         recorder.refresh_study_status(conn, study_id)
         return RecordedSeries(series_id, study_id, "original", True)
 
-    link = recorder.find_study_for_ai_result(conn, fetched.study.study_uid, fetched.study.accession_number)
-    if link is None:
-        study_id = recorder.upsert_study(conn, fetched.study, source_aet=fetched.info.sender_aet, received_at=at)
-        recorder.set_orphan(conn, study_id)
-        linked_by = "unmatched"
-    else:
-        study_id, linked_by = link
+    link, study_id, linked_by = _attach_to_claimed_study(conn, fetched, at)
     series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind="ai_result", linked_by=linked_by)
     recorder.add_event(
         conn, study_id, "ai_result_received" if link else "ai_result_unmatched", at, series_id=series_id,
@@ -153,6 +147,19 @@ def record_series(
     return RecordedSeries(series_id, study_id, "ai_result", True)
 
 
+def _attach_to_claimed_study(
+    conn: Connection, fetched: OrthancSeries, at: datetime
+) -> tuple[tuple[int, str] | None, int, str]:
+    """The study a non-original series claims (by StudyInstanceUID, then accession), or a
+    new orphan study of its own: (the link found or None, study id, how it was linked)."""
+    link = recorder.find_study_for_ai_result(conn, fetched.study.study_uid, fetched.study.accession_number)
+    if link is not None:
+        return link, link[0], link[1]
+    study_id = recorder.upsert_study(conn, fetched.study, source_aet=fetched.info.sender_aet, received_at=at)
+    recorder.set_orphan(conn, study_id)
+    return None, study_id, "unmatched"
+
+
 def _record_rejected(conn: Connection, fetched: OrthancSeries, origin: Origin, at: datetime) -> RecordedSeries:
     """Keep a series whose claimed AI sender failed the origin check: recorded, never routed, flagged.
 
@@ -162,13 +169,7 @@ def _record_rejected(conn: Connection, fetched: OrthancSeries, origin: Origin, a
     Kind `rejected` keeps it out of the rules (worker/router.py), the stability sweep,
     resends, and the AI-result timings.
     """
-    link = recorder.find_study_for_ai_result(conn, fetched.study.study_uid, fetched.study.accession_number)
-    if link is None:
-        study_id = recorder.upsert_study(conn, fetched.study, source_aet=fetched.info.sender_aet, received_at=at)
-        recorder.set_orphan(conn, study_id)
-        linked_by = "unmatched"
-    else:
-        study_id, linked_by = link
+    _, study_id, linked_by = _attach_to_claimed_study(conn, fetched, at)
     series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind="rejected", linked_by=linked_by)
     detail = {**origin.detail(), "modality": fetched.info.modality}
     recorder.add_event(conn, study_id, sender_checks.EVENT, at, series_id=series_id, detail=detail)

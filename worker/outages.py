@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from hub import recorder
@@ -59,32 +59,21 @@ class OutageProber:
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             recorder.close_outages_taken_over(conn, now)
-            row = conn.execute(
-                text(
-                    """
-                    UPDATE destination_holds SET next_probe_at = :lease
-                    WHERE destination = (
-                        SELECT destination FROM destination_holds
-                        WHERE kind = 'outage' AND (next_probe_at IS NULL OR next_probe_at <= :now)
-                        ORDER BY next_probe_at NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED)
-                    RETURNING destination, probe_failures
-                    """
-                ),
-                {"now": now, "lease": now + timedelta(seconds=ECHO_TIMEOUT_S + 5)},
-            ).first()
-        if row is None:
+            due = recorder.lease_outage_probe(conn, now=now, lease_until=now + timedelta(seconds=ECHO_TIMEOUT_S + 5))
+        if due is None:
             return False
-        echo = self.orthanc.echo(row.destination, timeout=ECHO_TIMEOUT_S, raise_unreachable=True)
+        destination, failures = due
+        echo = self.orthanc.echo(destination, timeout=ECHO_TIMEOUT_S, raise_unreachable=True)
         at = datetime.now(UTC)
         with self.engine.begin() as conn:
             if echo.ok:
-                lifted = recorder.outage_ended(conn, row.destination, at=at)
+                lifted = recorder.outage_ended(conn, destination, at=at)
             else:
                 recorder.outage_probe_failed(
-                    conn, row.destination, at=at, error=echo.error or "no answer",
-                    next_probe_at=at + timedelta(seconds=probe_delay(self.settings, row.probe_failures + 1)))
+                    conn, destination, at=at, error=echo.error or "no answer",
+                    next_probe_at=at + timedelta(seconds=probe_delay(self.settings, failures + 1)))
         if echo.ok:
             log.info("destination answers C-ECHO again: outage hold lifted",
-                     extra={"fields": {"destination": row.destination, "lifted": lifted}})
+                     extra={"fields": {"destination": destination, "lifted": lifted}})
             self.on_lift()
         return True
