@@ -1,6 +1,6 @@
 # Routing hub: `make run` starts the whole stack, `make test` runs every check.
 #
-# The stack commands are implemented in hub/stack (python -m hub.stack); this file
+# The stack commands are implemented in ops/stack (python -m ops.stack); this file
 # only makes sure the virtual environment exists first. STACK_MODE=auto uses Docker
 # Compose when a Docker engine answers and `docker compose` works, and the native
 # stack (supervisord) otherwise; force one with STACK_MODE=native or STACK_MODE=compose.
@@ -14,7 +14,7 @@ VENV := .venv
 VENV_PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.requirements-installed
 STACK_MODE ?= auto
-STACK := $(VENV_PY) -m hub.stack --mode $(STACK_MODE)
+STACK := $(VENV_PY) -m ops.stack --mode $(STACK_MODE)
 # make logs SERVICE=orthanc FOLLOW=1 LINES=200
 SERVICE ?=
 FOLLOW ?=
@@ -69,11 +69,11 @@ lint: $(VENV_STAMP) ## ruff on the whole project
 	$(VENV)/bin/ruff check .
 
 audit: $(VENV_STAMP) ## pip-audit of requirements.txt; fails on known vulnerabilities that have a fix
-	$(VENV_PY) -m hub.tooling.dependency_audit requirements.txt
+	$(VENV_PY) -m ops.tooling.dependency_audit requirements.txt
 
 test: $(VENV_STAMP) ## ruff, the dependency audit, then the whole pytest suite (unit, integration, browser)
 	$(VENV)/bin/ruff check .
-	$(VENV_PY) -m hub.tooling.dependency_audit --if-unavailable warn requirements.txt
+	$(VENV_PY) -m ops.tooling.dependency_audit --if-unavailable warn requirements.txt
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-long: $(VENV_STAMP) ## the reliability runs longer than 5 minutes (not part of make test or CI)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import streamlit as st
 from sqlalchemy import Engine
 
-from hub.db import engine_for
-from hub.orthanc_client import OrthancClient
-from hub.settings import Settings, load_settings
+from core.db import engine_for
+from core.orthanc_client import OrthancClient
+from core.settings import Settings, load_settings
 
 
 @st.cache_resource

@@ -20,7 +20,7 @@ import streamlit as st  # noqa: E402
 
 from app.components.access import current_user, logout, use_navigation_mode  # noqa: E402
 from app.components.login import login_page  # noqa: E402
-from hub.auth import role_at_least  # noqa: E402
+from core.auth import role_at_least  # noqa: E402
 
 PAGES = APP_DIR / "pages"
 OPERATIONS = (

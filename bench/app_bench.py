@@ -2,9 +2,9 @@
 
     .venv/bin/python -m bench.app_bench [--studies 100000] [--runs 7] [--browser] [--write]
 
-A real PostgreSQL and a real Orthanc start on free loopback ports. bench/seed.py
+A real PostgreSQL and a real Orthanc start on free loopback ports. bench/app_flows.py
 fills the QI database with N studies over the past year (set-based, shaped like the
-recorder's rows), then hub/recorder.py adds today's studies in every workflow state,
+recorder's rows), then core/recorder.py adds today's studies in every workflow state,
 so the "today" and "last 24 h" figures are not empty. Each page is then rendered by
 the app's own code:
 
@@ -38,13 +38,14 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from bench import seed as bulk_seed
-from hub import auth, pgcluster
-from hub.db import migrate
-from hub.envfile import generate_secret
-from hub.settings import PROJECT_ROOT, settings_from_values
-from tests.harness.ports import free_port
-from tests.harness.stack import OrthancServer, PostgresServer, make_values, remove_tree, write_env
-from tests.integration.app import seed as flows
+from core import auth
+from core.db import migrate
+from core.envfile import generate_secret
+from core.settings import PROJECT_ROOT, settings_from_values
+from ops import pgcluster
+from testkit import app_flows as flows
+from testkit.harness.ports import free_port
+from testkit.harness.stack import OrthancServer, PostgresServer, make_values, remove_tree, write_env
 
 RESULTS = PROJECT_ROOT / "bench" / "RESULTS.md"
 ADMIN = ("bench_admin", "bench-admin-password")
@@ -68,7 +69,7 @@ def populate(url: str, studies: int, settings_tz: str) -> dict[str, float]:
     timings: dict[str, float] = {}
     t = time.perf_counter()
     bulk_seed.main(["--url", url, "--studies", str(studies), "--days", "365", "--tz", settings_tz])
-    timings["bulk seed (bench/seed.py)"] = time.perf_counter() - t
+    timings["bulk seed (bench/app_flows.py)"] = time.perf_counter() - t
     engine = create_engine(url)
     t = time.perf_counter()
     with engine.begin() as conn:
@@ -234,7 +235,7 @@ def write_results(command: str, studies: int, setup: dict[str, float], rows: dic
         "",
         f"Machine: {os.cpu_count()} CPU(s), Python {platform.python_version()}, PostgreSQL 15, Orthanc 1.10.1, "
         f"Streamlit 1.67; database: {int(setup['studies in the database']):,} studies "
-        f"(bench/seed.py for the past year plus 280 recorder-made studies today).",
+        f"(bench/app_flows.py for the past year plus 280 recorder-made studies today).",
         "",
         "| Page | cold (s) | warm median (s) | warm max (s) |",
         "|---|---:|---:|---:|",

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from bench.stack import BenchStack, bench_stack, print_footer
 from bench.worker_bench import cpu_seconds
-from hub.synthetic import make_study, write_datasets
-from tests.harness.ports import free_port
-from tests.harness.stack import OrthancRest
-from tests.harness.waiting import wait_until
+from testkit.harness.ports import free_port
+from testkit.harness.stack import OrthancRest
+from testkit.harness.waiting import wait_until
+from testkit.synthetic import make_study, write_datasets
 
 LAG_SAMPLE_S = 0.2
 

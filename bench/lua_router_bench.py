@@ -37,9 +37,9 @@ import numpy as np
 
 from bench.stack import BenchStack, bench_stack, print_footer
 from bench.worker_bench import send_all
-from hub.synthetic import make_study
-from tests.harness.ports import free_port
-from tests.harness.waiting import WaitTimeout, wait_until
+from testkit.harness.ports import free_port
+from testkit.harness.waiting import WaitTimeout, wait_until
+from testkit.synthetic import make_study
 
 # Orthanc 1.10.1's Lua SendToModality takes an *instance* id: given the study id it
 # logs "Unable to read attachment dicom of instance <study id>", sends nothing, and

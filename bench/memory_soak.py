@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.stack import bench_stack
-from hub.dicom_peers import send_datasets
-from hub.synthetic import make_study
-from tests.harness.ports import free_port
-from tests.harness.waiting import wait_until
+from testkit.dicom_peers import send_datasets
+from testkit.harness.ports import free_port
+from testkit.harness.waiting import wait_until
+from testkit.synthetic import make_study
 
 SAMPLE_EVERY_S = 10.0
 

@@ -18,12 +18,12 @@ import sys
 from sqlalchemy import text
 
 from bench.stack import ALL_TO_PEER, bench_stack, print_footer
-from hub.dicom_peers import StorageSCP, send_datasets
-from hub.operations import hold_destination, release_destination
-from hub.synthetic import make_study
-from tests.harness.faults import sigkill_orthanc
-from tests.harness.ports import free_port
-from tests.harness.waiting import wait_until
+from core.operations import hold_destination, release_destination
+from testkit.dicom_peers import StorageSCP, send_datasets
+from testkit.harness.faults import sigkill_orthanc
+from testkit.harness.ports import free_port
+from testkit.harness.waiting import wait_until
+from testkit.synthetic import make_study
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ Run against a database filled by bench/seed.py (1M studies, ~15M events):
     .venv/bin/python bench/qi_bench.py --url postgresql://... [--repeat 20] [--days 30 90 365]
 
 What is measured, and why:
-- pages: the exact hub.qi calls each QI page makes on a render (PAGES below mirrors
+- pages: the exact core.qi calls each QI page makes on a render (PAGES below mirrors
   app/pages/qi_*.py), in one transaction like the page, repeated; p50/p95/max of the
   page total. Each repetition shifts the window by a day, so PostgreSQL cannot answer
   from a single cached plan/result, as a user moving through dates would see.
@@ -37,9 +37,9 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 from sqlalchemy import Connection, text  # noqa: E402
 
-from hub import qi, recorder  # noqa: E402
-from hub.db import make_engine  # noqa: E402
-from hub.qi import QiFilter  # noqa: E402
+from core import qi, recorder  # noqa: E402
+from core.db import make_engine  # noqa: E402
+from core.qi import QiFilter  # noqa: E402
 
 Query = Callable[[Connection, QiFilter, ZoneInfo], object]
 
@@ -118,9 +118,9 @@ from datetime import date
 from pathlib import Path
 from zoneinfo import ZoneInfo
 sys.path.insert(0, {root!r})
-from hub import reports
-from hub.db import make_engine
-from hub.qi import QiFilter
+from core import reports
+from core.db import make_engine
+from core.qi import QiFilter
 engine = make_engine({url!r})
 started = time.perf_counter()
 with engine.connect() as conn, conn.begin():

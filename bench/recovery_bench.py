@@ -24,11 +24,11 @@ import time
 from sqlalchemy import text
 
 from bench.stack import ALL_TO_PEER, BenchStack, bench_stack, print_footer
-from hub.dicom_peers import send_datasets
-from hub.synthetic import make_study
-from tests.harness.ports import free_port
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import WorkerProcess
+from testkit.dicom_peers import send_datasets
+from testkit.harness.ports import free_port
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import WorkerProcess
+from testkit.synthetic import make_study
 
 
 def claimed_by(stack: BenchStack, pid: int) -> list[int]:

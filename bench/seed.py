@@ -2,11 +2,11 @@
 
 Why a separate seeder: the real pipeline (Orthanc + worker) records a few studies a
 second, so a million studies can only be written set-based, with generate_series in
-the server. The rows mimic what hub/recorder.py writes (same tables, same event
+the server. The rows mimic what core/recorder.py writes (same tables, same event
 types, same job states), with realistic shapes: a diurnal and weekly volume curve in
 TZ, log-normal stage durations, retried and dead jobs, AI results that are late or
 never come. Every time is a whole second, as the worker records them (Orthanc's times
-have whole seconds; hub.orthanc_client.parse_orthanc_time truncates job times).
+have whole seconds; core.orthanc_client.parse_orthanc_time truncates job times).
 The QI caches are rebuilt at the end (`qi_rebuild()`).
 
 Ids are derived from the study number (series 5*i+k, jobs 4*i+k), so the script

@@ -4,7 +4,7 @@
 production) in a temporary directory and yields a `BenchStack`; what a benchmark
 starts through it (Orthancs, dcmtk `storescp` peers, workers) is stopped in reverse
 order when the block ends, even when the benchmark fails. Settings are the test
-harness's (`tests/harness/stack.py`): free ports, fresh secrets, STABLE_AGE 2 s and
+harness's (`testkit/harness/stack.py`): free ports, fresh secrets, STABLE_AGE 2 s and
 POLL_INTERVAL 0.5 s unless overridden.
 """
 
@@ -23,12 +23,12 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
-from hub import pgcluster
-from hub.db import migrate
-from hub.envfile import generate_secret
-from hub.settings import Settings, settings_from_values
-from tests.harness.stack import OrthancRest, OrthancServer, PostgresServer, make_values, remove_tree
-from tests.harness.worker_proc import WorkerProcess
+from core.db import migrate
+from core.envfile import generate_secret
+from core.settings import Settings, settings_from_values
+from ops import pgcluster
+from testkit.harness.stack import OrthancRest, OrthancServer, PostgresServer, make_values, remove_tree
+from testkit.harness.worker_proc import WorkerProcess
 
 ALL_TO_PEER = """
 version: 1

@@ -29,11 +29,11 @@ import numpy as np
 from sqlalchemy import text
 
 from bench.stack import bench_stack
-from hub.dicom_peers import send_datasets
-from hub.operations import hold_destination, release_destination, resend_study
-from hub.synthetic import make_study
-from tests.harness.ports import free_port
-from tests.harness.waiting import wait_until
+from core.operations import hold_destination, release_destination, resend_study
+from testkit.dicom_peers import send_datasets
+from testkit.harness.ports import free_port
+from testkit.harness.waiting import wait_until
+from testkit.synthetic import make_study
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,5 +1,5 @@
 # Operations tooling (issue 6): setup wizard, menu, destinations, backups, upgrade, removal.
-# Included by the main Makefile (`-include mk/*.mk`). The logic lives in hub/tooling/
+# Included by the main Makefile (`-include mk/*.mk`). The logic lives in ops/tooling/
 # (typed, tested Python); these recipes only choose the module and pass variables.
 #
 #   make setup                 interactive wizard (safe to re-run; keeps secrets)
@@ -18,7 +18,7 @@
 #   make reset                 stop, remove the configuration; keeps the data
 #   make uninstall             stop, remove data, configuration and state (typed confirmation)
 #   make mark-data-dirs        mark an older install's data directories as the hub's, so that
-#                              uninstall and restore may delete them (hub/datadirs.py)
+#                              uninstall and restore may delete them (ops/datadirs.py)
 #
 # Non-interactive runs confirm with CONFIRM=yes (restore), CONFIRM=reset, CONFIRM=uninstall.
 #
@@ -44,49 +44,49 @@ tooling-venv:
 	fi
 
 setup: $(TOOLING_VENV_DEP) ## interactive wizard: paths, AE title, ports, passwords, TZ, destinations; then starts
-	@$(TOOLING_RUN) hub.tooling.wizard $(SETUP_ARGS)
+	@$(TOOLING_RUN) ops.tooling.wizard $(SETUP_ARGS)
 
 quick-setup: $(TOOLING_VENV_DEP) ## the setup with defaults and kept values, no questions
-	@$(TOOLING_RUN) hub.tooling.wizard --defaults $(SETUP_ARGS)
+	@$(TOOLING_RUN) ops.tooling.wizard --defaults $(SETUP_ARGS)
 
 menu: $(TOOLING_VENV_DEP) ## interactive menu over every target and command
-	@$(TOOLING_RUN) hub.tooling.menu
+	@$(TOOLING_RUN) ops.tooling.menu
 
 seed-modalities: $(TOOLING_VENV_DEP) ## apply the MODALITY_* lines of .env to Orthanc (idempotent)
-	@$(TOOLING_RUN) hub.tooling.seed
+	@$(TOOLING_RUN) ops.tooling.seed
 
 backup: $(TOOLING_VENV_DEP) ## consistent backup archive in STATE_DIR/backups (DIR=... elsewhere; ENCRYPT=1: age)
-	@$(TOOLING_RUN) hub.tooling.backup --mode $(STACK_MODE) create $(if $(DIR),--dir "$(DIR)") \
+	@$(TOOLING_RUN) ops.tooling.backup --mode $(STACK_MODE) create $(if $(DIR),--dir "$(DIR)") \
 		$(if $(filter 1 yes,$(ENCRYPT)),--encrypt)$(if $(filter 0 no,$(ENCRYPT)),--no-encrypt)
 
 backup-key: $(TOOLING_VENV_DEP) ## create the age key for encrypted backups (BACKUP_KEY_FILE); copy it off the server
-	@$(TOOLING_RUN) hub.tooling.backup key
+	@$(TOOLING_RUN) ops.tooling.backup key
 
 backup-list: $(TOOLING_VENV_DEP) ## list the backups with their date, version and counts
-	@$(TOOLING_RUN) hub.tooling.backup list $(if $(DIR),--dir "$(DIR)")
+	@$(TOOLING_RUN) ops.tooling.backup list $(if $(DIR),--dir "$(DIR)")
 
 restore: $(TOOLING_VENV_DEP) ## restore FILE=archive (verified first; CONFIRM=yes without a terminal)
 	@if [ -z "$(FILE)" ]; then echo "usage: make restore FILE=path/to/hub-backup-....tar[.age] [KEY=age-key] (see make backup-list)"; exit 2; fi
-	@$(TOOLING_RUN) hub.tooling.backup --mode $(STACK_MODE) restore "$(FILE)" $(if $(filter yes,$(CONFIRM)),--yes) \
+	@$(TOOLING_RUN) ops.tooling.backup --mode $(STACK_MODE) restore "$(FILE)" $(if $(filter yes,$(CONFIRM)),--yes) \
 		$(if $(KEY),--key "$(KEY)")
 
 upgrade: $(TOOLING_VENV_DEP) ## safety backup, pinned dependencies, migrate the database forward, restart
 	@echo "==> installing the pinned dependencies"
 	@$(TOOLING_PY) -m pip install -q -r $(TOOLING_ROOT)/requirements.txt
-	@$(TOOLING_RUN) hub.tooling.upgrade --mode $(STACK_MODE) $(if $(filter 1 yes,$(NO_BACKUP)),--no-backup)
+	@$(TOOLING_RUN) ops.tooling.upgrade --mode $(STACK_MODE) $(if $(filter 1 yes,$(NO_BACKUP)),--no-backup)
 
 rebuild: $(TOOLING_VENV_DEP) ## pinned dependencies (compose: rebuild images), then restart; data kept
-	@$(TOOLING_RUN) hub.tooling.rebuild --mode $(STACK_MODE)
+	@$(TOOLING_RUN) ops.tooling.rebuild --mode $(STACK_MODE)
 
 clean: $(TOOLING_VENV_DEP) ## stop everything and remove caches; data, .env and backups kept
-	@$(TOOLING_RUN) hub.tooling.uninstall --mode $(STACK_MODE) clean
+	@$(TOOLING_RUN) ops.tooling.uninstall --mode $(STACK_MODE) clean
 
 reset: $(TOOLING_VENV_DEP) ## stop and remove the configuration (.env, rendered files); data kept
-	@$(TOOLING_RUN) hub.tooling.uninstall --mode $(STACK_MODE) reset $(if $(CONFIRM),--confirm "$(CONFIRM)")
+	@$(TOOLING_RUN) ops.tooling.uninstall --mode $(STACK_MODE) reset $(if $(CONFIRM),--confirm "$(CONFIRM)")
 
 uninstall: $(TOOLING_VENV_DEP) ## stop and remove data, configuration and state (typed confirmation)
-	@$(TOOLING_RUN) hub.tooling.uninstall --mode $(STACK_MODE) uninstall $(if $(filter 1 yes,$(KEEP_BACKUPS)),--keep-backups) \
+	@$(TOOLING_RUN) ops.tooling.uninstall --mode $(STACK_MODE) uninstall $(if $(filter 1 yes,$(KEEP_BACKUPS)),--keep-backups) \
 		$(if $(CONFIRM),--confirm "$(CONFIRM)")
 
 mark-data-dirs: $(TOOLING_VENV_DEP) ## mark an older install's data directories as the hub's (uninstall/restore need it)
-	@$(TOOLING_RUN) hub.tooling.uninstall mark
+	@$(TOOLING_RUN) ops.tooling.uninstall mark

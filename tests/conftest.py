@@ -2,7 +2,7 @@
 
 Nothing here is mocked. Servers start lazily (only when a test asks for them), on
 free loopback ports in temporary directories, and are stopped at the end of the
-session even when a test or a fixture fails (see tests/harness/procs.py for the
+session even when a test or a fixture fails (see testkit/harness/procs.py for the
 case where pytest itself is killed).
 
 Main fixtures:
@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from hub import pgcluster
-from hub.dicom_peers import AINode, StorageSCP
-from hub.envfile import generate_secret
-from hub.settings import Settings, settings_from_values
-from tests.harness.ports import free_port
-from tests.harness.stack import (
+from core.envfile import generate_secret
+from core.settings import Settings, settings_from_values
+from ops import pgcluster
+from testkit.dicom_peers import AINode, StorageSCP
+from testkit.harness.ports import free_port
+from testkit.harness.stack import (
     OrthancServer,
     PostgresServer,
     QiDatabase,
@@ -114,7 +114,7 @@ def pg_server(hub_settings: Settings, pg_base_dir: Path) -> Iterator[PostgresSer
 @pytest.fixture(scope="session")
 def qi_template(pg_server: PostgresServer, hub_settings: Settings) -> Iterator[str]:
     """A QI database migrated to head once per session; per-test databases copy it."""
-    from hub.db import migrate
+    from core.db import migrate
 
     name = f"{hub_settings.qi_db}_template"
     pg_server.drop_database(name)

@@ -44,10 +44,10 @@ import psycopg.errors
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
-from hub import failpoints, recorder
-from hub.failpoints import Failpoint
-from hub.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, parse_orthanc_time
-from hub.settings import Settings
+from core import failpoints, recorder
+from core.failpoints import Failpoint
+from core.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, parse_orthanc_time
+from core.settings import Settings
 from worker.metrics import FAILURES, SEND_SECONDS
 from worker.outages import ECHO_TIMEOUT_S, first_probe_delay
 

@@ -16,8 +16,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine, text
 
-from hub import queries
-from hub.queries import HoldKind
+from core import queries
+from core.queries import HoldKind
 from worker.metrics import (
     DESTINATION_HELD,
     DESTINATION_HELD_SINCE,
@@ -39,7 +39,7 @@ def refresh_job_gauges(engine: Engine) -> None:
 
 
 def refresh_destination_gauges(engine: Engine) -> None:
-    """Held state and waiting jobs per destination, from hub.queries.destination_states.
+    """Held state and waiting jobs per destination, from core.queries.destination_states.
 
     The labelled series are rebuilt on each scrape, so a destination that is no longer
     held and has nothing waiting disappears instead of keeping its last value.

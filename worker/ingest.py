@@ -2,7 +2,7 @@
 
 A series is an AI result when its sender AET (the first instance's `RemoteAET`
 metadata) is in AI_RESULT_AETS **and** its `RemoteIP` is the registered host of a
-modality with that AET (hub/sender_checks.py): a tag, or a calling AET alone, is
+modality with that AET (core/sender_checks.py): a tag, or a calling AET alone, is
 what any sender can forge; its network origin is not. A series that claims an AI
 sender from anywhere else is recorded as kind `rejected`, never routed, and flagged
 (event, audit entry, metric). An AI result links to its original study by
@@ -18,10 +18,10 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
-from hub import recorder, sender_checks
-from hub.orthanc_client import OrthancClient, parse_orthanc_time
-from hub.recorder import SeriesInfo, StudyInfo
-from hub.sender_checks import AiSenders, Origin
+from core import recorder, sender_checks
+from core.orthanc_client import OrthancClient, parse_orthanc_time
+from core.recorder import SeriesInfo, StudyInfo
+from core.sender_checks import AiSenders, Origin
 from worker.metrics import AI_ROUND_TRIP, SENDER_REJECTED
 
 log = logging.getLogger(__name__)

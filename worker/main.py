@@ -23,12 +23,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from hub import qi
-from hub.db import engine_for
-from hub.jsonutil import jsonable
-from hub.logs import setup_logging
-from hub.orthanc_client import OrthancClient, OrthancError
-from hub.settings import Settings, SettingsError, load_settings
+from core import qi
+from core.db import engine_for
+from core.jsonutil import jsonable
+from core.logs import setup_logging
+from core.orthanc_client import OrthancClient, OrthancError
+from core.settings import Settings, SettingsError, load_settings
 from worker import health
 from worker.dispatcher import LIVENESS_LOCK_NS, Dispatcher
 from worker.outages import OutageProber

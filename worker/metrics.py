@@ -48,7 +48,7 @@ DESTINATION_JOBS_WAITING = Gauge(
     ["destination"], registry=REGISTRY,
 )
 # Issue 15. A series that claims an AI_RESULT_AETS sender from an address not registered
-# for that AE title is kept unrouted (hub/sender_checks.py); the label is one of those AETs.
+# for that AE title is kept unrouted (core/sender_checks.py); the label is one of those AETs.
 SENDER_REJECTED = Counter(
     "hub_sender_rejected", "Series claiming an AI sender AET from an unregistered address, kept unrouted",
     ["sender_aet"], registry=REGISTRY,

@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from hub import recorder
-from hub.orthanc_client import OrthancClient, OrthancUnavailable
-from hub.settings import Settings
+from core import recorder
+from core.orthanc_client import OrthancClient, OrthancUnavailable
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 PROBE_FIRST_S = 2.0

@@ -7,16 +7,14 @@ moved past the StableStudy change that produced them.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, text
 
-from hub import recorder
-from hub.orthanc_client import OrthancClient
+from core import recorder
+from core.rules import RuleSet, SeriesFacts
 from worker.metrics import ROUTED_JOBS
-from worker.rules import RuleSet, SeriesFacts
 
 
 @dataclass(frozen=True)
@@ -28,35 +26,6 @@ class Candidate:
     kind: str
     sender_aet: str | None
     tags: dict[str, str]
-
-
-def series_tags(
-    orthanc: OrthancClient, series_orthanc_id: str, study: dict, needed: Collection[str] | None = None
-) -> dict[str, str]:
-    """Study, series and first-instance tags of a series, by DICOM keyword (text values only).
-
-    Orthanc's main tags win over the instance's. With `needed` (the tags the rules
-    test), Orthanc is asked no more than those need: the study's main tags come with
-    `study`, the series' cost a request, the instance's make Orthanc parse a file. These
-    requests ran on every stable study while Orthanc ingests (bench/ingest_bench.py).
-    Orthanc's main tags of the patient, study and series levels are disjoint, so a
-    partial answer holds the same values as the full one for every needed tag.
-    """
-    wanted = None if needed is None else set(needed)
-    main: dict[str, str] = {**study.get("PatientMainDicomTags", {}), **study.get("MainDicomTags", {})}
-    if wanted is not None and main.keys() >= wanted:
-        return main
-    series = orthanc.series(series_orthanc_id)
-    main.update(series.get("MainDicomTags", {}))
-    if wanted is not None and main.keys() >= wanted:
-        return main
-    tags: dict[str, str] = {}
-    instances = series.get("Instances", [])
-    if instances:
-        simplified = orthanc.get(f"/instances/{instances[0]}/simplified-tags")
-        tags.update({k: v for k, v in simplified.items() if isinstance(v, str)})
-    tags.update(main)
-    return tags
 
 
 def unrouted_series(conn: Connection, series_orthanc_ids: list[str]) -> list[tuple[int, int, str, str | None, str]]:

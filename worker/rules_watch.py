@@ -5,7 +5,7 @@ the last reload time. A refused file is loud once, never a flood (issue 15): one
 line per distinct file content in each worker, one status and one audit entry per
 distinct content across all workers (`config_status.error_checksum`), and a degraded
 state in /health, `make status`, `./orthanc status` and the app's Overview
-(hub/rules_status.py). A worker that starts while the file is refused runs on the last
+(core/rules_status.py). A worker that starts while the file is refused runs on the last
 good rules recorded in `config_status`, not on none.
 
 Only events that can change the file trigger a reload. Reading the file makes inotify
@@ -30,11 +30,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from hub.jsonutil import jsonable
-from hub.recorder import audit
-from hub.rules_status import STATUS_NAME, error_line, rules_problem
+from core.jsonutil import jsonable
+from core.recorder import audit
+from core.rules import RulesError, RuleSet, RulesFile, parse_rules
+from core.rules_status import STATUS_NAME, error_line, rules_problem
 from worker.metrics import RULES_REFUSED
-from worker.rules import RulesError, RuleSet, RulesFile, parse_rules
 
 log = logging.getLogger(__name__)
 # watchdog event types that may mean new content (created, written, renamed over, removed).

@@ -11,7 +11,7 @@ import logging
 import threading
 from pathlib import Path
 
-from hub.disk import StorageStatus, storage_status
+from core.disk import StorageStatus, storage_status
 from worker.metrics import STORAGE_FREE, STORAGE_TOTAL
 
 log = logging.getLogger(__name__)

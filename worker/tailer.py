@@ -17,14 +17,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from hub import failpoints, recorder
-from hub.failpoints import Failpoint
-from hub.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, parse_orthanc_time
-from hub.sender_checks import AiSenders
-from hub.settings import Settings
+from core import failpoints, recorder
+from core.failpoints import Failpoint
+from core.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, parse_orthanc_time
+from core.rules import series_tags
+from core.sender_checks import AiSenders
+from core.settings import Settings
 from worker import ingest
 from worker.metrics import CHANGES_FAILED, CHANGES_PROCESSED, CURSOR_LAG, STABILITY_RECOVERED
-from worker.router import Candidate, resend_grown_series, route, series_tags, unrouted_series
+from worker.router import Candidate, resend_grown_series, route, unrouted_series
 from worker.rules_watch import RulesHolder
 
 log = logging.getLogger(__name__)

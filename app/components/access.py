@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from streamlit.runtime.pages_manager import PagesManager
 
 from app.context import get_engine, get_settings
-from hub.auth import get_user, role_at_least
+from core.auth import get_user, role_at_least
 
 USER_KEY = "user"
 ACTIVITY_KEY = "last_activity"

@@ -16,7 +16,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from hub.reports import frame_bytes
+from core.reports import frame_bytes
 
 PERCENTILES: tuple[str, ...] = ("p50", "p90", "p95")
 WEEKDAYS: tuple[str, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

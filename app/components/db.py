@@ -2,7 +2,7 @@
 
 A page never builds its own engine (app.context caches one per process). Reads run
 in a READ ONLY transaction with a statement timeout, so a runaway filter cannot
-hold the UI or change anything; writes go through hub/operations.py or hub/auth.py
+hold the UI or change anything; writes go through core/operations.py or core/auth.py
 inside `writing()`, which commits or rolls back as a whole.
 """
 
@@ -17,8 +17,8 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from app.context import get_engine
-from hub.orthanc_client import OrthancError
-from hub.queries import limit_statement_time
+from core.orthanc_client import OrthancError
+from core.queries import limit_statement_time
 
 log = logging.getLogger("hub.app")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from hub.dicom_names import (
+from core.dicom_names import (
     RETRIEVE_SERVICES,
     Modality,
     check_aet,

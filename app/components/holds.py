@@ -1,6 +1,6 @@
 """Held destinations, said the same way on every page that shows them.
 
-The text comes from hub.queries.DestinationState.summary, which `./orthanc` and
+The text comes from core.queries.DestinationState.summary, which `./orthanc` and
 `make status` print too, so an operator reads one wording wherever they look.
 """
 
@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import streamlit as st
 
-from hub.queries import DestinationState, HoldKind
+from core.queries import DestinationState, HoldKind
 
 WHAT_HAPPENS = {
     HoldKind.OUTAGE: "it stopped answering C-ECHO; sending resumes by itself when it answers again",

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import streamlit as st
 
 from app.components.orthanc import plugins, port_open
-from hub.settings import Settings
+from core.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The login form: the only thing an anonymous session can see.
 
-Failed attempts are counted and audited by hub.auth.authenticate inside a committed
+Failed attempts are counted and audited by core.auth.authenticate inside a committed
 transaction, so the lockout holds across sessions and browsers.
 """
 
@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.components.access import MESSAGE_KEY, login
 from app.components.db import show_error, writing
-from hub.auth import authenticate
+from core.auth import authenticate
 
 
 def login_page() -> None:

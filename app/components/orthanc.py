@@ -14,7 +14,7 @@ from typing import Any
 import streamlit as st
 
 from app.context import get_orthanc, get_settings
-from hub.orthanc_client import OrthancClient, OrthancError
+from core.orthanc_client import OrthancClient, OrthancError
 
 
 @st.cache_resource

@@ -21,9 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.components.access import require_role
 from app.components.db import reading, writing
 from app.context import get_engine, get_settings
-from hub import qi, reports
-from hub.qi import QiFilter
-from hub.settings import Settings
+from core import qi, reports
+from core.qi import QiFilter
+from core.settings import Settings
 
 log = logging.getLogger("hub.app.qi")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.rules import Condition, Rule, RuleSet
+from core.rules import Condition, Rule, RuleSet
 
 
 def checksum(text: str) -> str:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import plotly.graph_objects as go
 
 from app.components.fmt import age
-from hub.queries import Stage
+from core.queries import Stage
 
 STAGE_COLOURS = ("#1f77b4", "#9467bd", "#2ca02c", "#ff7f0e")
 EVENTS_ROW = "Events"

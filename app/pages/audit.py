@@ -1,7 +1,7 @@
 """Audit log: who changed what and when, from the UI, the CLI, the worker or setup.
 
 Read-only for everyone; entries are written only by the audited operations
-themselves (hub.operations, hub.auth, destination and rule changes).
+themselves (core.operations, core.auth, destination and rule changes).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from app.components.access import require_role
 from app.components.db import reading, show_error
 from app.components.fmt import table
 from app.context import get_settings
-from hub import queries
+from core import queries
 
 SOURCES = ("", "ui", "cli", "worker", "setup")
 ACTIONS = ("", "auth.", "user.", "job.", "study.", "destination.", "rules.")

@@ -2,10 +2,10 @@
 
 Orthanc is the source of truth (REST /modalities, stored in its database), so an
 add, edit or delete takes effect at once without a restart. Every value is checked
-with the same rules as `.env` (hub.dicom_names) before Orthanc is touched; a bad value
+with the same rules as `.env` (core.dicom_names) before Orthanc is touched; a bad value
 shows an error next to the form and changes nothing. Changes are audited.
 Holds (an operator's, or the worker's during an outage) live in the QI database, so
-they can be put and released while Orthanc is down; hub.operations audits them.
+they can be put and released while Orthanc is down; core.operations audits them.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from app.components.fmt import local, table
 from app.components.holds import hold_banners
 from app.components.orthanc import health_client, modalities
 from app.context import get_orthanc, get_settings
-from hub import queries
-from hub.dicom_names import RETRIEVE_SERVICES, Modality
-from hub.operations import hold_destination, release_destination
-from hub.orthanc_client import EchoResult, OrthancError
-from hub.queries import HoldKind
-from hub.recorder import audit
-from hub.settings import Settings
+from core import queries
+from core.dicom_names import RETRIEVE_SERVICES, Modality
+from core.operations import hold_destination, release_destination
+from core.orthanc_client import EchoResult, OrthancError
+from core.queries import HoldKind
+from core.recorder import audit
+from core.settings import Settings
 
 STATS_DAYS = 7
 ECHO_KEY = "destination_echo"
@@ -100,7 +100,7 @@ def _overview(settings: Settings, current: dict[str, dict[str, Any]]) -> dict[st
 
 
 def _holds(user: dict[str, Any], names: list[str], states: dict[str, queries.DestinationState]) -> None:
-    """Hold or release one destination (operator role), through hub.operations, audited as `user`.
+    """Hold or release one destination (operator role), through core.operations, audited as `user`.
 
     Works while Orthanc is down: a hold is only a row in the QI database, and a PACS
     downtime is exactly when an operator needs it.

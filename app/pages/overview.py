@@ -21,12 +21,12 @@ from app.components.holds import hold_banners
 from app.components.kpi import health_card, metric
 from app.components.orthanc import orthanc_health
 from app.context import get_settings
-from hub import queries
-from hub.disk import StorageStatus, mib, storage_status
-from hub.rules_status import STATUS_NAME as RULES_STATUS
-from hub.rules_status import rules_problem
-from hub.sender_checks import rejected_senders
-from hub.settings import Settings
+from core import queries
+from core.disk import StorageStatus, mib, storage_status
+from core.rules_status import STATUS_NAME as RULES_STATUS
+from core.rules_status import rules_problem
+from core.sender_checks import rejected_senders
+from core.settings import Settings
 
 REJECTED_DAYS = 7  # how far back the Overview lists senders refused as AI results
 

@@ -15,7 +15,7 @@ from app.components.db import reading, show_error
 from app.components.fmt import age, local
 from app.components.kpi import metric
 from app.components.qi_filters import READ_TIMEOUT_MS, start_page
-from hub import qi
+from core import qi
 
 page = start_page("AI round trip", "From the AI send succeeding to the first AI-result instance received "
                   "(a result that came before that success answered an earlier attempt and is measured from "

@@ -12,7 +12,7 @@ from app.components.db import reading, show_error
 from app.components.fmt import local
 from app.components.kpi import metric
 from app.components.qi_filters import READ_TIMEOUT_MS, start_page
-from hub import qi
+from core import qi
 
 page = start_page("Failures", "Studies and send attempts that failed. Study and destination figures count studies "
                   "by the day they were received; attempt figures count attempts by the time they ended.")

@@ -17,7 +17,7 @@ from app.components.db import reading, show_error
 from app.components.fmt import age
 from app.components.kpi import sla_metric
 from app.components.qi_filters import READ_TIMEOUT_MS, group_picker, start_page
-from hub import qi
+from core import qi
 
 LABELS = {"turnaround": "Turnaround", "ai_round_trip": "AI round trip", "to_destinations": "To destinations"}
 SETTING = {"turnaround": "SLA_TURNAROUND_S", "ai_round_trip": "SLA_AI_ROUND_TRIP_S",

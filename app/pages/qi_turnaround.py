@@ -2,7 +2,7 @@
 
 Distribution, the trend of p50/p90/p95 against the SLA, a breakdown by a chosen
 dimension, the time to each destination, and where the time goes stage by stage.
-All numbers come from the QI views through hub.qi (one definition, also used by the
+All numbers come from the QI views through core.qi (one definition, also used by the
 CLI report and Grafana).
 """
 
@@ -18,7 +18,7 @@ from app.components.db import reading, show_error
 from app.components.fmt import age
 from app.components.kpi import metric, sla_metric
 from app.components.qi_filters import READ_TIMEOUT_MS, group_picker, start_page
-from hub import qi
+from core import qi
 
 page = start_page("Turnaround", "From the first instance received to the last required delivery. "
                   "Studies are counted on the day (in TZ) they were first received.")

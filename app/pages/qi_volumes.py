@@ -10,7 +10,7 @@ from app.components import charts
 from app.components.db import reading, show_error
 from app.components.kpi import metric
 from app.components.qi_filters import READ_TIMEOUT_MS, start_page
-from hub import qi
+from core import qi
 
 page = start_page("Volumes", "Studies first received, in the configured time zone.")
 zone, flt, grain = page.zone, page.flt, page.grain

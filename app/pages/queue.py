@@ -2,7 +2,7 @@
 
 States: queued (waiting for a first attempt or a manual retry), sending (Orthanc is
 sending), failed (waiting to retry at next_attempt_at), dead (out of attempts) and
-cancelled. Actions call hub.operations, which re-checks each job's state under a
+cancelled. Actions call core.operations, which re-checks each job's state under a
 row lock, so a job that moved on in the meantime is reported, not trampled.
 """
 
@@ -21,8 +21,8 @@ from app.components.db import reading, show_error, writing
 from app.components.fmt import age, table
 from app.components.holds import hold_banners
 from app.context import get_settings
-from hub import queries
-from hub.operations import OperationError, cancel_job, retry_dead_jobs, retry_job
+from core import queries
+from core.operations import OperationError, cancel_job, retry_dead_jobs, retry_job
 
 STATES = ("queued", "sending", "failed", "dead", "cancelled")
 STATE_HELP = {

@@ -19,11 +19,11 @@ from app.components.db import reading, show_error, writing
 from app.components.fmt import local, table
 from app.components.rules_text import active_rules, checksum, describe_rule, write_atomically
 from app.context import get_orthanc, get_settings
-from hub import queries
-from hub.orthanc_client import OrthancError
-from hub.recorder import audit
-from hub.settings import Settings
-from worker.rules import RulesError, RuleSet, SeriesFacts, parse_rules
+from core import queries
+from core.orthanc_client import OrthancError
+from core.recorder import audit
+from core.rules import RulesError, RuleSet, SeriesFacts, parse_rules, series_tags
+from core.settings import Settings
 
 STATUS_NAME = "routing_rules"
 FLASH_KEY = "rules_flash"
@@ -48,8 +48,6 @@ def _status(settings: Settings, status: dict[str, Any] | None, file_text: str | 
 
 def _facts(series: list[dict[str, Any]], study: dict[str, Any]) -> tuple[list[SeriesFacts], str]:
     """Series facts as the worker builds them, from Orthanc's tags when the study is there."""
-    from worker.router import series_tags  # the worker's own tag view, so the dry run cannot drift
-
     facts, source = [], "Orthanc"
     client = get_orthanc()
     orthanc_study: dict[str, Any] | None = None

@@ -1,6 +1,6 @@
 """Studies: search by date, accession, patient id, modality, sender, status, destination.
 
-The list is ordered by arrival and paginated by keyset (see hub.queries.search_studies),
+The list is ordered by arrival and paginated by keyset (see core.queries.search_studies),
 so a page costs the same at a thousand or a million studies; nothing counts the whole
 table. Patient names and ids are only fetched for roles allowed to see them.
 """
@@ -19,7 +19,7 @@ from app.components.access import can, require_role
 from app.components.db import reading, show_error
 from app.components.fmt import table
 from app.context import get_settings
-from hub import queries
+from core import queries
 
 DETAIL_PAGE = "pages/study_detail.py"
 PAGE_SIZES = (25, 50, 100, 200)

@@ -1,6 +1,6 @@
 """Study detail: timeline, raw events, series, routing jobs, and the operator's actions.
 
-Retry, cancel and resend go through hub.operations, which checks the job's state,
+Retry, cancel and resend go through core.operations, which checks the job's state,
 writes the event and the audit entry in the same transaction; the worker's
 dispatcher then does the sending. Viewers see everything but can change nothing.
 """
@@ -21,9 +21,9 @@ from app.components.links import viewer_links, web_viewer_loaded, web_viewer_url
 from app.components.orthanc import modalities
 from app.components.timeline import timeline_figure
 from app.context import get_settings
-from hub import queries
-from hub.operations import OperationError, cancel_job, resend_study, retry_job
-from hub.orthanc_client import OrthancError
+from core import queries
+from core.operations import OperationError, cancel_job, resend_study, retry_job
+from core.orthanc_client import OrthancError
 
 STATE_KEY = "detail_study_id"
 RETRYABLE = {"failed", "dead", "cancelled"}

@@ -2,7 +2,7 @@
 
 New and reset passwords are generated here and shown once, so no admin ever has to
 invent (or reuse) one; they are not stored anywhere but as a bcrypt hash. The rules
-that protect the last admin live in hub.auth, shared with the CLI.
+that protect the last admin live in core.auth, shared with the CLI.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from app.components.access import require_role
 from app.components.db import reading, show_error, writing
 from app.components.fmt import table
 from app.context import get_settings
-from hub import auth
+from core import auth
 
 FLASH_KEY = "users_flash"
 SECRET_KEY = "users_new_password"

@@ -1,11 +1,11 @@
-"""Alembic environment: the URL comes from `hub.db.migrate()` or the hub's settings."""
+"""Alembic environment: the URL comes from `core.db.migrate()` or the hub's settings."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from hub.settings import load_settings
+from core.settings import load_settings
 
 url = context.config.attributes.get("url") or load_settings().pg_url()
 engine = create_engine(url, poolclass=pool.NullPool)

@@ -5,7 +5,7 @@
 -- missing tag and the sender only: this filter writes no patient data (PHI) to the log.
 -- Orthanc 1.10.1 refuses such instances itself before this filter runs, and its own
 -- error line names the PatientID despite DeidentifyLogs; no Lua hook or log level can
--- prevent that, so Orthanc's output passes through hub/logredact.py, which removes the
+-- prevent that, so Orthanc's output passes through ops/logredact.py, which removes the
 -- value (tests/badinput/test_malformed_dicom.py, tests/security/test_no_phi_in_logs.py).
 -- This filter is the guard for other versions.
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages named on the command line that are not installed yet.
 #
-# Used by `make run` (through hub/stack/packages.py) and by .ci/run. Installing
+# Used by `make run` (through ops/stack/packages.py) and by .ci/run. Installing
 # orthanc or postgresql-15 would normally start a default Orthanc (port 4242/8042)
 # or a default PostgreSQL cluster, which would take the hub's ports and run with
 # the package's configuration. A policy-rc.d that exits 101 tells invoke-rc.d not

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hub import recorder
-from hub.settings import PROJECT_ROOT
-from tests.integration.app import seed
+from core import recorder
+from core.settings import PROJECT_ROOT
+from testkit import app_flows
 from tests.integration.app.conftest import USERS, AppEnv, assert_clean, new_app, table_rows
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ def test_login_form(app_env: AppEnv) -> None:
     assert {actor for actor, _ in failures} <= {"anonymous", USERS["admin"]}
 
 
-def test_study_filters(app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]) -> None:
+def test_study_filters(app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]) -> None:
     before = counts(app_env)
     at = open_page("studies", as_="operator")
     for field in ("acc", "pid", "mod", "aet", "dest"):
@@ -92,7 +92,7 @@ def test_study_filters(app_env: AppEnv, flows: dict[str, seed.Flow], open_page: 
     assert counts(app_env) == before
 
 
-def test_study_lookup_and_url(app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]) -> None:
+def test_study_lookup_and_url(app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]) -> None:
     at = open_page("study_detail", as_="operator")
     for name, value in {**HOSTILE, "huge-number": "9" * 30, "negative": "-1"}.items():
         at.text_input(key="detail_lookup").input(value)
@@ -181,8 +181,8 @@ def test_users_form(app_env: AppEnv, open_page: Callable[..., AppTest]) -> None:
 
 def test_names_with_a_final_newline_are_refused() -> None:
     """A "$" anchor matches before a final newline; the validators must not."""
-    from hub import auth
-    from hub.dicom_names import check_aet, check_host, check_modality_name
+    from core import auth
+    from core.dicom_names import check_aet, check_host, check_modality_name
 
     for check, value in ((auth.check_username, "ada\n"), (check_modality_name, "PACS\n"),
                          (check_host, "pacs.example\n"), (check_aet, "PACS \n")):
@@ -190,7 +190,7 @@ def test_names_with_a_final_newline_are_refused() -> None:
             check(value)
 
 
-def test_audit_target_filter(app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]) -> None:
+def test_audit_target_filter(app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]) -> None:
     with app_env.engine.begin() as conn:
         recorder.audit(conn, actor="ada", source="ui", action="rules.save", target=SCRIPT, after={"x": "%"})
     at = open_page("audit", as_="viewer")
@@ -217,7 +217,7 @@ def rules_path(app_env: AppEnv, tmp_path: Path) -> Path:
 
 
 def test_rules_editor_and_dry_run(
-    app_env: AppEnv, flows: dict[str, seed.Flow], rules_path: Path, open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], rules_path: Path, open_page: Callable[..., AppTest]
 ) -> None:
     shipped = rules_path.read_text()
     at = open_page("rules")
@@ -249,7 +249,7 @@ def test_rules_editor_and_dry_run(
 def test_qi_filters_and_exports(app_env: AppEnv, open_page: Callable[..., AppTest]) -> None:
     """Dimension values from hostile DICOM are offered and applied literally; odd date ranges are harmless."""
     with app_env.engine.begin() as conn:
-        seed.arrive(conn, 1, datetime.now(UTC), source_aet=SCRIPT, modality="'%")
+        app_flows.arrive(conn, 1, datetime.now(UTC), source_aet=SCRIPT, modality="'%")
     at = open_page("qi_volumes", as_="viewer")
     sources = at.sidebar.multiselect(key="qi_sources")
     assert SCRIPT in sources.options

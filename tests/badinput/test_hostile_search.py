@@ -1,4 +1,4 @@
-"""Hostile study search: hub.queries against the real PostgreSQL, the Studies page and the CLI.
+"""Hostile study search: core.queries against the real PostgreSQL, the Studies page and the CLI.
 
 Documented behaviour: every study search field is an exact match on the whole value
 (no LIKE, no wildcards), so `%`, `_` and `\\` find only a study whose value is exactly
@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.exc import DataError
 
-from hub import queries
-from hub.settings import PROJECT_ROOT
-from tests.integration.app import seed
+from core import queries
+from core.settings import PROJECT_ROOT
+from testkit import app_flows
 from tests.integration.app.conftest import assert_clean, table_rows
 
 pytestmark = pytest.mark.integration
@@ -36,11 +36,11 @@ def hostile_studies(app_env) -> dict[str, int]:
     ids: dict[str, int] = {}
     with app_env.engine.begin() as conn:
         for n in range(3):
-            seed.arrive(conn, 100 + n, now - timedelta(minutes=n + 30))
+            app_flows.arrive(conn, 100 + n, now - timedelta(minutes=n + 30))
         for n, value in enumerate(VALUES):
-            flow = seed.arrive(conn, n, now - timedelta(minutes=n), description=value, source_aet=value,
+            flow = app_flows.arrive(conn, n, now - timedelta(minutes=n), description=value, source_aet=value,
                                patient_id=value, patient_name=value, modality="CR")
-            seed.route(conn, flow, now, value)
+            app_flows.route(conn, flow, now, value)
             conn.exec_driver_sql("UPDATE studies SET accession_number = %(v)s WHERE id = %(id)s",
                                  {"v": value, "id": flow.study_id})
             ids[value] = flow.study_id

@@ -5,7 +5,7 @@ What "a clear error" means for the hub (Orthanc 1.10.1, facts pinned here):
   garbage bytes) is refused at the DICOM level: the sender gets a failure status, an
   aborted association or no answer (a cut stream: Orthanc waits for the rest until the
   sender gives up), and Orthanc logs one error line (without patient data: its
-  output passes through hub/logredact.py).
+  output passes through ops/logredact.py).
   Nothing is stored, so the worker and the app have nothing to show; the Orthanc log
   (`./orthanc logs orthanc`) is the record.
 - Input Orthanc does store (an unknown or broken character set, oversized tags, a
@@ -25,17 +25,17 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
-from hub.dicom_peers import send_datasets
-from hub.queries import MASK
-from hub.synthetic import make_study
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import ALL_TO_PACS, all_jobs_final, rules_file, send, study_row
+from core.queries import MASK
+from testkit.dicom_peers import send_datasets
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import ALL_TO_PACS, all_jobs_final, rules_file, send, study_row
+from testkit.synthetic import make_study
 from tests.integration.app.conftest import assert_clean, frame_text, table_rows
 
 pytestmark = pytest.mark.integration
 
 LOCALHOST = "127.0.0.1"
-PIXEL_BYTES = 2048  # hub.synthetic: 32 x 32 x 16 bits
+PIXEL_BYTES = 2048  # testkit.synthetic: 32 x 32 x 16 bits
 
 
 def _file_bytes(ds: Dataset, path: Path) -> bytes:
@@ -133,7 +133,7 @@ def test_unstorable_input_is_refused_to_the_sender_and_nothing_is_stored(
     assert clean_orthanc.rest.lookup(str(good.SOPInstanceUID), level="Instance")
     if "missing" in path.name:
         # Pinned fact: Orthanc 1.10.1 refuses these before stack/lua/hub.lua runs, and its
-        # error line would name the PatientID despite DeidentifyLogs; hub/logredact.py, which
+        # error line would name the PatientID despite DeidentifyLogs; ops/logredact.py, which
         # Orthanc's output passes through, leaves the line but not the value.
         refusal = next(line for line in new_log.splitlines() if "required tags" in line)
         assert "PatientID=<redacted>" in refusal and patient_id not in new_log

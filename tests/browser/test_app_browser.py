@@ -2,7 +2,7 @@
 
 The app runs exactly as the stack runs it (`streamlit run app/main.py` bound to
 127.0.0.1 on a free port, HUB_ENV_FILE pointing at the harness's .env), against the
-harness's PostgreSQL and Orthanc with data recorded by hub.recorder. The test logs
+harness's PostgreSQL and Orthanc with data recorded by core.recorder. The test logs
 in through the real form, visits every page from the sidebar, checks that each page
 renders its main element without a Streamlit exception, and saves screenshots under
 test-artifacts/browser/.
@@ -20,14 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hub import auth
-from hub.db import make_engine
-from hub.settings import PROJECT_ROOT
-from tests.harness.ports import free_port
-from tests.harness.procs import spawn, tail, terminate
-from tests.harness.stack import OrthancServer, QiDatabase
-from tests.harness.waiting import wait_until
-from tests.integration.app import seed
+from core import auth
+from core.db import make_engine
+from core.settings import PROJECT_ROOT
+from testkit import app_flows
+from testkit.harness.ports import free_port
+from testkit.harness.procs import spawn, tail, terminate
+from testkit.harness.stack import OrthancServer, QiDatabase
+from testkit.harness.waiting import wait_until
 from worker.rules_watch import RulesHolder
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -57,7 +57,7 @@ def app_server(qi_db: QiDatabase, clean_orthanc: OrthancServer, tmp_path: Path) 
     engine = make_engine(qi_db.url)
     with engine.begin() as conn:
         auth.ensure_admin(conn, qi_db.settings)
-        seed.standard_set(conn, datetime.now(UTC))
+        app_flows.standard_set(conn, datetime.now(UTC))
     RulesHolder(qi_db.settings.routing_rules, engine).reload()  # config_status, as the worker writes it
     engine.dispose()
     clean_orthanc.rest.put_modality("LPCHROUTER", "LPCHROUTER", free_port())  # type: ignore[union-attr]

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from hub import qi
-from hub.db import make_engine
-from tests.harness.ports import free_port
-from tests.harness.worker_proc import WorkerProcess
+from core import qi
+from core.db import make_engine
+from testkit.harness.ports import free_port
+from testkit.harness.worker_proc import WorkerProcess
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def outage(conn: Connection, destination: str, started_at: datetime, *, error: s
 
 
 def operator_hold(conn: Connection, destination: str, held_at: datetime, by: str, reason: str | None) -> None:
-    """An operator's hold row (what hub.operations.hold_destination writes, at a chosen time)."""
+    """An operator's hold row (what core.operations.hold_destination writes, at a chosen time)."""
     conn.execute(
         text("INSERT INTO destination_holds (destination, held_at, held_by, reason, kind) "
              "VALUES (:d, :at, :by, :r, 'operator')"),

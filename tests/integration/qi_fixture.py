@@ -1,4 +1,4 @@
-"""A small QI fixture with hand-computed answers, recorded through hub/recorder.py.
+"""A small QI fixture with hand-computed answers, recorded through core/recorder.py.
 
 TZ is America/Los_Angeles. Daylight saving time starts on 2026-03-08 at 02:00 PST
 (10:00 UTC) and ends on 2026-11-01 at 02:00 PDT (09:00 UTC). Every timestamp below
@@ -32,8 +32,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
-from hub import operations, recorder
-from hub.recorder import SeriesInfo, StudyInfo
+from core import operations, recorder
+from core.recorder import SeriesInfo, StudyInfo
 
 AI = "MERCURE"
 ERR_REFUSED = "Connection refused"

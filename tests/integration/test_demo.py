@@ -1,4 +1,4 @@
-"""`make demo` (hub.demo) drives real flows through Orthanc and the worker."""
+"""`make demo` (testkit.demo) drives real flows through Orthanc and the worker."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import sys
 import pytest
 from sqlalchemy import text
 
-from hub.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
 
 def run_demo(env_file, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hub.demo", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "testkit.demo", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
         env={**os.environ, "HUB_ENV_FILE": str(env_file)}, timeout=300,
     )
 

@@ -1,4 +1,4 @@
-"""Destination holds outside the app: hub.operations, the one query every surface reads,
+"""Destination holds outside the app: core.operations, the one query every surface reads,
 `./orthanc hold/release/destinations`, /metrics and `make status`.
 
 Holds are seeded as rows (tests/integration/holds_fixture.py) the way the worker writes
@@ -19,14 +19,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
-from hub import operations, queries
-from hub.db import make_engine
-from hub.queries import HoldKind
-from hub.settings import PROJECT_ROOT
-from tests.harness.ports import free_port
-from tests.harness.stack import OrthancServer, QiDatabase, write_env
+from core import operations, queries
+from core.db import make_engine
+from core.queries import HoldKind
+from core.settings import PROJECT_ROOT
+from testkit import app_flows
+from testkit.harness.ports import free_port
+from testkit.harness.stack import OrthancServer, QiDatabase, write_env
 from tests.integration import holds_fixture
-from tests.integration.app import seed
 
 pytestmark = pytest.mark.integration
 STUDY_NUMBERS = itertools.count(1)
@@ -44,8 +44,8 @@ def jobs(engine: Engine, destination: str, states: list[str]) -> None:
     now = datetime.now(UTC)
     with engine.begin() as conn:
         for state in states:
-            flow = seed.arrive(conn, next(STUDY_NUMBERS), now - timedelta(minutes=5))
-            job = seed.route(conn, flow, now - timedelta(minutes=4), destination)
+            flow = app_flows.arrive(conn, next(STUDY_NUMBERS), now - timedelta(minutes=5))
+            job = app_flows.route(conn, flow, now - timedelta(minutes=4), destination)
             conn.execute(text("UPDATE routing_jobs SET state = :s WHERE id = :id"), {"s": state, "id": job})
 
 
@@ -243,7 +243,7 @@ def test_make_status_reports_holds_and_stays_healthy(
     engine: Engine, qi_db: QiDatabase, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The services part is stubbed (test_native_stack runs it for real); the holds are read for real."""
-    from hub.stack import cli, native
+    from ops.stack import cli, native
 
     jobs(engine, "LPCHROUTER", ["queued", "failed"])
     started = holds_fixture.this_minute()

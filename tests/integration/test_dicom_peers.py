@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hub.dicom_peers import (
+from testkit.dicom_peers import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
     AssociationFailed,
@@ -15,7 +15,7 @@ from hub.dicom_peers import (
     echo,
     send_datasets,
 )
-from hub.synthetic import derive_ai_series, make_study
+from testkit.synthetic import derive_ai_series, make_study
 
 pytestmark = pytest.mark.integration
 

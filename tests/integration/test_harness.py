@@ -17,13 +17,13 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from hub.dicom_peers import STATUS_SUCCESS, AINode, StorageSCP, send_datasets
-from hub.orthanc_config import DEFAULT_LUA
-from hub.settings import Settings
-from hub.synthetic import make_study, write_datasets
-from tests.harness.ports import free_port
-from tests.harness.stack import OrthancRest, OrthancServer, storescu
-from tests.harness.waiting import wait_until
+from core.settings import Settings
+from ops.orthanc_config import DEFAULT_LUA
+from testkit.dicom_peers import STATUS_SUCCESS, AINode, StorageSCP, send_datasets
+from testkit.harness.ports import free_port
+from testkit.harness.stack import OrthancRest, OrthancServer, storescu
+from testkit.harness.waiting import wait_until
+from testkit.synthetic import make_study, write_datasets
 
 pytestmark = pytest.mark.integration
 

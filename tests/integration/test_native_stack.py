@@ -1,4 +1,4 @@
-"""End to end: the native stack's own commands (`python -m hub.stack`, what `make run`,
+"""End to end: the native stack's own commands (`python -m ops.stack`, what `make run`,
 `make status` and `make stop` call) on free ports with a temporary `.env`.
 
 It starts the real supervisord with PostgreSQL, Orthanc, the worker and the app,
@@ -18,14 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hub.envfile import GENERATED_SECRETS
-from hub.settings import PROJECT_ROOT, Settings, settings_from_values
-from hub.stack import supervisor
-from hub.stack.layout import SERVICES, StackLayout
-from hub.stack.procscan import stack_processes
-from hub.synthetic import make_study, write_datasets
-from tests.harness.stack import make_pg_base, make_values, remove_tree, write_env
-from tests.harness.waiting import wait_until
+from core.envfile import GENERATED_SECRETS
+from core.settings import PROJECT_ROOT, Settings, settings_from_values
+from ops.stack import supervisor
+from ops.stack.layout import SERVICES, StackLayout
+from ops.stack.procscan import stack_processes
+from testkit.harness.stack import make_pg_base, make_values, remove_tree, write_env
+from testkit.harness.waiting import wait_until
+from testkit.synthetic import make_study, write_datasets
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -45,7 +45,7 @@ class NativeStack:
     def command(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "HUB_ENV_FILE": str(self.env_file)}
         return subprocess.run(
-            [sys.executable, "-m", "hub.stack", "--mode", "native", *args],
+            [sys.executable, "-m", "ops.stack", "--mode", "native", *args],
             cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
             stdin=subprocess.DEVNULL, check=False,
         )

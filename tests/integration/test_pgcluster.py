@@ -1,4 +1,4 @@
-"""hub.pgcluster against real clusters: lifecycle with pg_ctl, roles and privileges."""
+"""ops.pgcluster against real clusters: lifecycle with pg_ctl, roles and privileges."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from hub import pgcluster
-from hub.envfile import generate_secret
-from hub.settings import Settings
-from tests.harness.ports import free_port
-from tests.harness.stack import PostgresServer, QiDatabase, make_pg_base, remove_tree
+from core.envfile import generate_secret
+from core.settings import Settings
+from ops import pgcluster
+from testkit.harness.ports import free_port
+from testkit.harness.stack import PostgresServer, QiDatabase, make_pg_base, remove_tree
 
 pytestmark = pytest.mark.integration
 

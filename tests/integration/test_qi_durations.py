@@ -20,10 +20,10 @@ import pytest
 from alembic import command
 from sqlalchemy import Connection, Engine, text
 
-from hub import qi
-from hub.db import alembic_config, make_engine, migrate
-from hub.qi import QiFilter
-from tests.harness.stack import PostgresServer, QiDatabase
+from core import qi
+from core.db import alembic_config, make_engine, migrate
+from core.qi import QiFilter
+from testkit.harness.stack import PostgresServer, QiDatabase
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ No Grafana server runs here, so this test does what Grafana would: it reads the
 provisioned dashboard JSON, expands $__timeFilter and the template variables the way
 the PostgreSQL datasource does, and runs each query as grafana_ro (the datasource's
 role). Each must return rows of the panel's shape, and the numbers must equal the
-ones hub.qi computes for the app and the CLI.
+ones core.qi computes for the app and the CLI.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, text
 
-from hub import qi
-from hub.db import make_engine
-from hub.qi import QiFilter
-from hub.settings import PROJECT_ROOT
-from tests.harness.stack import QiDatabase
+from core import qi
+from core.db import make_engine
+from core.qi import QiFilter
+from core.settings import PROJECT_ROOT
+from testkit.harness.stack import QiDatabase
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration

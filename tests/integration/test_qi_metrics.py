@@ -1,6 +1,6 @@
 """Every QI metric on a hand-computed fixture (tests/integration/qi_fixture.py).
 
-The fixture is recorded through hub/recorder.py with known UTC timestamps around
+The fixture is recorded through core/recorder.py with known UTC timestamps around
 both DST changes of America/Los_Angeles. Each expected number below is worked out
 by hand in its comment. Every test runs twice: before the QI caches are refreshed
 (the views compute dirty studies live) and after (they read the caches), which
@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from hub import qi
-from hub.db import make_engine
-from hub.qi import QiFilter
-from tests.harness.stack import QiDatabase
+from core import qi
+from core.db import make_engine
+from core.qi import QiFilter
+from testkit.harness.stack import QiDatabase
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration

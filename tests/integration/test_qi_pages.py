@@ -16,10 +16,10 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from hub import auth, qi
-from hub.db import make_engine
-from hub.settings import PROJECT_ROOT
-from tests.harness.stack import QiDatabase
+from core import auth, qi
+from core.db import make_engine
+from core.settings import PROJECT_ROOT
+from testkit.harness.stack import QiDatabase
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration

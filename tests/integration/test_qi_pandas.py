@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 
 from bench.seed import seed
-from hub import qi
-from hub.qi import QiFilter
-from tests.harness.stack import QiDatabase
+from core import qi
+from core.qi import QiFilter
+from testkit.harness.stack import QiDatabase
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration

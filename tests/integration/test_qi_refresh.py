@@ -10,9 +10,9 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from hub import qi, recorder
-from hub.db import make_engine
-from tests.harness.stack import QiDatabase
+from core import qi, recorder
+from core.db import make_engine
+from testkit.harness.stack import QiDatabase
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ import openpyxl
 import pytest
 from sqlalchemy import Engine, text
 
-from hub import qi, reports
-from hub.db import make_engine
-from hub.qi import QiFilter
-from hub.settings import PROJECT_ROOT
-from tests.harness.stack import QiDatabase
+from core import qi, reports
+from core.db import make_engine
+from core.qi import QiFilter
+from core.settings import PROJECT_ROOT
+from testkit.harness.stack import QiDatabase
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """Revision 0004 reads the QI faster and must give exactly the numbers of 0002's definitions.
 
 0004 replaces the public views' dirty filter (NOT IN instead of NOT EXISTS) and lets
-qi_stage_stats group by a constant when no group is asked for. Every hub.qi read, over
+qi_stage_stats group by a constant when no group is asked for. Every core.qi read, over
 grains, groups, stages and each filter, on the hand-computed fixture (studies on
 several local days, both DST days of America/Los_Angeles, an AI result still awaited),
 is taken at head and again after downgrading 0004, in three cache states: every study
@@ -22,10 +22,10 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
-from hub import qi, recorder
-from hub.db import alembic_config, migrate
-from hub.qi import QiFilter
-from tests.harness.stack import QiDatabase
+from core import qi, recorder
+from core.db import alembic_config, migrate
+from core.qi import QiFilter
+from testkit.harness.stack import QiDatabase
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ Read = Callable[[Connection, QiFilter], Any]
 
 
 def reads(full: bool) -> dict[str, Read]:
-    """The hub.qi reads of the pages, CLI and exports: every grain and group when `full`,
+    """The core.qi reads of the pages, CLI and exports: every grain and group when `full`,
     else the pages' own choices (grain day and all, no group or by modality)."""
     grains = qi.GRAINS if full else ("day", "all")
     groups = qi.GROUPS if full else ("none", "modality")

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from hub import recorder
-from hub.recorder import SeriesInfo, StudyInfo
+from core import recorder
+from core.recorder import SeriesInfo, StudyInfo
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)

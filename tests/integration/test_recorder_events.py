@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
-from hub import queries, recorder
-from tests.harness.worker_proc import event_types
+from core import queries, recorder
+from testkit.harness.worker_proc import event_types
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration

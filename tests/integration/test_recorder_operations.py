@@ -9,17 +9,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from hub import recorder
-from hub.db import metadata
-from hub.operations import OperationError, cancel_job, resend_study, retry_dead_jobs, retry_job
-from hub.recorder import SeriesInfo, StudyInfo
+from core import recorder
+from core.db import metadata
+from core.operations import OperationError, cancel_job, resend_study, retry_dead_jobs, retry_job
+from core.recorder import SeriesInfo, StudyInfo
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 
 
 def test_core_tables_match_the_migrations(db):
-    """hub.db's Table objects mirror db/migrations; a drift would make queries lie."""
+    """core.db's Table objects mirror db/migrations; a drift would make queries lie."""
     def core_only(obj, name, type_, reflected, compare_to):  # QI tables and views live elsewhere
         return type_ != "table" or name in metadata.tables
 

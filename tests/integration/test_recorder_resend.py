@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
-from hub import operations, queries, recorder
+from core import operations, queries, recorder
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration

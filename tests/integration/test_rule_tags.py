@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-from hub.orthanc_client import OrthancClient
-from hub.synthetic import make_study
-from tests.harness.worker_proc import send
-from worker.router import series_tags
-from worker.rules import parse_rules
+from core.orthanc_client import OrthancClient
+from core.rules import parse_rules, series_tags
+from testkit.harness.worker_proc import send
+from testkit.synthetic import make_study
 
 pytestmark = pytest.mark.integration
 

@@ -25,15 +25,15 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from hub.dicom_peers import StorageSCP, send_datasets
-from hub.settings import PROJECT_ROOT, Settings, settings_from_values
-from hub.synthetic import make_study
-from hub.tooling.archive import MANIFEST, verify_archive
-from hub.tooling.backup import create_backup, list_backups, restore_backup
-from tests.harness.ports import free_port
-from tests.harness.stack import OrthancServer, PostgresServer, QiDatabase, write_env
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import WorkerProcess
+from core.settings import PROJECT_ROOT, Settings, settings_from_values
+from ops.tooling.archive import MANIFEST, verify_archive
+from ops.tooling.backup import create_backup, list_backups, restore_backup
+from testkit.dicom_peers import StorageSCP, send_datasets
+from testkit.harness.ports import free_port
+from testkit.harness.stack import OrthancServer, PostgresServer, QiDatabase, write_env
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import WorkerProcess
+from testkit.synthetic import make_study
 
 pytestmark = pytest.mark.integration
 
@@ -211,7 +211,7 @@ def test_backup_round_trip_restores_studies_files_qi_rows_and_destinations(stack
 
 def run_restore_cli(archive: Path, env_file: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HUB_ENV_FILE": str(env_file)}
-    return subprocess.run([sys.executable, "-m", "hub.tooling.backup", "restore", str(archive), "--yes"],
+    return subprocess.run([sys.executable, "-m", "ops.tooling.backup", "restore", str(archive), "--yes"],
                           capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=120, check=False)
 
 

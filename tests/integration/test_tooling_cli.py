@@ -2,7 +2,7 @@
 Orthanc of this module's own, a real worker, a real PACS and a destination that is down.
 
 Every command runs as the real executable (`./orthanc ...`) with HUB_ENV_FILE, and its
-exit code is checked against the documented contract (hub.tooling.exitcodes).
+exit code is checked against the documented contract (ops.tooling.exitcodes).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from hub.dicom_peers import StorageSCP, send_datasets
-from hub.settings import PROJECT_ROOT, Settings, settings_from_values
-from hub.synthetic import make_study
-from tests.harness.ports import free_port
-from tests.harness.stack import OrthancServer, PostgresServer, QiDatabase, write_env
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import WorkerProcess
+from core.settings import PROJECT_ROOT, Settings, settings_from_values
+from testkit.dicom_peers import StorageSCP, send_datasets
+from testkit.harness.ports import free_port
+from testkit.harness.stack import OrthancServer, PostgresServer, QiDatabase, write_env
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import WorkerProcess
+from testkit.synthetic import make_study
 
 pytestmark = pytest.mark.integration
 

@@ -21,12 +21,12 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from hub.dicom_peers import StorageSCP, send_datasets
-from hub.envfile import GENERATED_SECRETS, generate_secret
-from hub.settings import PROJECT_ROOT, Settings, load_settings
-from hub.synthetic import make_study
-from tests.harness.stack import make_pg_base, make_values, remove_tree, write_env
-from tests.harness.waiting import wait_until
+from core.envfile import GENERATED_SECRETS, generate_secret
+from core.settings import PROJECT_ROOT, Settings, load_settings
+from testkit.dicom_peers import StorageSCP, send_datasets
+from testkit.harness.stack import make_pg_base, make_values, remove_tree, write_env
+from testkit.harness.waiting import wait_until
+from testkit.synthetic import make_study
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def target(name: str, env_file: Path, *variables: str, timeout: float = 600) -> 
     if (PROJECT_ROOT / "Makefile").exists():
         argv = ["make", "--no-print-directory", "-C", str(PROJECT_ROOT), name, *variables]
     elif name in ("run", "start", "stop", "status"):
-        argv = [str(PROJECT_ROOT / ".venv" / "bin" / "python"), "-m", "hub.stack", "--mode", "native", name]
+        argv = [str(PROJECT_ROOT / ".venv" / "bin" / "python"), "-m", "ops.stack", "--mode", "native", name]
     else:
         argv = ["make", "--no-print-directory", "-C", str(PROJECT_ROOT), "-f", "mk/tooling.mk", name, *variables]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False,
@@ -182,7 +182,7 @@ def test_moving_to_new_storage_paths_by_backup_edit_restore(site: dict[str, Any]
 def test_upgrade_migrates_forward_and_keeps_data_and_rebuild_restarts(site: dict[str, Any]) -> None:
     from alembic import command
 
-    from hub.db import alembic_config, make_engine
+    from core.db import alembic_config, make_engine
 
     env_file: Path = site["env"]
     write_env(site["values"], env_file)

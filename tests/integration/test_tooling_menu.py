@@ -10,8 +10,8 @@ import pexpect
 import pytest
 from sqlalchemy import create_engine
 
-from hub.recorder import StudyInfo, upsert_study
-from tests.harness.stack import QiDatabase
+from core.recorder import StudyInfo, upsert_study
+from testkit.harness.stack import QiDatabase
 from tests.integration.test_tooling_wizard import make_argv
 
 pytestmark = pytest.mark.integration

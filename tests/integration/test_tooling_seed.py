@@ -1,4 +1,4 @@
-"""`make seed-modalities` (hub.tooling.seed) against the harness's real Orthanc."""
+"""`make seed-modalities` (ops.tooling.seed) against the harness's real Orthanc."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.settings import PROJECT_ROOT
-from tests.harness.stack import OrthancServer, write_env
+from core.settings import PROJECT_ROOT
+from testkit.harness.stack import OrthancServer, write_env
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def run_seed(env_file: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HUB_ENV_FILE": str(env_file)}
     return subprocess.run(
-        [sys.executable, "-m", "hub.tooling.seed"], capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "ops.tooling.seed"], capture_output=True, text=True, env=env,
         cwd=PROJECT_ROOT, timeout=60, check=False,
     )
 

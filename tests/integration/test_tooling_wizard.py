@@ -17,10 +17,10 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from hub.envfile import GENERATED_SECRETS, read_env_file
-from hub.settings import PROJECT_ROOT, load_settings
-from tests.harness.ports import free_port
-from tests.harness.stack import make_pg_base, remove_tree, write_env
+from core.envfile import GENERATED_SECRETS, read_env_file
+from core.settings import PROJECT_ROOT, load_settings
+from testkit.harness.ports import free_port
+from testkit.harness.stack import make_pg_base, remove_tree, write_env
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from hub.dicom_peers import AINode
-from hub.synthetic import derive_ai_series, make_study
-from tests.harness.ports import free_port
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import ALL_TO_PACS, all_jobs_final, event_types, jobs, rules_file, send, study_row
+from testkit.dicom_peers import AINode
+from testkit.harness.ports import free_port
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import ALL_TO_PACS, all_jobs_final, event_types, jobs, rules_file, send, study_row
+from testkit.synthetic import derive_ai_series, make_study
 
 pytestmark = pytest.mark.integration
 
@@ -258,7 +258,7 @@ def test_sigterm_leaves_consistent_state(env, workers, db, pacs, clean_orthanc, 
 
 def test_held_destination_waits_without_spending_attempts(env, workers, db, pacs, clean_orthanc, hub_settings,
                                                           tmp_path):
-    from hub.operations import hold_destination, release_destination
+    from core.operations import hold_destination, release_destination
 
     clean_orthanc.rest.put_modality("PACS", pacs.aet, pacs.port)
     with db.begin() as conn:

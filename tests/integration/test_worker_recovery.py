@@ -12,10 +12,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from hub.synthetic import make_study
-from tests.harness.faults import sigkill_orthanc
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import ALL_TO_PACS, all_jobs_final, jobs, rules_file, send
+from testkit.harness.faults import sigkill_orthanc
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import ALL_TO_PACS, all_jobs_final, jobs, rules_file, send
+from testkit.synthetic import make_study
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, text
 
-from hub.synthetic import make_study
-from tests.harness.load import OrthancContents, PeerCheck, check_peer
-from tests.harness.stack import OrthancRest
+from testkit.harness.load import OrthancContents, PeerCheck, check_peer
+from testkit.harness.stack import OrthancRest
+from testkit.synthetic import make_study
 from tests.reliability.conftest import LEG_LENGTH, Topology
 
 AI_SHARE = 10  # one study in AI_SHARE goes to the AI node

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.dicom_peers import AINode, StorageSCP
-from tests.harness.worker_proc import rules_file
+from testkit.dicom_peers import AINode, StorageSCP
+from testkit.harness.worker_proc import rules_file
 from tests.integration.conftest import db, env, workers  # noqa: F401
 
 SEED_ENV = "RELIABILITY_SEED"

@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import text
 
-from hub.synthetic import make_study
-from tests.harness.faults import FaultInjector
-from tests.harness.flapping import Flapper
-from tests.harness.load import send_concurrently
+from testkit.harness.faults import FaultInjector
+from testkit.harness.flapping import Flapper
+from testkit.harness.load import send_concurrently
+from testkit.synthetic import make_study
 from tests.reliability.checks import negative_durations, verify_run
 from tests.reliability.conftest import LEG_LENGTH
 from tests.reliability.test_soak import SENDERS, wait_final

@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from hub.synthetic import study_uids
-from tests.harness.faults import FaultInjector, orthanc_answers, restart_postgres, sigkill_orthanc
-from tests.harness.flapping import Flapper
-from tests.harness.load import send_concurrently
-from tests.harness.waiting import wait_until
+from testkit.harness.faults import FaultInjector, orthanc_answers, restart_postgres, sigkill_orthanc
+from testkit.harness.flapping import Flapper
+from testkit.harness.load import send_concurrently
+from testkit.harness.waiting import wait_until
+from testkit.synthetic import study_uids
 from tests.reliability.checks import AI_SHARE, make_studies, verify_run
 from tests.reliability.test_soak import SENDERS, wait_final
 

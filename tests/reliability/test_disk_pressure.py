@@ -32,18 +32,18 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from streamlit.testing.v1 import AppTest
 
-from hub import auth
-from hub.dicom_peers import StorageSCP, send_datasets
-from hub.disk import MIB
-from hub.operations import hold_destination, release_destination
-from hub.orthanc_config import render_orthanc_config
-from hub.settings import PROJECT_ROOT, Settings, SettingsError, settings_from_values
-from hub.stack.probes import probe_worker
-from hub.synthetic import make_study
-from tests.harness.ports import free_port
-from tests.harness.stack import OrthancServer, PostgresServer, QiDatabase, write_env
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import ALL_TO_PACS, WorkerProcess, all_jobs_final, jobs
+from core import auth
+from core.disk import MIB
+from core.operations import hold_destination, release_destination
+from core.settings import PROJECT_ROOT, Settings, SettingsError, settings_from_values
+from ops.orthanc_config import render_orthanc_config
+from ops.stack.probes import probe_worker
+from testkit.dicom_peers import StorageSCP, send_datasets
+from testkit.harness.ports import free_port
+from testkit.harness.stack import OrthancServer, PostgresServer, QiDatabase, write_env
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import ALL_TO_PACS, WorkerProcess, all_jobs_final, jobs
+from testkit.synthetic import make_study
 from tests.integration.app.conftest import (  # noqa: F401 - navigation_mode is an autouse fixture
     USERS,
     clear_app_caches,

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from hub import recorder
-from hub.recorder import SeriesInfo, StudyInfo
+from core import recorder
+from core.recorder import SeriesInfo, StudyInfo
 from worker.dispatcher import Dispatcher
 
 pytestmark = pytest.mark.integration

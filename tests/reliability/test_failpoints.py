@@ -1,6 +1,6 @@
 """Exactly once at every step of the send protocol, on a loaded machine.
 
-A worker armed with a failpoint (hub/failpoints.py) SIGKILLs itself at one exact step;
+A worker armed with a failpoint (core/failpoints.py) SIGKILLs itself at one exact step;
 a fresh worker then takes over, beside a CPU hog on every core. Every study goes to the
 AI node (MERCURE) and both PACS, and the AI's results to PACS1, so the store steps are
 armed on the AI node, where a repeat would mean the AI processing a study twice and two
@@ -18,10 +18,10 @@ import signal
 import pytest
 from sqlalchemy import text
 
-from hub.failpoints import Failpoint
-from hub.synthetic import make_study
-from tests.harness.faults import CpuHog
-from tests.harness.worker_proc import send
+from core.failpoints import Failpoint
+from testkit.harness.faults import CpuHog
+from testkit.harness.worker_proc import send
+from testkit.synthetic import make_study
 from tests.reliability.checks import negative_durations, verify_run
 from tests.reliability.conftest import LEG_LENGTH
 from tests.reliability.test_soak import wait_final

@@ -13,9 +13,9 @@ import time
 import pytest
 from sqlalchemy import text
 
-from hub.synthetic import make_study
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import all_jobs_final, send
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import all_jobs_final, send
+from testkit.synthetic import make_study
 
 pytestmark = pytest.mark.integration
 

@@ -21,12 +21,12 @@ from collections import Counter
 import pytest
 from sqlalchemy import text
 
-from hub.dicom_peers import AINode
-from hub.synthetic import study_uids
-from tests.harness.flapping import Flapper
-from tests.harness.load import send_concurrently
-from tests.harness.waiting import WaitTimeout, wait_until
-from tests.harness.worker_proc import all_jobs_final, jobs
+from testkit.dicom_peers import AINode
+from testkit.harness.flapping import Flapper
+from testkit.harness.load import send_concurrently
+from testkit.harness.waiting import WaitTimeout, wait_until
+from testkit.harness.worker_proc import all_jobs_final, jobs
+from testkit.synthetic import study_uids
 from tests.reliability.checks import AI_SHARE, make_studies, verify_run
 
 pytestmark = pytest.mark.integration

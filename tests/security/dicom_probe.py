@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
 REGISTERED = "127.0.0.1"  # where the tests register every modality
 ELSEWHERE = "127.0.0.2"  # another host on the network, as Orthanc sees it
 SUCCESS_OR_PENDING = (0x0000, 0xFF00, 0xFF01)
-CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography (hub.synthetic's CR studies)
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography (testkit.synthetic's CR studies)
 
 
 @dataclass

@@ -3,7 +3,7 @@ round trip with it, and a wrong key (or a damaged archive) refused with nothing 
 
 Real servers, as in tests/integration/test_tooling_backup.py (whose MiniStack fixture
 this reuses): the harness's PostgreSQL, an Orthanc holding two studies a real worker
-delivered to a real PACS. Encryption is age's (hub/tooling/encryption.py).
+delivered to a real PACS. Encryption is age's (ops/tooling/encryption.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from hub.settings import PROJECT_ROOT
-from hub.tooling.backup import create_backup, list_backups, restore_backup
+from core.settings import PROJECT_ROOT
+from ops.tooling.backup import create_backup, list_backups, restore_backup
 from tests.integration import test_tooling_backup as tooling_backup
 from tests.integration.test_tooling_backup import HarnessControl, MiniStack, orthanc_snapshot, qi_snapshot
 
@@ -39,7 +39,7 @@ def _backup(stack: MiniStack, out: Path, key: Path) -> Path:
 
 def _restore_cli(archive: Path, env_file: Path, key: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HUB_ENV_FILE": str(env_file)}
-    return subprocess.run([sys.executable, "-m", "hub.tooling.backup", "--mode", "native", "restore", str(archive),
+    return subprocess.run([sys.executable, "-m", "ops.tooling.backup", "--mode", "native", "restore", str(archive),
                            "--yes", "--key", str(key)],
                           capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=300, check=False)
 
@@ -126,7 +126,7 @@ def test_a_wrong_key_or_a_damaged_archive_is_refused_with_nothing_changed(stack:
     assert stack.env_file.read_bytes() == env_before
     assert _leftovers(stack.settings.state_dir, tmp_path / "backups", tmp_path / "keys") == []
     # The right key restores the same archive (the refusals above were about the key).
-    verify = subprocess.run([sys.executable, "-m", "hub.tooling.backup", "verify", str(archive), "--key", str(right)],
+    verify = subprocess.run([sys.executable, "-m", "ops.tooling.backup", "verify", str(archive), "--key", str(right)],
                             capture_output=True, text=True, env={**os.environ, "HUB_ENV_FILE": str(stack.env_file)},
                             cwd=PROJECT_ROOT, timeout=120, check=False)
     assert verify.returncode == 0 and ": OK (" in verify.stdout, verify.stdout + verify.stderr

@@ -1,4 +1,4 @@
-"""Uninstall and restore delete only what the stack created (hub/datadirs.py).
+"""Uninstall and restore delete only what the stack created (ops/datadirs.py).
 
 Probes: `make uninstall` with DICOM_STORAGE=/var/lib (a system path, refused whatever
 it holds) and with a directory the stack did not create (no ownership marker), both
@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from hub.settings import PROJECT_ROOT, Settings, load_settings
-from hub.tooling import backup, exitcodes, uninstall
-from hub.tooling.archive import ENV_MEMBER, MANIFEST, ORTHANC_CONFIG_MEMBER, ORTHANC_DUMP, QI_DUMP, Manifest, add_bytes
-from tests.harness.stack import make_values, write_env
+from core.settings import PROJECT_ROOT, Settings, load_settings
+from ops.tooling import backup, exitcodes, uninstall
+from ops.tooling.archive import ENV_MEMBER, MANIFEST, ORTHANC_CONFIG_MEMBER, ORTHANC_DUMP, QI_DUMP, Manifest, add_bytes
+from testkit.harness.stack import make_values, write_env
 
 SYSTEM_PATHS = ("/", "/var", "/var/lib", "/var/log", "/etc", "/etc/orthanc", "/usr/local/share", "/opt", "/home",
                 "/root", "/tmp", "/boot/grub", "/var/lib/postgresql", "/var/lib/orthanc")
@@ -52,7 +52,7 @@ def _mark(path: Path, role: str) -> None:
     that code does, not on a missing module.)
     """
     try:
-        from hub import datadirs
+        from ops import datadirs
     except ImportError:
         path.mkdir(parents=True, exist_ok=True)
         return
@@ -81,7 +81,7 @@ def _uninstall(env_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
 
 
 def test_system_paths_are_refused_whatever_they_hold() -> None:
-    from hub import datadirs
+    from ops import datadirs
 
     for path in (*SYSTEM_PATHS, str(PROJECT_ROOT), str(PROJECT_ROOT.parent), str(PROJECT_ROOT / ".venv"),
                  str(Path.home())):
@@ -138,7 +138,7 @@ def test_an_older_install_is_refused_with_the_command_that_marks_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     env_file, settings = _site(tmp_path)
-    from hub import datadirs
+    from ops import datadirs
 
     (settings.dicom_storage / datadirs.MARKER).unlink()  # made before markers existed
     (settings.dicom_storage / "data.bin").unlink()
@@ -169,7 +169,7 @@ def test_marking_refuses_what_is_not_the_hubs(tmp_path: Path, monkeypatch: pytes
     write_env(values, env_file)
     code, output = _uninstall(env_file, monkeypatch, capsys, "mark")
     assert code == exitcodes.CONFIG and "not the hub's" in output, output
-    from hub import datadirs
+    from ops import datadirs
 
     assert not datadirs.is_marked(foreign)
 

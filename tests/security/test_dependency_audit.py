@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.tooling import dependency_audit as audit
-from hub.tooling import exitcodes
+from ops.tooling import dependency_audit as audit
+from ops.tooling import exitcodes
 
 CLEAN = {"dependencies": [{"name": "httpx", "version": "0.28.1", "vulns": []},
                           {"name": "bcrypt", "version": "5.0.0", "vulns": []}], "fixes": []}
@@ -99,7 +99,7 @@ def test_argv_audits_exact_pins_against_pypi_without_pip() -> None:
 
 def test_requirements_are_all_exact_pins() -> None:
     """--no-deps audits exactly what is written: a loose pin would audit nothing useful."""
-    from hub.settings import PROJECT_ROOT
+    from core.settings import PROJECT_ROOT
 
     lines = [line.split("#")[0].strip() for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines()]
     pins = [line for line in lines if line]

@@ -30,16 +30,16 @@ import yaml
 from sqlalchemy import Engine, text
 from streamlit.testing.v1 import AppTest
 
-from hub.dicom_names import parse_modality_line
-from hub.dicom_peers import StorageSCP, send_datasets
-from hub.orthanc_client import OrthancClient
-from hub.orthanc_config import render_orthanc_config
-from hub.settings import PROJECT_ROOT, Settings
-from hub.synthetic import derive_ai_series, make_study
-from hub.tooling.seed import apply_modalities
-from tests.harness.stack import OrthancServer
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import WorkerProcess, event_types, study_row
+from core.dicom_names import parse_modality_line
+from core.orthanc_client import OrthancClient
+from core.settings import PROJECT_ROOT, Settings
+from ops.orthanc_config import render_orthanc_config
+from ops.tooling.seed import apply_modalities
+from testkit.dicom_peers import StorageSCP, send_datasets
+from testkit.harness.stack import OrthancServer
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import WorkerProcess, event_types, study_row
+from testkit.synthetic import derive_ai_series, make_study
 from tests.integration.app.conftest import AppEnv, frame_text
 from tests.security.dicom_probe import ELSEWHERE, REGISTERED, retrieve, store_from
 

@@ -6,7 +6,7 @@ storable study that a refusing PACS makes the worker retry, all for a patient wi
 unique name and ID. Then it reads every log of the session: Orthanc's (the session's
 and any other test's), every worker's, PostgreSQL's, and every other `*.log` under
 pytest's base temporary directory. None may hold that patient's name or ID, nor a
-synthetic patient's (hub.synthetic's `SYN########` IDs and the names the bad-input
+synthetic patient's (testkit.synthetic's `SYN########` IDs and the names the bad-input
 suite sends). In a full run (`make test`) tests/badinput runs before tests/security,
 so its logs are read too.
 """
@@ -22,19 +22,19 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from hub.logredact import redact
-from hub.orthanc_config import LOG_FILTER
-from hub.synthetic import make_study
+from ops.logredact import redact
+from ops.orthanc_config import LOG_FILTER
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import ALL_TO_PACS, all_jobs_final, rules_file, send
+from testkit.synthetic import make_study
 from tests.badinput.test_malformed_dicom import send_raw_file
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import ALL_TO_PACS, all_jobs_final, rules_file, send
 
 pytestmark = pytest.mark.integration
 
 TOKEN = uuid.uuid4().hex[:10].upper()
 CANARY_NAME = f"CANARYNAME{TOKEN}^GIVEN{TOKEN}"
 CANARY_ID = f"CANARYID{TOKEN}"
-# Patients of the other suites: hub.synthetic's generated IDs and default name, and the
+# Patients of the other suites: testkit.synthetic's generated IDs and default name, and the
 # names the bad-input suite gives its odd-but-storable studies (as sent and as stored).
 SYNTHETIC_PHI = re.compile(r"\bSYN\d{8}\b|SYNTHETIC\^PATIENT|M(?:Ü|)LLER\^J(?:Ö|)RG|BROKEN\^|P{64}")
 
@@ -97,7 +97,7 @@ def test_no_patient_name_or_id_in_any_log(
     assert clean_orthanc.logfile in logs and worker.log in logs
     hits = phi_hits(logs, (CANARY_ID, f"CANARYNAME{TOKEN}", f"GIVEN{TOKEN}"))
     assert hits == [], "patient data in logs:\n" + "\n".join(hits[:20])
-    # The refusals are still logged, with the value replaced (hub/logredact.py).
+    # The refusals are still logged, with the value replaced (ops/logredact.py).
     refusals = [line for line in clean_orthanc.log_text()[log_before:].splitlines() if "required tags" in line]
     assert len(refusals) >= 2 and all("PatientID=<redacted>" in line for line in refusals), refusals
 

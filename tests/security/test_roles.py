@@ -6,7 +6,7 @@ operator action is also "clicked" the way a tampered browser could (a trigger fo
 button rendered disabled; Streamlit 1.67 discards it server-side, and each page checks
 the role again with app.components.access.can before acting), and by an operator who
 was demoted after the page was drawn. The enforcement is server-side: the role lives
-in the server's session state and is re-read from app_users. hub/operations.py has no
+in the server's session state and is re-read from app_users. core/operations.py has no
 role check of its own on purpose: its callers hold the database password, and the
 CLI runs as the OS user, so an actor name passed in could not be verified anyway.
 """
@@ -19,8 +19,8 @@ from collections.abc import Callable
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.harness.ports import free_port
-from tests.integration.app import seed
+from testkit import app_flows
+from testkit.harness.ports import free_port
 from tests.integration.app.conftest import MAIN, USERS, AppEnv, assert_clean
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ def _changes(app_env: AppEnv) -> list[str]:
 
 
 def test_a_viewer_has_no_enabled_action_on_any_page(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     app_env.orthanc.rest.put_modality("PACS", "PACS", free_port())
     for page in PAGES:
@@ -109,7 +109,7 @@ def test_user_management_is_out_of_reach_below_admin(app_env: AppEnv) -> None:
 
 
 def test_forged_clicks_by_a_viewer_change_nothing(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     down = free_port()
     app_env.orthanc.rest.put_modality("LPCHROUTER", "LPCHROUTER", down)
@@ -140,9 +140,9 @@ def test_forged_clicks_by_a_viewer_change_nothing(
 
 
 def test_an_operator_demoted_after_the_page_was_drawn_cannot_act(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
-    from hub import auth
+    from core import auth
 
     dead_job = flows["dead"].jobs["delivery:LPCHROUTER"]
     at = _detail(open_page, flows["dead"].study_id, "operator")
@@ -159,7 +159,7 @@ def test_an_operator_demoted_after_the_page_was_drawn_cannot_act(
 
 
 def test_the_same_click_works_for_an_operator(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     """Control for the test above: the guard is the role, not a broken button."""
     dead_job = flows["dead"].jobs["delivery:LPCHROUTER"]

@@ -26,14 +26,14 @@ import yaml
 from sqlalchemy import Engine, text
 from streamlit.testing.v1 import AppTest
 
-from hub.rules_status import error_line
-from hub.settings import PROJECT_ROOT, Settings, load_settings
-from hub.stack.probes import probe_worker
-from tests.harness.ports import free_port
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import ALL_TO_PACS, WorkerProcess
+from core.rules import RulesError, parse_rules
+from core.rules_status import error_line
+from core.settings import PROJECT_ROOT, Settings, load_settings
+from ops.stack.probes import probe_worker
+from testkit.harness.ports import free_port
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import ALL_TO_PACS, WorkerProcess
 from tests.integration.app.conftest import AppEnv
-from worker.rules import RulesError, parse_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -92,7 +92,7 @@ def _orthanc_status(env_file: Path) -> tuple[subprocess.CompletedProcess[str], s
     env = {**os.environ, "HUB_ENV_FILE": str(env_file), "COLUMNS": "250"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "hub.cli", "status", *args], cwd=PROJECT_ROOT, env=env,
+        return subprocess.run([sys.executable, "-m", "ops.cli", "status", *args], cwd=PROJECT_ROOT, env=env,
                               capture_output=True, text=True, timeout=60, check=False)
 
     return run("--json"), run()

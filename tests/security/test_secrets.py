@@ -1,6 +1,6 @@
 """Generated secrets are long, random, URL-safe, distinct, and written private (mode 600).
 
-Covers hub.envfile (the `.env` that `make run`/`make env` create), the wizard's
+Covers core.envfile (the `.env` that `make run`/`make env` create), the wizard's
 generation, the app's generated user passwords, the PostgreSQL superuser's secret
 file and the compose stack's secret files.
 """
@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from hub import auth, pgcluster
-from hub.envfile import GENERATED_SECRETS, ensure_env_file, generate_secret, read_env_file, write_private
-from hub.settings import DEFAULTS_FILE, settings_from_values
-from hub.stack import compose
-from hub.tooling import wizard
+from core import auth
+from core.envfile import GENERATED_SECRETS, ensure_env_file, generate_secret, read_env_file, write_private
+from core.settings import DEFAULTS_FILE, settings_from_values
+from ops import pgcluster
+from ops.stack import compose
+from ops.tooling import wizard
 
 URLSAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -21,8 +21,8 @@ import httpx
 import psycopg
 import pytest
 
-from hub.envfile import GENERATED_SECRETS
-from hub.settings import PROJECT_ROOT
+from core.envfile import GENERATED_SECRETS
+from core.settings import PROJECT_ROOT
 from tests.integration.test_native_stack import NativeStack, native_stack  # noqa: F401 - fixture
 from tests.security.sockets import listening_addresses
 from tests.security.test_surfaces import ORTHANC_ENDPOINTS
@@ -101,7 +101,7 @@ def test_no_secret_leaks_from_a_running_stack(native_stack: NativeStack) -> None
     # A backup, with every command line sampled while it runs (pg_dump included).
     env = {**os.environ, "HUB_ENV_FILE": str(stack.env_file)}
     with CmdlineSampler() as during_backup:
-        backup = subprocess.run([sys.executable, "-m", "hub.tooling.backup", "--mode", "native", "create"],
+        backup = subprocess.run([sys.executable, "-m", "ops.tooling.backup", "--mode", "native", "create"],
                                 cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert backup.returncode == 0, backup.stdout + backup.stderr
     assert leaks(backup.stdout + backup.stderr) == []

@@ -3,7 +3,7 @@
 Orthanc's REST API and DICOMweb answer 401 without or with wrong credentials; Orthanc
 refuses Lua execution even with the right ones and refuses queries and retrieves
 (C-FIND, C-MOVE, C-GET) from callers it does not know; PostgreSQL refuses TCP logins
-without or with a wrong password (pg_hba written by hub/pgcluster.py: scram-sha-256
+without or with a wrong password (pg_hba written by ops/pgcluster.py: scram-sha-256
 over TCP, peer on the private Unix socket) and listens on BIND_ADDRESS only; the
 worker's /health and /metrics listen on BIND_ADDRESS (127.0.0.1) only.
 """
@@ -25,12 +25,12 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from hub import pgcluster
-from hub.dicom_peers import send_datasets
-from hub.settings import Settings
-from hub.synthetic import make_study
-from tests.harness.stack import OrthancServer, PostgresServer
-from tests.harness.worker_proc import WorkerProcess
+from core.settings import Settings
+from ops import pgcluster
+from testkit.dicom_peers import send_datasets
+from testkit.harness.stack import OrthancServer, PostgresServer
+from testkit.harness.worker_proc import WorkerProcess
+from testkit.synthetic import make_study
 from tests.security.sockets import listening_addresses
 
 pytestmark = pytest.mark.integration

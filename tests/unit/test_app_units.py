@@ -8,10 +8,10 @@ from pathlib import Path
 from app.components.destination_form import validate
 from app.components.fmt import age, dicom_datetime
 from app.components.rules_text import active_rules, checksum, describe_rule, write_atomically
-from hub import auth
-from hub.dicom_names import Modality
-from hub.queries import Stage, study_stages
-from worker.rules import parse_rules
+from core import auth
+from core.dicom_names import Modality
+from core.queries import Stage, study_stages
+from core.rules import parse_rules
 
 
 def test_lockout_schedule_doubles_and_caps() -> None:

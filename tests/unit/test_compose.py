@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from hub.envfile import GENERATED_SECRETS, generate_secret, read_env_file
-from hub.settings import DEFAULTS_FILE, PROJECT_ROOT, settings_from_values
-from hub.stack import compose, container
+from core.envfile import GENERATED_SECRETS, generate_secret, read_env_file
+from core.settings import DEFAULTS_FILE, PROJECT_ROOT, settings_from_values
+from ops.stack import compose, container
 
 COMPOSE_FILE = PROJECT_ROOT / "stack" / "docker-compose.yml"
 VAR_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")

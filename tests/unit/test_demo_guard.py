@@ -2,7 +2,7 @@
 
 import pytest
 
-from hub.demo import DemoRefused, check_modalities
+from testkit.demo import DemoRefused, check_modalities
 
 
 def test_refuses_a_destination_outside_loopback():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub.envfile import ensure_env_file, read_env_file
-from hub.settings import DEFAULTS_FILE, settings_from_values
+from core.envfile import ensure_env_file, read_env_file
+from core.settings import DEFAULTS_FILE, settings_from_values
 from worker.dispatcher import ClaimedJob, Dispatcher
 
 

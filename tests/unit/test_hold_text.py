@@ -1,4 +1,4 @@
-"""The one line every surface prints for a held destination (hub.queries.DestinationState.summary)."""
+"""The one line every surface prints for a held destination (core.queries.DestinationState.summary)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from app.components.holds import hold_line
-from hub.queries import DestinationState, HoldKind
+from core.queries import DestinationState, HoldKind
 
 LA = ZoneInfo("America/Los_Angeles")
 NOW = datetime(2026, 12, 6, 18, 30, tzinfo=UTC)  # 10:30 PST

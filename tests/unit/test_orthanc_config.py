@@ -6,8 +6,8 @@ import json
 import stat
 from pathlib import Path
 
-from hub.orthanc_config import orthanc_env, render_orthanc_config, write_orthanc_config
-from hub.settings import Settings
+from core.settings import Settings
+from ops.orthanc_config import orthanc_env, render_orthanc_config, write_orthanc_config
 
 
 def test_identity_ports_and_storage(hub_settings: Settings) -> None:

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from hub.orthanc_client import parse_orthanc_time
+from core.orthanc_client import parse_orthanc_time
 
 
 def test_change_dates_and_job_times_share_whole_seconds():

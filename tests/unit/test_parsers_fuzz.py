@@ -8,10 +8,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub.dicom_names import MODALITY_NAME_RE, Modality, parse_modality_line
-from hub.envfile import EnvFileError, parse_env_text
-from hub.settings import SettingsError, settings_from_values
-from worker.rules import RulesError, SeriesFacts, parse_rules
+from core.dicom_names import MODALITY_NAME_RE, Modality, parse_modality_line
+from core.envfile import EnvFileError, parse_env_text
+from core.rules import RulesError, SeriesFacts, parse_rules
+from core.settings import SettingsError, settings_from_values
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -76,7 +76,7 @@ def test_rules_parser_on_rule_shaped_documents(document, series):
 @FUZZ
 @given(series_facts)
 def test_shipped_rules_evaluate_any_series(series):
-    from hub.settings import PROJECT_ROOT
+    from core.settings import PROJECT_ROOT
 
     ruleset = parse_rules((PROJECT_ROOT / "config" / "routing.yml").read_text())
     keys = {s.key for s in series}

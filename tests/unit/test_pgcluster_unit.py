@@ -1,4 +1,4 @@
-"""Pure parts of hub.pgcluster: SCRAM verifiers and the foreground command line."""
+"""Pure parts of ops.pgcluster: SCRAM verifiers and the foreground command line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 import hmac
 from pathlib import Path
 
-from hub import pgcluster
+from ops import pgcluster
 
 
 def test_scram_verifier_matches_rfc_5802() -> None:

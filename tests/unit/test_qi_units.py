@@ -18,10 +18,10 @@ import openpyxl
 import pytest
 from typer.testing import CliRunner
 
-from hub import reports
-from hub.cli import app
-from hub.qi import QiError, QiFilter
-from hub.settings import PROJECT_ROOT
+from core import reports
+from core.qi import QiError, QiFilter
+from core.settings import PROJECT_ROOT
+from ops.cli import app
 
 LA = ZoneInfo("America/Los_Angeles")
 GRAFANA = PROJECT_ROOT / "stack" / "grafana"

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from hub.settings import PROJECT_ROOT
+from core.rules import Condition, RulesError, SeriesFacts, parse_rules
+from core.settings import PROJECT_ROOT
 from worker.dispatcher import backoff_delay
-from worker.rules import Condition, RulesError, SeriesFacts, parse_rules
 
 
 def series(key: str, kind: str = "original", sender: str = "CT1", **tags: str) -> SeriesFacts:

@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from hub.dicom_names import Modality, parse_modality_line
-from hub.rules_status import error_line, rules_problem
-from hub.sender_checks import AiSenders, describe
-from hub.tooling.seed import _same, retrieve_allowed
+from core.dicom_names import Modality, parse_modality_line
+from core.rules_status import error_line, rules_problem
+from core.sender_checks import AiSenders, describe
+from ops.tooling.seed import _same, retrieve_allowed
 
 LA = ZoneInfo("America/Los_Angeles")
 

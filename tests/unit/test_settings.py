@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.envfile import ensure_env_file, read_env_file
-from hub.settings import DEFAULTS_FILE, SettingsError, load_settings, settings_from_values
+from core.envfile import ensure_env_file, read_env_file
+from core.settings import DEFAULTS_FILE, SettingsError, load_settings, settings_from_values
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from hub import pgcluster
-from hub.envfile import GENERATED_SECRETS
-from hub.settings import PROJECT_ROOT, Settings, settings_from_values
-from hub.stack import native
-from hub.stack.layout import SERVICES, StackLayout
-from hub.stack.supervisor_conf import probe_host, render_supervisord_conf
+from core.envfile import GENERATED_SECRETS
+from core.settings import PROJECT_ROOT, Settings, settings_from_values
+from ops import pgcluster
+from ops.stack import native
+from ops.stack.layout import SERVICES, StackLayout
+from ops.stack.supervisor_conf import probe_host, render_supervisord_conf
 
 
 def _conf(settings: Settings, env_file: Path, fingerprints: dict[str, str] | None = None) -> configparser.RawConfigParser:
@@ -45,7 +45,7 @@ def test_commands_and_environment(hub_settings: Settings, tmp_path: Path) -> Non
     if os.geteuid() == 0:
         assert conf["program:postgres"]["user"] == "postgres"
     orthanc = conf["program:orthanc"]
-    # Orthanc runs through the log filter, which execs it (hub/logredact.py).
+    # Orthanc runs through the log filter, which execs it (ops/logredact.py).
     assert orthanc["command"] == (f"{sys.executable} -I {PROJECT_ROOT / 'hub' / 'logredact.py'} -- "
                                   f"/usr/sbin/Orthanc {s.state_dir / 'orthanc.json'}")
     assert 'TCP_NODELAY="1"' in orthanc["environment"] and f'TZ="{s.tz}"' in orthanc["environment"]
@@ -89,7 +89,7 @@ def test_busy_ports_names_the_setting(make_settings: Callable[..., Settings]) ->
 
 @pytest.mark.parametrize("args", [["logs", "nonsense"]])
 def test_cli_rejects_unknown_service(args: list[str], use_hub_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hub.stack.cli import main
+    from ops.stack.cli import main
 
     assert main(["--mode", "native", *args]) == 1
     assert "unknown service" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from hub.synthetic import derive_ai_series, make_study, write_datasets
+from testkit.synthetic import derive_ai_series, make_study, write_datasets
 
 
 def test_study_shape_and_uids() -> None:

@@ -1,4 +1,4 @@
-"""The wizard's per-answer validation (hub.tooling.answers) and summary masking."""
+"""The wizard's per-answer validation (ops.tooling.answers) and summary masking."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hub.envfile import GENERATED_SECRETS, read_env_file
-from hub.settings import DEFAULTS_FILE
-from hub.tooling import answers
-from hub.tooling.wizard import summary
+from core.envfile import GENERATED_SECRETS, read_env_file
+from core.settings import DEFAULTS_FILE
+from ops.tooling import answers
+from ops.tooling.wizard import summary
 
 
 def test_paths(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Archive verification (hub.tooling.archive) on hand-made archives: no servers needed."""
+"""Archive verification (ops.tooling.archive) on hand-made archives: no servers needed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.tooling.archive import (
+from ops.tooling.archive import (
     ENV_MEMBER,
     MANIFEST,
     ORTHANC_CONFIG_MEMBER,

@@ -21,7 +21,7 @@ One definition per metric
 * Anything that depends on the clock or on settings (SLA states, AI overdue, local
   day/week/month buckets in TZ) is computed in `qi_study` / `qi_delivery` /
   `qi_attempt` from the one-row table `qi_settings`, which the worker, app and CLI
-  upsert from `.env` (`hub.qi.sync_qi_settings`). It is never cached.
+  upsert from `.env` (`core.qi.sync_qi_settings`). It is never cached.
 * Aggregates (counts, p50/p90/p95 via percentile_cont, max, rates with their
   denominators) are parameterised SQL functions `qi_*(p_from, p_to, ...)` over those
   views. Functions, not views, because a percentile cannot be re-aggregated: filters
@@ -66,7 +66,7 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = r"""
--- Settings the views need (single row; hub.qi.sync_qi_settings upserts it from .env).
+-- Settings the views need (single row; core.qi.sync_qi_settings upserts it from .env).
 CREATE TABLE qi_settings (
     id                    boolean PRIMARY KEY DEFAULT true CHECK (id),
     tz                    text    NOT NULL DEFAULT 'America/Los_Angeles',
@@ -875,7 +875,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Let the read-only Grafana role read the public views (when the role exists already;
--- hub.qi.grant_read_access repeats this for a role created later).
+-- core.qi.grant_read_access repeats this for a role created later).
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'grafana_ro') THEN

@@ -5,7 +5,7 @@ Revises: 0006
 Create Date: 2026-12-08
 
 * `series.kind` gains `rejected`: a series whose sender AET is in AI_RESULT_AETS but
-  whose RemoteIP is not the host registered for that AET (hub/sender_checks.py). It is
+  whose RemoteIP is not the host registered for that AET (core/sender_checks.py). It is
   recorded so an operator sees it, but the rules, the stability sweep and resends skip
   it, and the QI views (which select `original` and `ai_result` by name) ignore it.
 * `events.type` gains `sender_rejected`, the flag on such a series' study timeline.

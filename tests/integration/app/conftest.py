@@ -20,11 +20,11 @@ from sqlalchemy import Engine, text
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
-from hub import auth
-from hub.db import make_engine
-from hub.settings import PROJECT_ROOT, Settings, settings_from_values
-from tests.harness.stack import OrthancServer, QiDatabase, write_env
-from tests.integration.app import seed
+from core import auth
+from core.db import make_engine
+from core.settings import PROJECT_ROOT, Settings, settings_from_values
+from testkit import app_flows
+from testkit.harness.stack import OrthancServer, QiDatabase, write_env
 
 MAIN = PROJECT_ROOT / "app" / "main.py"
 # One user per role (not named after APP_ADMIN_USERNAME, which ensure_admin creates).
@@ -63,7 +63,7 @@ class AppEnv:
 
     def reconfigure(self, **overrides: str) -> Settings:
         """Write a .env with these overrides (e.g. a dead ORTHANC_WEB_PORT) and use it."""
-        from hub.envfile import read_env_file
+        from core.envfile import read_env_file
 
         values = {**read_env_file(self.qi_db.env_file), **overrides}
         path = write_env(values, self.tmp / f"override-{len(overrides)}-{time.monotonic_ns()}.env")
@@ -90,8 +90,8 @@ class AppEnv:
 
 
 def _defaults() -> dict[str, str]:
-    from hub.envfile import read_env_file
-    from hub.settings import DEFAULTS_FILE
+    from core.envfile import read_env_file
+    from core.settings import DEFAULTS_FILE
 
     return read_env_file(DEFAULTS_FILE)
 
@@ -129,10 +129,10 @@ def app_env(
 
 
 @pytest.fixture
-def flows(app_env: AppEnv) -> dict[str, seed.Flow]:
-    """One study in each workflow state, recorded with hub.recorder."""
+def flows(app_env: AppEnv) -> dict[str, app_flows.Flow]:
+    """One study in each workflow state, recorded with core.recorder."""
     with app_env.engine.begin() as conn:
-        return seed.standard_set(conn, datetime.now(UTC))
+        return app_flows.standard_set(conn, datetime.now(UTC))
 
 
 def new_app(role: str | None = None) -> AppTest:

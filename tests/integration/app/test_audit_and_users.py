@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hub import auth
-from hub.operations import cancel_job, retry_job
-from tests.integration.app import seed
+from core import auth
+from core.operations import cancel_job, retry_job
+from testkit import app_flows
 from tests.integration.app.conftest import USERS, AppEnv, assert_clean, table_rows
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def filter_audit(at: AppTest, **fields: object) -> list[dict]:
 
 
 def test_audit_log_filters_and_pages(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     job = flows["dead"].jobs["delivery:LPCHROUTER"]
     with app_env.engine.begin() as conn:

@@ -1,4 +1,4 @@
-"""Login, lockout, session timeout, roles, and the first admin (hub.auth + app/main.py)."""
+"""Login, lockout, session timeout, roles, and the first admin (core.auth + app/main.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hub import auth
+from core import auth
 from tests.integration.app.conftest import MAIN, PASSWORDS, USERS, AppEnv, assert_clean, new_app
 
 pytestmark = pytest.mark.integration

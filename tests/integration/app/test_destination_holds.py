@@ -1,8 +1,8 @@
 """Held destinations in the app: the same line on Overview, Destinations and Queue, and
-the operator's Hold and Release buttons (hub.operations, audited as the logged-in user).
+the operator's Hold and Release buttons (core.operations, audited as the logged-in user).
 
 Holds are seeded as rows (tests/integration/holds_fixture.py), the way the worker and
-hub.operations write them.
+core.operations write them.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.errors import AppTestError
 
-from tests.harness.ports import free_port
+from testkit import app_flows
+from testkit.harness.ports import free_port
 from tests.integration import holds_fixture
-from tests.integration.app import seed
 from tests.integration.app.conftest import USERS, AppEnv, assert_clean, table_rows
 
 pytestmark = pytest.mark.integration
@@ -45,14 +45,14 @@ def click(at: AppTest, key: str) -> AppTest:
 
 
 def test_every_page_says_outage_since_and_jobs_waiting(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     # LPCHROUTER: the standard set's queued job plus one more (its dead job does not wait: it
     # needs an operator, not the destination). MODLINK: the job waiting to retry.
     now = datetime.now(UTC)
     with app_env.engine.begin() as conn:
-        extra = seed.arrive(conn, 50, now - timedelta(minutes=3))
-        seed.route(conn, extra, now - timedelta(minutes=2), "LPCHROUTER")
+        extra = app_flows.arrive(conn, 50, now - timedelta(minutes=3))
+        app_flows.route(conn, extra, now - timedelta(minutes=2), "LPCHROUTER")
     outage_at = holds_fixture.this_minute()
     operator_at = outage_at - timedelta(minutes=1)
     with app_env.engine.begin() as conn:
@@ -77,14 +77,14 @@ def test_every_page_says_outage_since_and_jobs_waiting(
 
 
 def test_nothing_held_shows_no_hold_banner(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     for page in ("overview", "queue"):
         assert not any("since" in w for w in warnings(open_page(page, as_="viewer"))), page
 
 
 def test_operator_holds_and_releases_with_a_reason_audited_as_themselves(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     app_env.orthanc.rest.put_modality("LPCHROUTER", "LPCHROUTER", free_port())
     at = open_page("destinations", as_="operator")

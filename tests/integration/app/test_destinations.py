@@ -7,9 +7,9 @@ from collections.abc import Callable
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hub.dicom_peers import StorageSCP
-from tests.harness.ports import free_port
-from tests.integration.app import seed
+from testkit import app_flows
+from testkit.dicom_peers import StorageSCP
+from testkit.harness.ports import free_port
 from tests.integration.app.conftest import USERS, AppEnv, assert_clean, table_rows
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def orthanc_modalities(app_env: AppEnv) -> dict:
 
 
 def test_list_marks_env_destinations_and_shows_recent_record(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     port = free_port()
     app_env.orthanc.rest.put_modality("LPCHROUTER", "LPCHROUTER", port)

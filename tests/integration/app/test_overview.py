@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hub.envfile import read_env_file
-from tests.harness.ports import free_port
-from tests.harness.waiting import wait_until
-from tests.harness.worker_proc import WorkerProcess
+from core.envfile import read_env_file
+from testkit.app_flows import Flow
+from testkit.harness.ports import free_port
+from testkit.harness.waiting import wait_until
+from testkit.harness.worker_proc import WorkerProcess
 from tests.integration.app.conftest import AppEnv, assert_clean, frame_text, table_rows
-from tests.integration.app.seed import Flow
 
 pytestmark = pytest.mark.integration
 

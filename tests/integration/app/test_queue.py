@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.errors import AppTestError
 
-from tests.integration.app import seed
+from testkit import app_flows
 from tests.integration.app.conftest import AppEnv, assert_clean, table_rows
 
 pytestmark = pytest.mark.integration
@@ -28,15 +28,15 @@ def dead_jobs(app_env: AppEnv, destination: str, count: int, start: int) -> list
     ids = []
     with app_env.engine.begin() as conn:
         for n in range(start, start + count):
-            flow = seed.arrive(conn, n, now - timedelta(minutes=n))
-            job = seed.route(conn, flow, now - timedelta(minutes=n - 1), destination)
-            seed.send_fail(conn, job, now - timedelta(seconds=n), error="refused", retry_at=None)
+            flow = app_flows.arrive(conn, n, now - timedelta(minutes=n))
+            job = app_flows.route(conn, flow, now - timedelta(minutes=n - 1), destination)
+            app_flows.send_fail(conn, job, now - timedelta(seconds=n), error="refused", retry_at=None)
             ids.append(job)
     return ids
 
 
 def test_states_are_listed_with_counts_and_retry_times(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     at = open_page("queue", as_="viewer")
     options = at.radio(key="queue_state").options
@@ -50,7 +50,7 @@ def test_states_are_listed_with_counts_and_retry_times(
     assert "No sending jobs" in at.info[0].value
 
 
-def test_a_viewer_cannot_act(app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]) -> None:
+def test_a_viewer_cannot_act(app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]) -> None:
     at = choose_state(open_page("queue", as_="viewer"), "dead")
     assert at.multiselect(key="queue_selected").disabled
     assert at.button(key="queue_bulk").disabled
@@ -60,7 +60,7 @@ def test_a_viewer_cannot_act(app_env: AppEnv, flows: dict[str, seed.Flow], open_
 
 
 def test_operator_retries_and_cancels_selected_jobs(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     at = choose_state(open_page("queue", as_="operator"), "failed")
     failed = flows["retrying"].jobs["delivery:MODLINK"]
@@ -82,7 +82,7 @@ def test_operator_retries_and_cancels_selected_jobs(
 
 
 def test_bulk_retry_of_filtered_dead_jobs_needs_confirmation(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     to_pacs = dead_jobs(app_env, "PACSX", 3, 500)
     other = flows["dead"].jobs["delivery:LPCHROUTER"]
@@ -105,7 +105,7 @@ def test_bulk_retry_of_filtered_dead_jobs_needs_confirmation(
 
 
 def test_bulk_retry_can_be_called_off(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     at = choose_state(open_page("queue", as_="operator"), "dead")
     at.button(key="queue_bulk").click()

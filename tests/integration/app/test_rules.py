@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hub.settings import PROJECT_ROOT
-from hub.synthetic import make_study
-from tests.integration.app import seed
+from core.settings import PROJECT_ROOT
+from testkit import app_flows
+from testkit.synthetic import make_study
 from tests.integration.app.conftest import USERS, AppEnv, assert_clean, table_rows
 from worker.rules_watch import RulesHolder
 
@@ -66,7 +66,7 @@ def test_refused_file_shows_the_worker_error_and_keeps_the_good_rules(
 
 
 def test_dry_run_on_a_recorded_study(
-    app_env: AppEnv, holder: RulesHolder, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, holder: RulesHolder, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     at = open_page("rules", as_="viewer")
     at.selectbox(key="dry_study").set_value(flows["delivered"].study_id)
@@ -94,10 +94,10 @@ def test_dry_run_reads_tags_from_orthanc(
     app_env: AppEnv, holder: RulesHolder, open_page: Callable[..., AppTest]
 ) -> None:
     datasets = make_study(1, 1, "EXTREMITY BILATERAL BONE LENGTH", accession="ACCDRY1")
-    orthanc_study, orthanc_series = seed.upload(app_env.orthanc.rest, datasets)
+    orthanc_study, orthanc_series = app_flows.upload(app_env.orthanc.rest, datasets)
     with app_env.engine.begin() as conn:
         # The recorded description matches no rule: only Orthanc's tags can make the rule match.
-        flow = seed.arrive(conn, 901, datetime.now(UTC), description="(tags from Orthanc)",
+        flow = app_flows.arrive(conn, 901, datetime.now(UTC), description="(tags from Orthanc)",
                            orthanc_id=orthanc_study, series_orthanc_id=next(iter(orthanc_series.values())))
     at = open_page("rules")
     at.text_input(key="dry_study_id").input(str(flow.study_id))
@@ -107,7 +107,7 @@ def test_dry_run_reads_tags_from_orthanc(
 
 
 def test_editor_validates_saves_atomically_and_audits(
-    app_env: AppEnv, holder: RulesHolder, rules_file: Path, flows: dict[str, seed.Flow],
+    app_env: AppEnv, holder: RulesHolder, rules_file: Path, flows: dict[str, app_flows.Flow],
     open_page: Callable[..., AppTest],
 ) -> None:
     original = rules_file.read_text()

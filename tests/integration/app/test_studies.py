@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hub.queries import MASK
-from tests.integration.app import seed
+from core.queries import MASK
+from testkit import app_flows
 from tests.integration.app.conftest import AppEnv, assert_clean, frame_text, table_rows
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def search(at: AppTest, **fields: object) -> list[dict]:
 
 
 def test_admin_sees_names_and_a_viewer_sees_them_masked(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     rows = table_rows(open_page("studies", as_="operator"), "Accession")
     assert len(rows) == 7
@@ -44,7 +44,7 @@ def test_admin_sees_names_and_a_viewer_sees_them_masked(
     assert viewer.get_by_key("f_pid").disabled
 
 
-def test_filters(app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]) -> None:
+def test_filters(app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]) -> None:
     at = open_page("studies")
     newest_first = [r["Study #"] for r in table_rows(at, "Accession")]
     assert newest_first == sorted(newest_first, reverse=True)
@@ -70,9 +70,9 @@ def test_keyset_pages_walk_the_whole_list_in_arrival_order(
     start = datetime.now(UTC) - timedelta(hours=3)
     with app_env.engine.begin() as conn:
         for n in range(60):
-            seed.arrive(conn, n, start + timedelta(minutes=n))
+            app_flows.arrive(conn, n, start + timedelta(minutes=n))
         # Two studies at the very same instant must both be listed exactly once.
-        seed.arrive(conn, 100, start + timedelta(minutes=30))
+        app_flows.arrive(conn, 100, start + timedelta(minutes=30))
     at = open_page("studies")
     at.get_by_key("f_size").set_value(25)
     at.form_submit_button[0].click()
@@ -99,7 +99,7 @@ def test_keyset_pages_walk_the_whole_list_in_arrival_order(
 
 
 def test_open_a_study_goes_to_its_detail(
-    app_env: AppEnv, flows: dict[str, seed.Flow], open_page: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
 ) -> None:
     at = open_page("studies", as_="viewer")
     at.selectbox(key="studies_open_choice").set_value(flows["dead"].study_id)

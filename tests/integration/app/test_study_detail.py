@@ -10,8 +10,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.errors import AppTestError
 
-from hub.synthetic import make_study
-from tests.integration.app import seed
+from testkit import app_flows
+from testkit.synthetic import make_study
 from tests.integration.app.conftest import USERS, AppEnv, assert_clean, frame_text, table_rows
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def detail(open_page: Callable[..., AppTest]) -> Callable[..., AppTest]:
 
 
 def test_timeline_series_jobs_and_events(
-    app_env: AppEnv, flows: dict[str, seed.Flow], detail: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], detail: Callable[..., AppTest]
 ) -> None:
     at = detail(flows["delivered"].study_id, as_="viewer")
     stages = table_rows(at, "Stage")
@@ -56,7 +56,7 @@ def test_timeline_series_jobs_and_events(
 
 
 def test_dead_job_shows_its_error_and_an_operator_retries_it(
-    app_env: AppEnv, flows: dict[str, seed.Flow], detail: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], detail: Callable[..., AppTest]
 ) -> None:
     job_id = flows["dead"].jobs["delivery:LPCHROUTER"]
     at = detail(flows["dead"].study_id, as_="operator")
@@ -78,7 +78,7 @@ def test_dead_job_shows_its_error_and_an_operator_retries_it(
 
 
 def test_operator_cancels_a_queued_job(
-    app_env: AppEnv, flows: dict[str, seed.Flow], detail: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], detail: Callable[..., AppTest]
 ) -> None:
     job_id = flows["queued"].jobs["delivery:LPCHROUTER"]
     at = detail(flows["queued"].study_id, as_="operator")
@@ -90,7 +90,7 @@ def test_operator_cancels_a_queued_job(
 
 
 def test_a_viewer_cannot_retry_cancel_or_resend(
-    app_env: AppEnv, flows: dict[str, seed.Flow], detail: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], detail: Callable[..., AppTest]
 ) -> None:
     app_env.orthanc.rest.put_modality("LPCHROUTER", "LPCHROUTER", 11999)
     at = detail(flows["dead"].study_id, as_="viewer")
@@ -107,7 +107,7 @@ def test_a_viewer_cannot_retry_cancel_or_resend(
 
 
 def test_resend_to_a_chosen_destination_after_confirmation(
-    app_env: AppEnv, flows: dict[str, seed.Flow], detail: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], detail: Callable[..., AppTest]
 ) -> None:
     app_env.orthanc.rest.put_modality("MODLINK", "MODLINK", 11998)
     app_env.orthanc.rest.put_modality("LPCHROUTER", "LPCHROUTER", 11999)
@@ -148,10 +148,10 @@ def fake_ohif(app_env: AppEnv) -> Iterator[None]:
 
 def test_viewer_links_point_at_this_study(app_env: AppEnv, detail: Callable[..., AppTest]) -> None:
     datasets = make_study(1, 1, "XR KNEE", accession="ACCLINK1")
-    orthanc_study, orthanc_series = seed.upload(app_env.orthanc.rest, datasets)
+    orthanc_study, orthanc_series = app_flows.upload(app_env.orthanc.rest, datasets)
     series_uid, series_id = next(iter(orthanc_series.items()))
     with app_env.engine.begin() as conn:
-        flow = seed.arrive(conn, 900, datetime.now(UTC), orthanc_id=orthanc_study, series_orthanc_id=series_id)
+        flow = app_flows.arrive(conn, 900, datetime.now(UTC), orthanc_id=orthanc_study, series_orthanc_id=series_id)
     at = detail(flow.study_id)
     links = {b.label: b.url for b in at.link_button}
     port = app_env.settings.orthanc_web_port
@@ -162,7 +162,7 @@ def test_viewer_links_point_at_this_study(app_env: AppEnv, detail: Callable[...,
 
 
 def test_ohif_link_when_the_viewer_runs(
-    app_env: AppEnv, flows: dict[str, seed.Flow], fake_ohif: None, detail: Callable[..., AppTest]
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], fake_ohif: None, detail: Callable[..., AppTest]
 ) -> None:
     at = detail(flows["delivered"].study_id)
     links = {b.label: b.url for b in at.link_button}
@@ -170,7 +170,7 @@ def test_ohif_link_when_the_viewer_runs(
         f":{app_env.settings.ohif_port}/viewer?StudyInstanceUIDs={flows['delivered'].study_uid}")
 
 
-def test_find_a_study_by_accession(app_env: AppEnv, flows: dict[str, seed.Flow], detail: Callable[..., AppTest]) -> None:
+def test_find_a_study_by_accession(app_env: AppEnv, flows: dict[str, app_flows.Flow], detail: Callable[..., AppTest]) -> None:
     at = detail(flows["delivered"].study_id)
     at.text_input(key="detail_lookup").input(flows["unrouted"].accession)
     at.form_submit_button[0].click()

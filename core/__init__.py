@@ -1,0 +1,1 @@
+"""The runtime domain the worker, the app and the tooling share."""

@@ -1,0 +1,292 @@
+"""App users: bcrypt passwords, roles, login with lockout, and the first admin.
+
+The logic lives here rather than in the Streamlit app so that the CLI and the stack
+start (`ensure_admin`) use exactly the same rules. Every change to a user and every
+failed login is written to the audit log; no password, hash or typed-in user name of
+an unknown account is ever stored there (a user name field often receives a
+password by mistake).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+import bcrypt
+from sqlalchemy import Connection, select, text
+
+from core.db import app_users
+from core.recorder import audit
+from core.settings import Settings
+
+ROLES: tuple[str, ...] = ("viewer", "operator", "admin")
+ROLE_RANK: dict[str, int] = {role: rank for rank, role in enumerate(ROLES)}
+
+BCRYPT_ROUNDS = 12
+# bcrypt only looks at the first 72 bytes; bcrypt 5 refuses longer input outright.
+PASSWORD_MAX_BYTES = 72
+PASSWORD_MIN_CHARS = 12
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")  # \Z: "$" would let a final newline in
+
+# After LOCKOUT_THRESHOLD consecutive failures the account is locked for
+# LOCKOUT_BASE_S, doubling with each further failure up to LOCKOUT_MAX_S.
+LOCKOUT_THRESHOLD = 5
+LOCKOUT_BASE_S = 30
+LOCKOUT_MAX_S = 15 * 60
+
+
+class UserError(ValueError):
+    """A user change was refused; the message says why, for display to the admin."""
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    role: str
+    failed_logins: int
+    locked_until: datetime | None
+    last_login_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """Outcome of a login attempt; `message` is safe to show on the login form."""
+
+    user: User | None
+    message: str
+    locked_until: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.user is not None
+
+
+def role_at_least(role: str | None, minimum: str) -> bool:
+    """True when `role` grants at least what `minimum` grants (viewer < operator < admin)."""
+    return role in ROLE_RANK and ROLE_RANK[role] >= ROLE_RANK[minimum]
+
+
+def check_username(username: str) -> str:
+    if not USERNAME_RE.match(username or ""):
+        raise UserError("a user name has 1-64 letters, digits, '.', '_' or '-'")
+    return username
+
+
+def check_role(role: str) -> str:
+    if role not in ROLE_RANK:
+        raise UserError(f"the role must be one of {', '.join(ROLES)}")
+    return role
+
+
+def check_password(password: str) -> str:
+    if len(password) < PASSWORD_MIN_CHARS:
+        raise UserError(f"a password has at least {PASSWORD_MIN_CHARS} characters")
+    if len(password.encode("utf-8")) > PASSWORD_MAX_BYTES:
+        raise UserError(f"a password has at most {PASSWORD_MAX_BYTES} bytes (bcrypt ignores the rest)")
+    return password
+
+
+def generate_password() -> str:
+    """A random password of 24 URL-safe characters (144 bits)."""
+    return secrets.token_urlsafe(18)
+
+
+def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
+    check_password(password)
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=rounds)).decode("ascii")
+
+
+def verify_password(password: str, password_hash: str) -> bool:
+    """Constant-time bcrypt check; over-long or malformed input is simply wrong."""
+    raw = password.encode("utf-8")
+    if len(raw) > PASSWORD_MAX_BYTES:
+        return False
+    try:
+        return bcrypt.checkpw(raw, password_hash.encode("ascii"))
+    except ValueError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """A hash to check against for unknown users, so that timing does not reveal them."""
+    return bcrypt.hashpw(secrets.token_bytes(16).hex().encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
+
+
+def lockout_delay(failed_logins: int) -> timedelta | None:
+    """How long an account with this many consecutive failures stays locked."""
+    if failed_logins < LOCKOUT_THRESHOLD:
+        return None
+    seconds = min(LOCKOUT_BASE_S * 2 ** (failed_logins - LOCKOUT_THRESHOLD), LOCKOUT_MAX_S)
+    return timedelta(seconds=seconds)
+
+
+_USER_COLUMNS = [app_users.c[name] for name in User.__dataclass_fields__]
+
+
+def _user(row: object) -> User:
+    return User(**{k: getattr(row, k) for k in User.__dataclass_fields__})
+
+
+def get_user(conn: Connection, username: str) -> User | None:
+    row = conn.execute(select(*_USER_COLUMNS).where(app_users.c.username == username)).first()
+    return _user(row) if row else None
+
+
+def list_users(conn: Connection) -> list[User]:
+    rows = conn.execute(select(*_USER_COLUMNS).order_by(app_users.c.username)).all()
+    return [_user(r) for r in rows]
+
+
+def _admin_count(conn: Connection) -> int:
+    return conn.execute(text("SELECT count(*) FROM app_users WHERE role = 'admin'")).scalar_one()
+
+
+def create_user(
+    conn: Connection, username: str, password: str, role: str, *, actor: str, source: str,
+    rounds: int = BCRYPT_ROUNDS,
+) -> User:
+    """Create a user; raises UserError for a bad name, role or password, or a duplicate."""
+    check_username(username)
+    check_role(role)
+    password_hash = hash_password(password, rounds)
+    created = conn.execute(
+        text(
+            "INSERT INTO app_users (username, password_hash, role) VALUES (:u, :h, :r) "
+            "ON CONFLICT (username) DO NOTHING RETURNING username"
+        ),
+        {"u": username, "h": password_hash, "r": role},
+    ).first()
+    if created is None:
+        raise UserError(f"user {username!r} already exists")
+    audit(conn, actor=actor, source=source, action="user.create", target=f"user:{username}", after={"role": role})
+    user = get_user(conn, username)
+    assert user is not None
+    return user
+
+
+def _locked_user(conn: Connection, username: str) -> User:
+    row = conn.execute(select(*_USER_COLUMNS).where(app_users.c.username == username).with_for_update()).first()
+    if row is None:
+        raise UserError(f"user {username!r} does not exist")
+    return _user(row)
+
+
+def set_role(conn: Connection, username: str, role: str, *, actor: str, source: str) -> None:
+    """Change a role; the last admin cannot be demoted (nobody could manage users then)."""
+    check_role(role)
+    user = _locked_user(conn, username)
+    if user.role == role:
+        return
+    if user.role == "admin" and _admin_count(conn) <= 1:
+        raise UserError("the last admin cannot be demoted; promote another user first")
+    conn.execute(text("UPDATE app_users SET role = :r WHERE username = :u"), {"u": username, "r": role})
+    audit(conn, actor=actor, source=source, action="user.role", target=f"user:{username}",
+          before={"role": user.role}, after={"role": role})
+
+
+def set_password(
+    conn: Connection, username: str, password: str, *, actor: str, source: str, rounds: int = BCRYPT_ROUNDS
+) -> None:
+    """Set a new password and lift any lockout (the audit entry holds no password)."""
+    password_hash = hash_password(password, rounds)
+    _locked_user(conn, username)
+    conn.execute(
+        text("UPDATE app_users SET password_hash = :h, failed_logins = 0, locked_until = NULL WHERE username = :u"),
+        {"u": username, "h": password_hash},
+    )
+    audit(conn, actor=actor, source=source, action="user.password", target=f"user:{username}")
+
+
+def unlock_user(conn: Connection, username: str, *, actor: str, source: str) -> None:
+    user = _locked_user(conn, username)
+    conn.execute(
+        text("UPDATE app_users SET failed_logins = 0, locked_until = NULL WHERE username = :u"), {"u": username}
+    )
+    audit(conn, actor=actor, source=source, action="user.unlock", target=f"user:{username}",
+          before={"failed_logins": user.failed_logins, "locked_until": user.locked_until})
+
+
+def delete_user(conn: Connection, username: str, *, actor: str, source: str) -> None:
+    user = _locked_user(conn, username)
+    if username == actor:
+        raise UserError("you cannot delete your own account")
+    if user.role == "admin" and _admin_count(conn) <= 1:
+        raise UserError("the last admin cannot be deleted")
+    conn.execute(text("DELETE FROM app_users WHERE username = :u"), {"u": username})
+    audit(conn, actor=actor, source=source, action="user.delete", target=f"user:{username}",
+          before={"role": user.role})
+
+
+def ensure_admin(conn: Connection, settings: Settings) -> bool:
+    """Create the first admin from APP_ADMIN_USERNAME / APP_ADMIN_PASSWORD when absent.
+
+    An existing account is left alone (its password may have been changed in the
+    app since setup). Returns True when the account was created now.
+    """
+    if get_user(conn, settings.app_admin_username) is not None:
+        return False
+    try:
+        create_user(conn, settings.app_admin_username, settings.app_admin_password.get_secret_value(), "admin",
+                    actor="setup", source="setup")
+    except UserError as exc:
+        if "already exists" in str(exc):  # created concurrently by another starter
+            return False
+        raise
+    return True
+
+
+def authenticate(
+    conn: Connection, username: str, password: str, *, source: str = "ui", now: datetime | None = None
+) -> LoginResult:
+    """Check a login, counting failures and locking the account after repeated ones.
+
+    The caller commits the transaction whatever the outcome: failed attempts must be
+    counted and audited. The messages do not say whether an account exists.
+    """
+    now = now or datetime.now(UTC)
+    denied = "Wrong user name or password."
+    row = None
+    if USERNAME_RE.match(username or ""):
+        row = conn.execute(
+            select(*_USER_COLUMNS, app_users.c.password_hash)
+            .where(app_users.c.username == username).with_for_update()
+        ).first()
+    if row is None:
+        verify_password(password, _dummy_hash())
+        audit(conn, actor="anonymous", source=source, action="auth.login_failed", target=None,
+              after={"reason": "unknown user"})
+        return LoginResult(None, denied)
+    user = _user(row)
+    if user.locked_until is not None and user.locked_until > now:
+        audit(conn, actor=username, source=source, action="auth.login_failed", target=f"user:{username}",
+              after={"reason": "locked", "locked_until": user.locked_until})
+        return LoginResult(None, _locked_message(user.locked_until, now), user.locked_until)
+    if not verify_password(password, row.password_hash):
+        failed = user.failed_logins + 1
+        delay = lockout_delay(failed)
+        locked_until = now + delay if delay else None
+        conn.execute(
+            text("UPDATE app_users SET failed_logins = :n, locked_until = :until WHERE username = :u"),
+            {"u": username, "n": failed, "until": locked_until},
+        )
+        audit(conn, actor=username, source=source, action="auth.login_failed", target=f"user:{username}",
+              after={"reason": "wrong password", "failed_logins": failed, "locked_until": locked_until})
+        if locked_until:
+            return LoginResult(None, _locked_message(locked_until, now), locked_until)
+        return LoginResult(None, denied)
+    conn.execute(
+        text("UPDATE app_users SET failed_logins = 0, locked_until = NULL, last_login_at = :now WHERE username = :u"),
+        {"u": username, "now": now},
+    )
+    audit(conn, actor=username, source=source, action="auth.login", target=f"user:{username}")
+    return LoginResult(get_user(conn, username), "")
+
+
+def _locked_message(until: datetime, now: datetime) -> str:
+    seconds = max(1, int((until - now).total_seconds() + 0.999))
+    return f"Too many failed logins: this account is locked. Try again in {seconds} s."

@@ -1,0 +1,195 @@
+"""A small typed client for the parts of Orthanc's REST API the hub uses.
+
+Shared by the worker (changes, tags, metadata, store jobs), the app and the CLI
+(modalities, echo, health). Errors become `OrthancError` with Orthanc's own status
+and details, so callers can record them verbatim.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from core.dicom_names import Modality
+from core.settings import Settings
+
+
+class OrthancError(RuntimeError):
+    """Orthanc answered with an error, or could not be reached (status None)."""
+
+    def __init__(self, message: str, *, status: int | None = None, orthanc_status: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.orthanc_status = orthanc_status
+
+
+class OrthancUnavailable(OrthancError):
+    """Orthanc could not be reached at all (connection refused, timeout)."""
+
+
+def parse_orthanc_time(value: str | None) -> datetime | None:
+    """Parse Orthanc's `20261128T032100` or `20261128T032100.123456` timestamps as UTC.
+
+    Orthanc 1.10 writes change dates, ReceptionDate metadata and job times in UTC
+    (pinned by tests/integration/test_harness.py under a non-UTC TZ). Change dates and
+    ReceptionDate have whole seconds only, so job times are truncated to whole seconds
+    too: with mixed precision an AI result received in the same second as the AI send
+    completed would look earlier than the send (a negative round trip).
+    """
+    if not value:
+        return None
+    fmt = "%Y%m%dT%H%M%S.%f" if "." in value else "%Y%m%dT%H%M%S"
+    return datetime.strptime(value, fmt).replace(tzinfo=UTC, microsecond=0)
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    ok: bool
+    latency_ms: float
+    error: str | None
+
+
+class OrthancClient:
+    """Synchronous Orthanc REST client with authentication and short timeouts."""
+
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30.0):
+        self._http = httpx.Client(base_url=base_url, auth=(username, password), timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, timeout: float = 30.0) -> OrthancClient:
+        return cls(settings.orthanc_url, settings.orthanc_username,
+                   settings.orthanc_password.get_secret_value(), timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OrthancClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- transport ---------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise OrthancUnavailable(f"Orthanc is unreachable: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error_from(response)
+        if not response.content:
+            return None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params=params or None)
+
+    # --- system ------------------------------------------------------------------
+
+    def system(self) -> dict[str, Any]:
+        return self.get("/system")
+
+    def statistics(self) -> dict[str, Any]:
+        return self.get("/statistics")
+
+    # --- changes and resources ---------------------------------------------------
+
+    def changes(self, since: int, limit: int) -> dict[str, Any]:
+        return self.get("/changes", since=since, limit=limit)
+
+    def last_change(self) -> int:
+        return int(self.get("/changes", last="")["Last"])
+
+    def series(self, orthanc_id: str) -> dict[str, Any]:
+        return self.get(f"/series/{orthanc_id}")
+
+    def study(self, orthanc_id: str) -> dict[str, Any]:
+        return self.get(f"/studies/{orthanc_id}")
+
+    def instance_metadata(self, orthanc_id: str) -> dict[str, str]:
+        return self.get(f"/instances/{orthanc_id}/metadata", expand="")
+
+    def lookup_study(self, study_uid: str) -> str | None:
+        """Orthanc's id for a StudyInstanceUID, or None."""
+        matches = self.request("POST", "/tools/lookup", content=study_uid)
+        for match in matches or []:
+            if match.get("Type") == "Study":
+                return match["ID"]
+        return None
+
+    # --- modalities ----------------------------------------------------------------
+
+    def modalities(self) -> dict[str, dict[str, Any]]:
+        return self.get("/modalities", expand="")
+
+    def put_modality(self, modality: Modality) -> None:
+        self.request("PUT", f"/modalities/{modality.name}", json=modality.orthanc_body())
+
+    def delete_modality(self, name: str) -> None:
+        self.request("DELETE", f"/modalities/{name}")
+
+    def echo(self, name: str, timeout: int = 5, *, raise_unreachable: bool = False) -> EchoResult:
+        """C-ECHO through Orthanc; returns the error text of a failed echo.
+
+        With `raise_unreachable`, Orthanc itself being unreachable raises
+        OrthancUnavailable instead: the worker must not mistake it for a peer's outage.
+        """
+        start = time.perf_counter()
+        try:
+            self.request("POST", f"/modalities/{name}/echo", json={"Timeout": timeout})
+        except OrthancUnavailable as exc:
+            if raise_unreachable:
+                raise
+            return EchoResult(False, (time.perf_counter() - start) * 1000, str(exc))
+        except OrthancError as exc:
+            return EchoResult(False, (time.perf_counter() - start) * 1000, str(exc))
+        return EchoResult(True, (time.perf_counter() - start) * 1000, None)
+
+    # --- store jobs ----------------------------------------------------------------
+
+    def store_async(self, modality: str, resources: list[str], timeout: int = 60) -> str:
+        """Start an asynchronous C-STORE job and return Orthanc's job id.
+
+        Not `Permissive`: a refused instance must fail the job, not vanish.
+        """
+        body = {"Resources": resources, "Asynchronous": True, "Synchronous": False,
+                "Permissive": False, "Timeout": timeout}
+        return self.request("POST", f"/modalities/{modality}/store", json=body)["ID"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.get(f"/jobs/{job_id}")
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job Orthanc still knows (running, pending and its JobsHistorySize finished ones)."""
+        return self.get("/jobs", expand="")
+
+    def modality_aet(self, name: str) -> str:
+        """The AE title Orthanc calls for modality `name` (store jobs report it as RemoteAet)."""
+        return self.get(f"/modalities/{name}/configuration")["AET"]
+
+    def cancel_job(self, job_id: str) -> None:
+        self.request("POST", f"/jobs/{job_id}/cancel", json={})
+
+
+def _error_from(response: httpx.Response) -> OrthancError:
+    details = ""
+    orthanc_status = None
+    try:
+        body = response.json()
+        details = body.get("Details") or body.get("Message") or ""
+        orthanc_status = body.get("OrthancStatus")
+    except ValueError:
+        details = response.text[:200]
+    return OrthancError(
+        f"Orthanc {response.request.method} {response.request.url.path} -> HTTP {response.status_code}"
+        + (f": {details}" if details else ""),
+        status=response.status_code,
+        orthanc_status=orthanc_status,
+    )

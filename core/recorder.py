@@ -1,0 +1,535 @@
+"""The recording functions: every write the worker makes to studies, series, events, jobs.
+
+Everything that reaches the QI views goes through here, so tests (and the demo
+seeder) build their fixtures with these same functions. Each function takes an open
+connection and never commits: the caller owns the transaction, which is how the
+/changes cursor advances atomically with what it produced.
+
+Stage timestamps are written once and never reset by a later re-stabilisation (the
+defect that made the old dashboards read a 0 s AI round trip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from core.jsonutil import jsonable
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """Study-level tags as read from Orthanc."""
+
+    study_uid: str
+    orthanc_id: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+    description: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """Series-level tags and reception facts as read from Orthanc."""
+
+    series_uid: str
+    study_uid: str
+    orthanc_id: str | None = None
+    modality: str | None = None
+    description: str | None = None
+    series_number: str | None = None
+    sender_aet: str | None = None
+    instance_count: int = 0
+    first_received_at: datetime | None = None
+    last_received_at: datetime | None = None
+
+
+def add_event(
+    conn: Connection,
+    study_id: int,
+    type_: str,
+    at: datetime,
+    *,
+    series_id: int | None = None,
+    job_id: int | None = None,
+    destination: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> int:
+    """Append one timeline event and return its id."""
+    return conn.execute(
+        text(
+            "INSERT INTO events (study_id, series_id, job_id, type, at, destination, detail) "
+            "VALUES (:study, :series, :job, :type, :at, :dest, CAST(:detail AS jsonb)) RETURNING id"
+        ),
+        {
+            "study": study_id, "series": series_id, "job": job_id, "type": type_, "at": at,
+            "dest": destination, "detail": jsonable(detail or {}),
+        },
+    ).scalar_one()
+
+
+def upsert_study(conn: Connection, info: StudyInfo, *, source_aet: str | None, received_at: datetime | None) -> int:
+    """Create or update the study row; first_received_at only ever moves earlier."""
+    return conn.execute(
+        text(
+            """
+            INSERT INTO studies (study_uid, orthanc_id, patient_id, patient_name, accession_number,
+                                 description, study_date, study_time, source_aet,
+                                 first_received_at, last_received_at)
+            VALUES (:uid, :oid, :pid, :pname, :acc, :descr, :sdate, :stime, :aet, :at, :at)
+            ON CONFLICT (study_uid) DO UPDATE SET
+                orthanc_id = COALESCE(studies.orthanc_id, EXCLUDED.orthanc_id),
+                patient_id = COALESCE(EXCLUDED.patient_id, studies.patient_id),
+                patient_name = COALESCE(EXCLUDED.patient_name, studies.patient_name),
+                accession_number = COALESCE(EXCLUDED.accession_number, studies.accession_number),
+                description = COALESCE(EXCLUDED.description, studies.description),
+                study_date = COALESCE(EXCLUDED.study_date, studies.study_date),
+                study_time = COALESCE(EXCLUDED.study_time, studies.study_time),
+                source_aet = COALESCE(studies.source_aet, EXCLUDED.source_aet),
+                first_received_at = LEAST(studies.first_received_at, EXCLUDED.first_received_at),
+                last_received_at = GREATEST(studies.last_received_at, EXCLUDED.last_received_at),
+                updated_at = now()
+            RETURNING id
+            """
+        ),
+        {
+            "uid": info.study_uid, "oid": info.orthanc_id, "pid": info.patient_id,
+            "pname": info.patient_name, "acc": info.accession_number, "descr": info.description,
+            "sdate": info.study_date, "stime": info.study_time, "aet": source_aet, "at": received_at,
+        },
+    ).scalar_one()
+
+
+def find_study_for_ai_result(conn: Connection, study_uid: str, accession: str | None) -> tuple[int, str] | None:
+    """The original study an AI result belongs to: by StudyInstanceUID, then accession."""
+    row = conn.execute(
+        text("SELECT id FROM studies WHERE study_uid = :uid AND NOT orphan_ai_result"), {"uid": study_uid}
+    ).first()
+    if row:
+        return row.id, "study_uid"
+    if accession:
+        row = conn.execute(
+            text(
+                "SELECT id FROM studies WHERE accession_number = :acc AND NOT orphan_ai_result "
+                "ORDER BY first_received_at LIMIT 1"
+            ),
+            {"acc": accession},
+        ).first()
+        if row:
+            return row.id, "accession"
+    return None
+
+
+def upsert_series(
+    conn: Connection, study_id: int, info: SeriesInfo, *, kind: str, linked_by: str | None
+) -> tuple[int, bool]:
+    """Create or update the series row; returns (series id, created now)."""
+    row = conn.execute(
+        text(
+            """
+            INSERT INTO series (series_uid, orthanc_id, study_id, study_uid, kind, linked_by,
+                                sender_aet, modality, description, series_number, instance_count,
+                                first_received_at, last_received_at)
+            VALUES (:uid, :oid, :study, :study_uid, :kind, :linked, :aet, :mod, :descr, :num,
+                    :count, :first, :last)
+            ON CONFLICT (series_uid) DO UPDATE SET
+                orthanc_id = COALESCE(series.orthanc_id, EXCLUDED.orthanc_id),
+                sender_aet = COALESCE(series.sender_aet, EXCLUDED.sender_aet),
+                modality = COALESCE(EXCLUDED.modality, series.modality),
+                description = COALESCE(EXCLUDED.description, series.description),
+                series_number = COALESCE(EXCLUDED.series_number, series.series_number),
+                instance_count = GREATEST(series.instance_count, EXCLUDED.instance_count),
+                first_received_at = LEAST(series.first_received_at, EXCLUDED.first_received_at),
+                last_received_at = GREATEST(series.last_received_at, EXCLUDED.last_received_at)
+            RETURNING id, (xmax = 0) AS created
+            """
+        ),
+        {
+            "uid": info.series_uid, "oid": info.orthanc_id, "study": study_id, "study_uid": info.study_uid,
+            "kind": kind, "linked": linked_by, "aet": info.sender_aet, "mod": info.modality,
+            "descr": info.description, "num": info.series_number, "count": info.instance_count,
+            "first": info.first_received_at, "last": info.last_received_at,
+        },
+    ).one()
+    return row.id, bool(row.created)
+
+
+def mark_series_stable(conn: Connection, series_id: int, at: datetime) -> bool:
+    """Record the first stability of a series; False when it was already stable."""
+    return conn.execute(
+        text("UPDATE series SET stable_at = :at WHERE id = :id AND stable_at IS NULL"),
+        {"id": series_id, "at": at},
+    ).rowcount == 1
+
+
+def mark_study_stable(conn: Connection, study_id: int, at: datetime) -> bool:
+    """Record stability: stable_at is set once, last_stable_at follows every stabilisation."""
+    return conn.execute(
+        text(
+            "UPDATE studies SET stable_at = COALESCE(stable_at, :at), last_stable_at = :at, "
+            "updated_at = now() WHERE id = :id RETURNING (stable_at = :at)"
+        ),
+        {"id": study_id, "at": at},
+    ).scalar_one()
+
+
+def mark_series_routed(conn: Connection, series_ids: Iterable[int], at: datetime) -> None:
+    ids = list(series_ids)
+    if ids:
+        conn.execute(
+            text("UPDATE series SET routed_at = :at, routed_instances = instance_count "
+                 "WHERE id = ANY(:ids) AND routed_at IS NULL"),
+            {"ids": ids, "at": at},
+        )
+
+
+def set_orphan(conn: Connection, study_id: int) -> None:
+    conn.execute(text("UPDATE studies SET orphan_ai_result = true WHERE id = :id"), {"id": study_id})
+
+
+def queue_job(
+    conn: Connection,
+    *,
+    study_id: int,
+    purpose: str,
+    destination: str,
+    series_ids: Sequence[int],
+    payload: str,
+    rule_name: str | None,
+    at: datetime,
+    resend: bool = False,
+) -> int | None:
+    """Queue one job for the series not yet sent to `destination`.
+
+    Series already claimed by an earlier job for the same destination are dropped
+    (a partial unique index enforces it, even across concurrent workers), unless
+    `resend` is set. Returns the job id, or None when nothing is left to send.
+    """
+    if not series_ids:
+        return None
+    job_id = conn.execute(
+        text(
+            "INSERT INTO routing_jobs (study_id, purpose, destination, rule_name, payload, "
+            "next_attempt_at, created_at, updated_at) "
+            "VALUES (:study, :purpose, :dest, :rule, :payload, :at, :at, :at) RETURNING id"
+        ),
+        {"study": study_id, "purpose": purpose, "dest": destination, "rule": rule_name,
+         "payload": payload, "at": at},
+    ).scalar_one()
+    inserted = conn.execute(
+        text(
+            "INSERT INTO job_series (job_id, series_id, destination, is_resend) "
+            "SELECT :job, unnest(CAST(:ids AS bigint[])), :dest, :resend "
+            "ON CONFLICT (series_id, destination) WHERE NOT is_resend DO NOTHING RETURNING series_id"
+        ),
+        {"job": job_id, "ids": list(series_ids), "dest": destination, "resend": resend},
+    ).scalars().all()
+    if not inserted:
+        conn.execute(text("DELETE FROM routing_jobs WHERE id = :id"), {"id": job_id})
+        return None
+    add_event(
+        conn, study_id, "delivery_queued", at, job_id=job_id, destination=destination,
+        detail={"purpose": purpose, "rule": rule_name, "series": len(inserted), "resend": resend},
+    )
+    return job_id
+
+
+def job_started(conn: Connection, job_id: int, *, orthanc_job_id: str, at: datetime) -> None:
+    jobs_started(conn, [job_id], orthanc_job_id=orthanc_job_id, at=at)
+
+
+def jobs_started(conn: Connection, job_ids: Sequence[int], *, orthanc_job_id: str, at: datetime,
+                 adopted: bool = False) -> None:
+    """Record that Orthanc job `orthanc_job_id` carries these jobs: one statement per batch.
+
+    `adopted` marks a store found in Orthanc's job list after its sender died before
+    recording it; `at` is then Orthanc's creation time of that job.
+
+    Set-based on purpose: the dispatcher records a whole batch at once, and per-job
+    statements (each firing the QI dirty-marking trigger) were most of its database time.
+    """
+    conn.execute(
+        text(
+            """
+            WITH started AS (
+                UPDATE routing_jobs SET orthanc_job_id = :oj, started_at = COALESCE(started_at, :at),
+                       attempts = attempts + 1, send_intent_at = NULL, updated_at = :at
+                WHERE id = ANY(CAST(:ids AS bigint[])) RETURNING id, study_id, destination, attempts
+            )
+            INSERT INTO events (study_id, job_id, type, at, destination, detail)
+            SELECT study_id, id, 'delivery_started', :at, destination,
+                   jsonb_build_object('attempt', attempts, 'orthanc_job', CAST(:oj AS text))
+                   || CASE WHEN :adopted THEN jsonb_build_object('adopted', true) ELSE '{}'::jsonb END
+            FROM started ORDER BY id
+            """
+        ),
+        {"ids": list(job_ids), "oj": orthanc_job_id, "at": at, "adopted": adopted},
+    )
+
+
+def job_succeeded(conn: Connection, job_id: int, *, at: datetime, instances_sent: int | None) -> None:
+    jobs_succeeded(conn, [job_id], at=at, instances_sent=instances_sent)
+
+
+def jobs_succeeded(conn: Connection, job_ids: Sequence[int], *, at: datetime, instances_sent: int | None) -> None:
+    """Mark jobs succeeded (one statement per batch); an AI job's success is the study's `ai_sent` event.
+
+    Idempotent: two workers can follow the same Orthanc job (one adopted it while the
+    other's liveness lock was being taken again after a database restart); the second
+    success records nothing, so a job never gets two `delivered` events.
+    """
+    study_ids = conn.execute(
+        text(
+            """
+            WITH done AS (
+                UPDATE routing_jobs SET state = 'succeeded', finished_at = :at, updated_at = :at,
+                       instances_sent = :n, last_error = NULL, last_error_code = NULL, claimed_by = NULL
+                WHERE id = ANY(CAST(:ids AS bigint[])) AND state <> 'succeeded'
+                RETURNING id, study_id, destination, purpose
+            )
+            INSERT INTO events (study_id, job_id, type, at, destination, detail)
+            SELECT study_id, id, CASE WHEN purpose = 'ai' THEN 'ai_sent' ELSE 'delivered' END, :at, destination,
+                   jsonb_build_object('instances', CAST(:n AS integer))
+            FROM done ORDER BY id RETURNING study_id
+            """
+        ),
+        {"ids": list(job_ids), "at": at, "n": instances_sent},
+    ).scalars().all()
+    for study_id in sorted(set(study_ids)):  # one order for every writer: fewer deadlocks
+        refresh_study_status(conn, study_id)
+
+
+def job_failed(
+    conn: Connection,
+    job_id: int,
+    *,
+    at: datetime,
+    error: str,
+    error_code: int | None,
+    retry_at: datetime | None,
+) -> None:
+    """Record a failed attempt: `failed` until `retry_at`, or `dead` when None."""
+    state = "failed" if retry_at is not None else "dead"
+    row = conn.execute(
+        text(
+            "UPDATE routing_jobs SET state = :state, last_error = :err, last_error_code = :code, "
+            "next_attempt_at = COALESCE(:retry, next_attempt_at), updated_at = :at, claimed_by = NULL, "
+            "orthanc_job_id = NULL, send_intent_at = NULL, "
+            "finished_at = CASE WHEN :state = 'dead' THEN CAST(:at AS timestamptz) END "
+            "WHERE id = :id RETURNING study_id, destination, attempts"
+        ),
+        {"id": job_id, "state": state, "err": error[:2000], "code": error_code, "retry": retry_at, "at": at},
+    ).one()
+    add_event(
+        conn, row.study_id, "delivery_failed" if state == "failed" else "delivery_dead", at,
+        job_id=job_id, destination=row.destination,
+        detail={"error": error[:500], "code": error_code, "attempt": row.attempts,
+                "retry_at": retry_at.isoformat() if retry_at else None},
+    )
+    refresh_study_status(conn, row.study_id)
+
+
+def refresh_study_status(conn: Connection, study_id: int) -> None:
+    """Recompute the study's workflow status from its required jobs, series and events.
+
+    Resends (operator resends and re-sends of grown series: job_series.is_resend) are
+    left out, as in the QI views: a resend is its own job row and events, and never
+    turns a delivered study back into 'delivering' (or 'failed' when it dies).
+    """
+    conn.execute(
+        text(
+            """
+            WITH j AS (
+                SELECT
+                    count(*) FILTER (WHERE purpose = 'ai' AND state = 'succeeded') AS ai_ok,
+                    count(*) FILTER (WHERE purpose = 'ai') AS ai_jobs,
+                    count(*) FILTER (WHERE state = 'dead') AS dead,
+                    count(*) FILTER (WHERE state IN ('queued', 'sending', 'failed')) AS open,
+                    count(*) FILTER (WHERE purpose = 'delivery' AND state = 'succeeded') AS delivered,
+                    count(*) AS total
+                FROM routing_jobs WHERE study_id = :id AND state <> 'cancelled'
+                  AND NOT EXISTS (SELECT 1 FROM job_series js WHERE js.job_id = routing_jobs.id AND js.is_resend)
+            ), s AS (
+                SELECT count(*) FILTER (WHERE kind = 'ai_result') AS ai_results,
+                       count(*) FILTER (WHERE routed_at IS NOT NULL) AS routed
+                FROM series WHERE study_id = :id
+            ), e AS (
+                SELECT bool_or(type = 'ai_overdue') AS overdue, bool_or(type = 'unrouted') AS unrouted
+                FROM events WHERE study_id = :id
+            )
+            UPDATE studies SET updated_at = now(), status = CASE
+                WHEN j.dead > 0 THEN 'failed'
+                WHEN j.ai_jobs > 0 AND s.ai_results = 0 AND j.ai_ok > 0 AND e.overdue THEN 'ai_overdue'
+                WHEN j.ai_jobs > 0 AND s.ai_results = 0 THEN 'ai_pending'
+                WHEN j.open > 0 THEN 'delivering'
+                WHEN j.delivered > 0 THEN 'delivered'
+                WHEN j.total = 0 AND e.unrouted THEN 'unrouted'
+                WHEN j.total > 0 THEN 'ai_pending'
+                ELSE 'received' END
+            FROM j, s, e WHERE studies.id = :id
+            """
+        ),
+        {"id": study_id},
+    )
+
+
+def audit(
+    conn: Connection,
+    *,
+    actor: str,
+    source: str,
+    action: str,
+    target: str | None,
+    before: Any = None,
+    after: Any = None,
+) -> None:
+    """Append to the audit log (who did what, with before and after values)."""
+    conn.execute(
+        text(
+            "INSERT INTO audit_log (actor, source, action, target, before, after) "
+            "VALUES (:actor, :source, :action, :target, CAST(:before AS jsonb), CAST(:after AS jsonb))"
+        ),
+        {"actor": actor, "source": source, "action": action, "target": target,
+         "before": None if before is None else jsonable(before),
+         "after": None if after is None else jsonable(after)},
+    )
+
+
+# --- the send protocol's intents, and destinations on an outage hold -------------------
+
+OUTAGE_HELD_BY = "worker"
+
+
+def jobs_intended(conn: Connection, job_ids: Sequence[int], *, at: datetime) -> None:
+    """Record, before the store request leaves, that these jobs are about to be sent together.
+
+    Committed before the POST: a worker that adopts them without an Orthanc job id then
+    knows a store may be under way and looks for it in Orthanc before sending again.
+    All jobs of one batch share the same `at`, which is how an adopter regroups them.
+    """
+    conn.execute(
+        text("UPDATE routing_jobs SET send_intent_at = :at, updated_at = :at WHERE id = ANY(CAST(:ids AS bigint[]))"),
+        {"ids": list(job_ids), "at": at},
+    )
+
+
+def jobs_waiting(
+    conn: Connection, job_ids: Sequence[int], *, at: datetime, error: str, code: int | None,
+    uncount: bool, retry_at: datetime | None = None, keep_intent: bool = False,
+) -> None:
+    """Put jobs back to wait without spending an attempt, with a `delivery_failed` event.
+
+    For failures that say nothing about the destination's answer to our data: the
+    destination is on an outage hold (it does not answer C-ECHO), or Orthanc itself is
+    unreachable. `uncount` takes back the attempt `jobs_started` counted. With
+    `keep_intent` the send intent stays: the store request may have reached Orthanc.
+    """
+    rows = conn.execute(
+        text(
+            """
+            UPDATE routing_jobs SET state = CASE WHEN CAST(:retry AS timestamptz) IS NULL THEN 'queued' ELSE 'failed' END,
+                   attempts = GREATEST(0, attempts - :dec), orthanc_job_id = NULL,
+                   send_intent_at = CASE WHEN :keep THEN send_intent_at END,
+                   claimed_by = NULL, last_error = :err, last_error_code = :code,
+                   next_attempt_at = COALESCE(CAST(:retry AS timestamptz), :at), updated_at = :at
+            WHERE id = ANY(CAST(:ids AS bigint[])) RETURNING id, study_id, destination, attempts
+            """
+        ),
+        {"ids": list(job_ids), "dec": 1 if uncount else 0, "keep": keep_intent, "err": error[:2000],
+         "code": code, "retry": retry_at, "at": at},
+    ).all()
+    for row in sorted(rows):
+        add_event(conn, row.study_id, "delivery_failed", at, job_id=row.id, destination=row.destination,
+                  detail={"error": error[:500], "code": code, "attempt": row.attempts, "attempt_counted": False,
+                          "retry_at": retry_at.isoformat() if retry_at else None, "waiting": True})
+    for study_id in sorted({row.study_id for row in rows}):
+        refresh_study_status(conn, study_id)
+
+
+def outage_started(conn: Connection, destination: str, *, at: datetime, error: str, next_probe_at: datetime) -> bool:
+    """Put `destination` on an automatic outage hold; False when it was already held (any kind)."""
+    held = conn.execute(
+        text(
+            "INSERT INTO destination_holds (destination, held_at, held_by, reason, kind, next_probe_at, last_error) "
+            "VALUES (:d, :at, :by, 'not answering C-ECHO', 'outage', :probe, :err) ON CONFLICT DO NOTHING"
+        ),
+        {"d": destination, "at": at, "by": OUTAGE_HELD_BY, "probe": next_probe_at, "err": error[:2000]},
+    ).rowcount == 1
+    if held:
+        conn.execute(
+            text(
+                "INSERT INTO destination_outages (destination, started_at, first_error, last_error) "
+                "VALUES (:d, :at, :err, :err) ON CONFLICT (destination) WHERE ended_at IS NULL DO NOTHING"
+            ),
+            {"d": destination, "at": at, "err": error[:2000]},
+        )
+    return held
+
+
+def lease_outage_probe(conn: Connection, *, now: datetime, lease_until: datetime) -> tuple[str, int] | None:
+    """Take one due outage probe: (destination, failed probes so far), or None.
+
+    Moving `next_probe_at` to `lease_until` under SKIP LOCKED is the lease: no other
+    worker probes that destination before this probe is recorded or the lease ends.
+    """
+    row = conn.execute(
+        text(
+            """
+            UPDATE destination_holds SET next_probe_at = :lease
+            WHERE destination = (
+                SELECT destination FROM destination_holds
+                WHERE kind = 'outage' AND (next_probe_at IS NULL OR next_probe_at <= :now)
+                ORDER BY next_probe_at NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING destination, probe_failures
+            """
+        ),
+        {"now": now, "lease": lease_until},
+    ).first()
+    return (row.destination, row.probe_failures) if row else None
+
+
+def outage_probe_failed(conn: Connection, destination: str, *, at: datetime, error: str,
+                        next_probe_at: datetime) -> None:
+    conn.execute(
+        text(
+            "UPDATE destination_holds SET probe_failures = probe_failures + 1, last_probe_at = :at, "
+            "next_probe_at = :probe, last_error = :err WHERE destination = :d AND kind = 'outage'"
+        ),
+        {"d": destination, "at": at, "probe": next_probe_at, "err": error[:2000]},
+    )
+    conn.execute(
+        text("UPDATE destination_outages SET probes = probes + 1, last_error = :err "
+             "WHERE destination = :d AND ended_at IS NULL"),
+        {"d": destination, "err": error[:2000]},
+    )
+
+
+def outage_ended(conn: Connection, destination: str, *, at: datetime) -> bool:
+    """The destination answered C-ECHO: lift its outage hold; False if it was no longer an outage hold."""
+    lifted = conn.execute(
+        text("DELETE FROM destination_holds WHERE destination = :d AND kind = 'outage'"), {"d": destination}
+    ).rowcount == 1
+    conn.execute(
+        text("UPDATE destination_outages SET ended_at = :at, probes = probes + 1 "
+             "WHERE destination = :d AND ended_at IS NULL"),
+        {"d": destination, "at": at},
+    )
+    return lifted
+
+
+def close_outages_taken_over(conn: Connection, at: datetime) -> None:
+    """End outage records whose automatic hold an operator released or turned into their own hold."""
+    conn.execute(
+        text(
+            "UPDATE destination_outages o SET ended_at = :at WHERE ended_at IS NULL AND NOT EXISTS "
+            "(SELECT 1 FROM destination_holds h WHERE h.destination = o.destination AND h.kind = 'outage')"
+        ),
+        {"at": at},
+    )

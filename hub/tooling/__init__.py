@@ -1,5 +1,0 @@
-"""Operations tooling behind the Makefile targets: setup wizard, menu, seeding, backups.
-
-Each module is a small command-line program (`python -m hub.tooling.<name>`) so that
-`mk/tooling.mk` stays a thin list of targets and the logic is typed, tested Python.
-"""

@@ -1,0 +1,1 @@
+"""Operations tooling: stack control, installers, setup, backup/restore and the CLI."""

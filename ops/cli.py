@@ -1,0 +1,133 @@
+"""The hub's command line, `./orthanc <command>`: a typer app that others extend.
+
+Add a command with `@app.command()` in this module, or build a typer app elsewhere
+and `app.add_typer(...)` it here. Commands share the conventions below: settings
+from `.env` (or --env-file), exit codes from ops.tooling.exitcodes, messages on
+stderr (stdout stays clean for data), and no patient data in messages.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from ops.tooling import exitcodes
+
+app = typer.Typer(
+    name="orthanc",
+    help="Orthanc routing hub: operations and QI reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+EnvFileOption = Annotated[
+    Path | None,
+    typer.Option("--env-file", help="the .env to read (default: HUB_ENV_FILE or ./.env)", show_default=False),
+]
+
+
+@app.callback()
+def main() -> None:
+    """Orthanc routing hub: operations and QI reports."""
+
+
+class ReportFormat(StrEnum):
+    csv = "csv"
+    xlsx = "xlsx"
+
+
+def _load_settings(env_file: Path | None):  # noqa: ANN202 - Settings, imported lazily
+    from core.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(env_file)
+    except SettingsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(exitcodes.CONFIG) from None
+
+
+@app.command()
+def report(
+    date_from: Annotated[datetime, typer.Option("--from", formats=["%Y-%m-%d"],
+                                                help="first day, in TZ (YYYY-MM-DD)")],
+    date_to: Annotated[datetime, typer.Option("--to", formats=["%Y-%m-%d"],
+                                              help="last day, in TZ, included (YYYY-MM-DD)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="file to write (- for stdout, CSV only)")],
+    fmt: Annotated[ReportFormat, typer.Option("--format", help="csv or xlsx")] = ReportFormat.csv,
+    summary: Annotated[bool, typer.Option("--summary", help="one row per day instead of one per study")] = False,
+    modality: Annotated[list[str] | None, typer.Option(help="only this modality (repeatable)")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="only this source AET (repeatable)")] = None,
+    destination: Annotated[list[str] | None, typer.Option(help="only this destination (repeatable)")] = None,
+    rule: Annotated[list[str] | None, typer.Option(help="only this rule (repeatable)")] = None,
+    env_file: EnvFileOption = None,
+) -> None:
+    """Export QI numbers for studies first received between --from and --to (days in TZ).
+
+    The per-study export has the columns of DESIGN.md section 7 (plus a few more);
+    --summary writes the daily summary instead. Both read the same SQL views as the
+    app's QI pages, and a large export streams, so memory stays flat.
+    """
+    from core import qi, reports
+    from core.db import engine_for
+
+    settings = _load_settings(env_file)
+    try:
+        flt = qi.QiFilter(date_from.date(), date_to.date(), tuple(modality or ()), tuple(source or ()),
+                          tuple(destination or ()), tuple(rule or ()))
+    except qi.QiError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(exitcodes.USAGE) from None
+    to_stdout = str(output) == "-"
+    if to_stdout and fmt is ReportFormat.xlsx:
+        err.print("[red]XLSX cannot go to stdout; give --output FILE[/red]")
+        raise typer.Exit(exitcodes.USAGE)
+    started = time.monotonic()
+    engine = engine_for(settings)
+    try:
+        with engine.begin() as conn:
+            qi.sync_qi_settings(conn, settings)
+        with engine.begin() as conn:
+            qi.refresh(conn)
+        with engine.connect() as conn, conn.begin():
+            target = sys.stdout.buffer if to_stdout else output
+            if summary:
+                result = reports.export_summary(conn, flt, settings.zone, fmt.value, target)
+            else:
+                result = reports.export_studies(conn, flt, settings.zone, fmt.value, target)
+    except OperationalError as exc:
+        err.print(f"[red]the QI database is unreachable: {str(exc.orig).strip().splitlines()[0]}[/red]")
+        raise typer.Exit(exitcodes.UNAVAILABLE) from None
+    except SQLAlchemyError as exc:
+        err.print(f"[red]report failed: {type(exc).__name__}[/red]")
+        raise typer.Exit(exitcodes.FAILED) from None
+    except OSError as exc:
+        err.print(f"[red]cannot write {output}: {exc.strerror}[/red]")
+        raise typer.Exit(exitcodes.FAILED) from None
+    finally:
+        engine.dispose()
+    kind = "days" if summary else "studies"
+    where = "stdout" if to_stdout else str(output)
+    err.print(f"wrote {result.rows} {kind} ({flt.start} to {flt.end}, {settings.tz}) to {where} "
+              f"in {time.monotonic() - started:.1f} s")
+
+
+__import__("ops.cli_ops").cli_ops.register(app)  # operations commands (issue 6): status, studies, ...
+
+
+def run() -> None:
+    """Entry point of `./orthanc` and `python -m ops.cli`."""
+    app(prog_name="orthanc")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,189 @@
+"""`python -m ops.stack <command>`: what the Make targets run.
+
+    run       install what is missing, create .env if absent, start and wait for health
+    start     the same without installing Debian packages
+    stop      stop everything `run` started
+    restart   stop, then start
+    status    each service's state and a real probe, and held destinations; exit code 1 when
+              a service is unhealthy (a held destination alone is not)
+    logs      show (-f: follow) the services' logs
+    env       create .env with generated secrets if absent
+    bootstrap roles, databases, migrations and first admin (the compose `init` service)
+
+`--mode auto` (the default) uses Docker Compose when a Docker engine answers and
+`docker compose` works, and the native stack (supervisord) otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from pathlib import Path
+
+from core.envfile import ensure_env_file
+from core.settings import DEFAULTS_FILE, Settings, SettingsError, env_file_path, load_settings
+from ops.stack import compose, native
+from ops.stack.bootstrap import BootstrapError, bootstrap_databases
+from ops.stack.layout import StackLayout
+from ops.stack.packages import PrerequisiteError, ensure_packages
+from ops.stack.probes import Probe, held_destinations
+from ops.stack.supervisor import SupervisorError, supervisord_pid
+from ops.stack.supervisor_conf import probe_host
+from ops.tooling import exitcodes
+
+
+def _out(message: str) -> None:
+    print(message, flush=True)
+
+
+def ensure_env(env_file: Path) -> None:
+    """Create `.env` with generated secrets when absent; warn when others can read it."""
+    if ensure_env_file(env_file, DEFAULTS_FILE):
+        _out(f"Wrote {env_file} with generated passwords (mode 600). Keep it private; never commit it.")
+    mode = stat.S_IMODE(env_file.stat().st_mode)
+    if mode & 0o077:
+        _out(f"warning: {env_file} is readable by other users (mode {mode:o}); run: chmod 600 {env_file}")
+
+
+def summary(settings: Settings, env_file: Path, mode: str, probes: list[Probe]) -> str:
+    """What an operator needs after `make run`: URLs, and where the credentials are."""
+    local = probe_host(settings.bind_address)
+    orthanc = settings.orthanc_url
+    lines = [
+        "",
+        f"Routing hub is running ({mode}).",
+        f"  Operations app     http://{local}:{settings.operator_ui_port}/   "
+        f"(user {settings.app_admin_username}, password APP_ADMIN_PASSWORD)",
+        f"  Orthanc Explorer   {orthanc}/app/explorer.html   "
+        f"(user {settings.orthanc_username}, password ORTHANC_PASSWORD)",
+        f"  Orthanc REST API   {orthanc}/   DICOMweb {orthanc}/dicom-web/",
+        f"  DICOM (C-STORE)    AET {settings.orthanc_aet} on port {settings.dicom_port}",
+        f"  Worker             http://{local}:{settings.routing_api_port}/health   and /metrics",
+        f"  PostgreSQL         {settings.postgres_host}:{settings.postgres_port}   databases "
+        f"{settings.postgres_db} (Orthanc index) and {settings.qi_db} (QI), user {settings.postgres_user}",
+        "",
+        f"Passwords are in {env_file} (mode 600): ORTHANC_PASSWORD, APP_ADMIN_PASSWORD,",
+        "POSTGRES_PASSWORD and GRAFANA_DB_PASSWORD. They are never printed.",
+        f"The PostgreSQL superuser's password is in {settings.state_dir / 'postgres-superuser.secret'}.",
+    ]
+    if mode == "native":
+        lines.append(f"Logs: {StackLayout.for_settings(settings).logs_dir}   (make logs, make status, make stop)")
+    unhealthy = [p for p in probes if not p.ok]
+    if unhealthy:
+        lines.append("Unhealthy: " + ", ".join(f"{p.name} ({p.detail})" if p.degraded else p.name for p in unhealthy))
+    return "\n".join(lines)
+
+
+def _settings(env_file: Path) -> Settings:
+    return load_settings(env_file)
+
+
+def _cmd_run(args: argparse.Namespace, mode: str, env_file: Path) -> int:
+    if mode == "native" and args.command == "run":
+        for package in ensure_packages():
+            _out(f"installed {package}")
+    ensure_env(env_file)
+    settings = _settings(env_file)
+    if mode == "compose":
+        probes = compose.run(settings, env_file, _out)
+    else:
+        probes = native.run(settings, env_file, _out)
+        _out(f"supervisord pid {supervisord_pid(StackLayout.for_settings(settings))}")
+    _out(summary(settings, env_file, mode, probes))
+    return exitcodes.OK if all(p.ok for p in probes) else exitcodes.FAILED
+
+
+def _cmd_stop(mode: str, env_file: Path) -> int:
+    settings = _settings(env_file)
+    if mode == "compose":
+        compose.stop(settings, env_file, _out)
+    else:
+        native.stop(settings, env_file, _out)
+    return exitcodes.OK
+
+
+def _cmd_status(mode: str, env_file: Path) -> int:
+    settings = _settings(env_file)
+    healthy = compose.status(settings, env_file, _out) if mode == "compose" else native.status(
+        settings, env_file, _out)
+    # Held destinations are reported, never counted as unhealthy: a PACS outage is not the hub failing.
+    held = held_destinations(settings)
+    if held:
+        _out("\nDestinations on hold (their jobs wait in the queue, spending no attempts):")
+        for line in held:
+            _out(f"  {line}")
+    if healthy:
+        _out("\nAll services healthy." + (
+            f" {len(held)} destination(s) on hold (above): nothing is sent to them until they answer again "
+            "(outage) or are released (`./orthanc release NAME`)." if held else ""))
+    else:
+        _out("\nSome services are NOT healthy (see above; `make logs`).")
+    return exitcodes.OK if healthy else exitcodes.FAILED
+
+
+def _cmd_logs(args: argparse.Namespace, mode: str, env_file: Path) -> int:
+    settings = _settings(env_file)
+    if mode == "compose":
+        return compose.logs(settings, env_file, args.services, args.follow, args.lines)
+    return native.logs(settings, args.services, args.follow, args.lines)
+
+
+def _cmd_bootstrap(args: argparse.Namespace, env_file: Path) -> int:
+    settings = _settings(env_file)
+    password = Path(args.superuser_password_file).read_text().strip() if args.superuser_password_file else None
+    result = bootstrap_databases(settings, password)
+    _out("database ready" + ("; first app admin created" if result.admin_created else ""))
+    return exitcodes.OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ops.stack", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("auto", "native", "compose"), default="auto")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("run", "start", "stop", "restart", "status", "env"):
+        sub.add_parser(name)
+    logs = sub.add_parser("logs")
+    logs.add_argument("services", nargs="*", help="postgres, orthanc, worker, app, supervisord (default: all)")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    boot = sub.add_parser("bootstrap")
+    boot.add_argument("--superuser-password-file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    env_file = env_file_path().resolve()
+    mode = args.mode
+    if mode == "auto" and args.command not in ("env", "bootstrap"):
+        mode = "compose" if compose.engine_available() else "native"
+    try:
+        if args.command == "env":
+            ensure_env(env_file)
+            return exitcodes.OK
+        if args.command == "bootstrap":
+            return _cmd_bootstrap(args, env_file)
+        if args.command in ("run", "start"):
+            return _cmd_run(args, mode, env_file)
+        if args.command == "stop":
+            return _cmd_stop(mode, env_file)
+        if args.command == "restart":
+            _cmd_stop(mode, env_file)
+            return _cmd_run(args, mode, env_file)
+        if args.command == "status":
+            return _cmd_status(mode, env_file)
+        return _cmd_logs(args, mode, env_file)
+    except SettingsError as exc:
+        print(f"{exc}\n(configuration file: {env_file})", file=sys.stderr)
+        return exitcodes.CONFIG
+    except (native.StackError, compose.ComposeError, SupervisorError, BootstrapError, PrerequisiteError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exitcodes.OK

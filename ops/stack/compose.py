@@ -1,0 +1,132 @@
+"""The compose stack (stack/docker-compose.yml), for hosts with a Docker engine.
+
+The same commands as the native stack, through `docker compose`. Compose reads the
+values from `.env`; the storage paths are passed resolved (a relative STATE_DIR
+means relative to the project, not to stack/), and the environment given to
+`docker compose` is built from `.env` alone, so an operator's shell (a stray TZ or
+ORTHANC_PASSWORD) cannot override the site's configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from core.settings import PROJECT_ROOT, Settings, read_config
+from ops import datadirs
+from ops.stack.probes import Probe, probe_all, wait_healthy
+
+Out = Callable[[str], None]
+COMPOSE_FILE = PROJECT_ROOT / "stack" / "docker-compose.yml"
+PROJECT_NAME = "routing-hub"
+SERVICES: tuple[str, ...] = ("postgres", "init", "orthanc", "worker", "app", "grafana")
+# Files in STATE_DIR that compose mounts as secrets (generated here, mode 600).
+SECRET_FILES = ("postgres-superuser.secret", "grafana-admin.secret")
+# Passed through from the caller's environment: how to reach the engine, which profiles.
+PASSTHROUGH = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH",
+               "DOCKER_TLS_VERIFY", "COMPOSE_PROFILES")
+
+
+class ComposeError(RuntimeError):
+    """`docker compose` failed; the message carries its output."""
+
+
+def engine_available() -> bool:
+    """True when a Docker engine answers and the compose plugin works."""
+    for argv in (["docker", "info"], ["docker", "compose", "version"]):
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        if proc.returncode != 0:
+            return False
+    return True
+
+
+def compose_env(settings: Settings, env_file: Path) -> dict[str, str]:
+    """The environment for `docker compose`: `.env`'s values with absolute paths."""
+    env = {key: os.environ[key] for key in PASSTHROUGH if key in os.environ}
+    env.update(read_config(env_file))
+    env.update({
+        "DICOM_STORAGE": str(settings.dicom_storage),
+        "POSTGRES_STORAGE": str(settings.postgres_storage),
+        "STATE_DIR": str(settings.state_dir),
+        "HUB_ENV_FILE": str(env_file.resolve()),
+    })
+    return env
+
+
+def compose_argv(env_file: Path, *args: str) -> list[str]:
+    return ["docker", "compose", "--project-name", PROJECT_NAME, "--file", str(COMPOSE_FILE),
+            "--env-file", str(env_file.resolve()), *args]
+
+
+def _compose(settings: Settings, env_file: Path, *args: str, capture: bool = False) -> str:
+    proc = subprocess.run(compose_argv(env_file, *args), env=compose_env(settings, env_file),
+                          capture_output=capture, text=True, check=False)
+    if proc.returncode != 0:
+        output = (proc.stdout or "") + (proc.stderr or "") if capture else ""
+        raise ComposeError(f"docker compose {' '.join(args)} failed ({proc.returncode}) {output}".strip())
+    return proc.stdout or ""
+
+
+def ensure_secret_files(state_dir: Path) -> None:
+    """Generate the secrets compose mounts from STATE_DIR (kept there, never in .env)."""
+    datadirs.create_owned(state_dir, "STATE_DIR", 0o700)  # marked when created (ops/datadirs.py)
+    for name in SECRET_FILES:
+        path = state_dir / name
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(secrets.token_urlsafe(24) + "\n")
+
+
+def check_env_file(env_file: Path) -> None:
+    """Compose hands the containers the project's `.env` (`env_file: ../.env`), so the
+    configuration compose interpolates must be that same file."""
+    if env_file.resolve() != (PROJECT_ROOT / ".env").resolve():
+        raise ComposeError(f"the compose stack reads {PROJECT_ROOT / '.env'}; unset HUB_ENV_FILE ({env_file}) "
+                           "or use STACK_MODE=native")
+
+
+def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
+    check_env_file(env_file)
+    ensure_secret_files(settings.state_dir)
+    datadirs.create_owned(settings.dicom_storage, "DICOM_STORAGE")
+    # The postgres image's initdb wants an empty directory: mark it once the cluster exists.
+    new_cluster = not settings.postgres_storage.exists() or not any(settings.postgres_storage.iterdir())
+    settings.postgres_storage.mkdir(parents=True, exist_ok=True)
+    out("Starting the compose stack (docker compose up --build --wait)")
+    _compose(settings, env_file, "up", "--detach", "--build", "--wait")
+    if new_cluster:
+        try:
+            datadirs.mark(settings.postgres_storage, "POSTGRES_STORAGE")
+        except OSError as exc:
+            out(f"warning: could not mark {settings.postgres_storage} as the hub's ({exc}); "
+                f"run `{datadirs.MARK_COMMAND}` as root before `make uninstall`")
+    try:
+        return wait_healthy(settings, ["postgres", "orthanc", "dicom", "worker", "app"], 120)
+    except TimeoutError as exc:
+        raise ComposeError(f"{exc}\nsee `make logs`") from None
+
+
+def stop(settings: Settings, env_file: Path, out: Out = print) -> None:
+    _compose(settings, env_file, "down")
+    out("Stopped the compose stack (volumes and data are kept).")
+
+
+def status(settings: Settings, env_file: Path, out: Out = print) -> bool:
+    out(_compose(settings, env_file, "ps", "--all", capture=True))
+    healthy = True
+    for probe in probe_all(settings):
+        healthy &= probe.ok
+        out(f"{'ok  ' if probe.ok else 'FAIL'}  {probe.name:<9} {probe.url:<48} {probe.detail}")
+    return healthy
+
+
+def logs(settings: Settings, env_file: Path, services: list[str], follow: bool, lines: int) -> int:
+    args = ["logs", "--tail", str(lines), *(["--follow"] if follow else []), *services]
+    return subprocess.call(compose_argv(env_file, *args), env=compose_env(settings, env_file))

@@ -1,0 +1,186 @@
+"""Real health checks of the running services, shared by `run` (waiting) and `status`.
+
+Each probe talks to the service the way its users do: a password login to
+PostgreSQL, an authenticated Orthanc REST call, a DICOM C-ECHO, the worker's /health
+and the app's HTTP port. Nothing here is inferred from process states alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+
+from core.settings import Settings
+from ops.stack.supervisor_conf import probe_host
+
+TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    ok: bool
+    url: str
+    detail: str
+    # Up and answering, but not healthy in a way waiting will not fix (a refused routing.yml):
+    # `run` stops waiting for it and reports it; `status` still counts it as unhealthy.
+    degraded: bool = False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def probe_postgres(settings: Settings) -> Probe:
+    url = f"postgresql://{settings.postgres_host}:{settings.postgres_port}/{settings.qi_db}"
+    try:
+        with psycopg.connect(
+            host=settings.postgres_host, port=settings.postgres_port, user=settings.postgres_user,
+            password=settings.postgres_password.get_secret_value(), dbname=settings.qi_db,
+            connect_timeout=int(TIMEOUT_S),
+        ) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+        return Probe("postgres", True, url, f"accepts logins (PostgreSQL {version[0] if version else '?'})")
+    except psycopg.Error as exc:
+        return Probe("postgres", False, url, _first_line(exc))
+
+
+def probe_orthanc(settings: Settings) -> Probe:
+    url = f"{settings.orthanc_url}/app/explorer.html"
+    auth = (settings.orthanc_username, settings.orthanc_password.get_secret_value())
+    try:
+        response = httpx.get(f"{settings.orthanc_url}/system", auth=auth, timeout=TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return Probe("orthanc", False, url, f"REST API not answering: {_first_line(exc)}")
+    if response.status_code == 401:
+        return Probe("orthanc", False, url, "REST API refused the credentials from .env (401)")
+    if response.status_code != 200:
+        return Probe("orthanc", False, url, f"/system answered HTTP {response.status_code}")
+    version = response.json().get("Version", "?")
+    return Probe("orthanc", True, url, f"REST API answers with the .env credentials (Orthanc {version})")
+
+
+def probe_dicom(settings: Settings) -> Probe:
+    host = probe_host(settings.orthanc_host)
+    url = f"dicom://{settings.orthanc_aet}@{host}:{settings.dicom_port}"
+    echoscu = shutil.which("echoscu", path="/usr/bin:/usr/local/bin")
+    if echoscu is None:
+        try:
+            with socket.create_connection((host, settings.dicom_port), timeout=TIMEOUT_S):
+                return Probe("dicom", True, url, "port open (install dcmtk for a C-ECHO)")
+        except OSError as exc:
+            return Probe("dicom", False, url, _first_line(exc))
+    seconds = str(int(TIMEOUT_S))
+    try:
+        proc = subprocess.run(
+            [echoscu, "-aet", "HUBSTATUS", "-aec", settings.orthanc_aet, "-to", seconds, "-ta", seconds,
+             "-td", seconds, host, str(settings.dicom_port)],
+            capture_output=True, text=True, timeout=TIMEOUT_S * 4, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return Probe("dicom", False, url, "C-ECHO timed out")
+    if proc.returncode == 0:
+        return Probe("dicom", True, url, "C-ECHO succeeded")
+    return Probe("dicom", False, url, f"C-ECHO failed: {(proc.stderr or proc.stdout).strip()[:200]}")
+
+
+def probe_worker(settings: Settings) -> Probe:
+    url = f"http://{probe_host(settings.bind_address)}:{settings.routing_api_port}/health"
+    try:
+        response = httpx.get(url, timeout=TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return Probe("worker", False, url, f"not answering: {_first_line(exc)}")
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    detail = f"status {body.get('status', '?')} (orthanc {body.get('orthanc')}, database {body.get('database')})"
+    problems = [str(p) for p in body.get("problems") or []]
+    if problems:  # e.g. "degraded: routing.yml refused at line 12, running on rules of 14:05"
+        detail = f"degraded: {'; '.join(problems)} (orthanc {body.get('orthanc')}, database {body.get('database')})"
+    storage = body.get("storage") or {}
+    if storage.get("status", "ok") != "ok":  # a warning: the worker itself still works
+        detail += f"; {storage.get('message')}"
+    degraded = bool(problems) and bool(body.get("orthanc")) and bool(body.get("database"))
+    return Probe("worker", response.status_code == 200, url, f"HTTP {response.status_code}: {detail}", degraded)
+
+
+def probe_app(settings: Settings) -> Probe:
+    base = f"http://{probe_host(settings.bind_address)}:{settings.operator_ui_port}"
+    try:
+        health = httpx.get(f"{base}/_stcore/health", timeout=TIMEOUT_S)
+        page = httpx.get(f"{base}/", timeout=TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return Probe("app", False, base + "/", f"not answering: {_first_line(exc)}")
+    ok = health.status_code == 200 and page.status_code == 200
+    return Probe("app", ok, base + "/", f"health HTTP {health.status_code}, page HTTP {page.status_code}")
+
+
+def held_destinations(settings: Settings) -> list[str]:
+    """One line per held destination: "LPCHROUTER  outage since 14:05, 3 jobs waiting".
+
+    Not a probe: a PACS that is down is not the hub being unhealthy. Empty when
+    nothing is held, and when the QI database is down (the postgres probe says so).
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from core import queries
+    from core.db import engine_for
+
+    engine = engine_for(settings, connect_args={"connect_timeout": int(TIMEOUT_S)})
+    try:
+        with engine.connect() as conn:
+            held = queries.held_destinations(conn)
+    except SQLAlchemyError:
+        return []
+    finally:
+        engine.dispose()
+    width = max((len(s.destination) for s in held), default=0)
+    return [f"{s.destination:<{width}}  {s.summary(settings.zone)}" for s in held]
+
+
+PROBES: dict[str, Callable[[Settings], Probe]] = {
+    "postgres": probe_postgres,
+    "orthanc": probe_orthanc,
+    "dicom": probe_dicom,
+    "worker": probe_worker,
+    "app": probe_app,
+}
+# Which supervisord program each probe belongs to.
+PROBE_SERVICE = {"postgres": "postgres", "orthanc": "orthanc", "dicom": "orthanc", "worker": "worker", "app": "app"}
+
+
+def probe_all(settings: Settings) -> list[Probe]:
+    return [probe(settings) for probe in PROBES.values()]
+
+
+def wait_healthy(
+    settings: Settings, names: list[str], timeout: float, failed: Callable[[], str | None] | None = None
+) -> list[Probe]:
+    """Probe `names` until all are healthy or degraded (up, but waiting would not help);
+    raise TimeoutError listing the unhealthy ones.
+
+    `failed` is called between rounds: when it returns a message (a program died),
+    waiting stops at once with that message instead of running out the clock.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        results = [PROBES[name](settings) for name in names]
+        if all(p.ok or p.degraded for p in results):
+            return results
+        if failed is not None:
+            message = failed()
+            if message:
+                raise TimeoutError(message)
+        if time.monotonic() > deadline:
+            bad = "; ".join(f"{p.name}: {p.detail}" for p in results if not p.ok)
+            raise TimeoutError(f"not healthy after {timeout:.0f} s: {bad}")
+        time.sleep(0.5)

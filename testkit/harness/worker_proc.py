@@ -1,0 +1,133 @@
+"""Run the real worker daemon (`python -m worker`) as a child process in tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from sqlalchemy import Engine, text
+
+from core.settings import PROJECT_ROOT
+from testkit.dicom_peers import send_datasets
+from testkit.harness.procs import spawn
+from testkit.harness.stack import write_env
+from testkit.harness.waiting import wait_until
+
+
+class WorkerProcess:
+    """One worker process reading `values` (raw settings) from its own .env file."""
+
+    def __init__(self, values: dict[str, str], directory: Path, name: str = "worker",
+                 extra_env: dict[str, str] | None = None):
+        self.values = values
+        self.extra_env = extra_env or {}  # process environment, e.g. HUB_FAILPOINT (settings come from .env)
+        self.env_file = write_env(values, directory / f"{name}.env")
+        self.log = directory / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.values['ROUTING_API_PORT']}/health"
+
+    def start(self) -> WorkerProcess:
+        self.start_nowait()
+        wait_until(self.healthy, timeout=30, what=f"worker health ({self.log})")
+        return self
+
+    def start_nowait(self) -> WorkerProcess:
+        """Spawn the process and return at once (as supervisord restarts a worker)."""
+        env = {**os.environ, "HUB_ENV_FILE": str(self.env_file), "PYTHONUNBUFFERED": "1", **self.extra_env}
+        self.proc = spawn([sys.executable, "-m", "worker"], self.log, env=env, cwd=PROJECT_ROOT)
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        try:
+            return httpx.get(self.health_url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def health(self) -> dict:
+        return httpx.get(self.health_url, timeout=5).json()
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to end on its own (a failpoint); returns its exit code."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as in a crash."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self, timeout: float = 40) -> int | None:
+        """SIGTERM and wait for a graceful exit; returns the exit code."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        self.proc = None
+        return code
+
+
+# --- helpers shared by the worker tests -------------------------------------------------
+
+ALL_TO_PACS = """
+version: 1
+rules:
+  - name: everything-to-pacs
+    when: {kind: original}
+    then: {deliver_to: [PACS], payload: matched}
+"""
+
+
+def rules_file(directory: Path, content: str) -> str:
+    path = directory / "routing.yml"
+    path.write_text(content)
+    return str(path)
+
+
+def send(datasets, settings, calling_aet: str = "MODALITY1") -> None:
+    """C-STORE datasets to the test Orthanc and insist every one was accepted."""
+    statuses = send_datasets(datasets, "127.0.0.1", settings.dicom_port, calling_aet, settings.orthanc_aet)
+    assert statuses and all(s == 0 for s in statuses), statuses
+
+
+def jobs(engine: Engine) -> list:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT * FROM routing_jobs ORDER BY id")).mappings().all()
+
+
+def event_types(engine: Engine, study_uid: str) -> list[tuple[str, str | None]]:
+    with engine.connect() as conn:
+        return [
+            (r.type, r.destination)
+            for r in conn.execute(
+                text("SELECT e.type, e.destination FROM events e JOIN studies s ON s.id = e.study_id "
+                     "WHERE s.study_uid = :uid ORDER BY e.id"),  # recorded (causal) order, as the app lists them
+                {"uid": study_uid},
+            )
+        ]
+
+
+def study_row(engine: Engine, study_uid: str):  # noqa: ANN201 - a RowMapping or None
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT * FROM studies WHERE study_uid = :u"), {"u": study_uid}).mappings().first()
+
+
+def all_jobs_final(engine: Engine, n: int) -> bool:
+    rows = jobs(engine)
+    return len(rows) >= n and all(r["state"] in ("succeeded", "dead", "cancelled") for r in rows)
