@@ -22,7 +22,7 @@ LINES ?= 100
 # make test PYTEST_ARGS="-k compose -x"
 PYTEST_ARGS ?=
 
-.PHONY: help venv env run start stop restart status logs lint audit test test-long
+.PHONY: help venv env run start stop restart status logs lint typecheck audit test test-long
 
 help: ## list the targets
 	@echo "Routing hub. Quick start: make run (start everything), make test (all checks)."
@@ -68,11 +68,15 @@ logs: $(VENV_STAMP) ## show the logs (SERVICE=postgres|orthanc|worker|app, FOLLO
 lint: $(VENV_STAMP) ## ruff on the whole project
 	$(VENV)/bin/ruff check .
 
+typecheck: $(VENV_STAMP) ## mypy (mypy.ini): core, worker, ops, app and testkit must type-check
+	$(VENV)/bin/mypy --config-file mypy.ini
+
 audit: $(VENV_STAMP) ## pip-audit of requirements.txt; fails on known vulnerabilities that have a fix
 	$(VENV_PY) -m ops.tooling.dependency_audit requirements.txt
 
-test: $(VENV_STAMP) ## ruff, the dependency audit, then the whole pytest suite (unit, integration, browser)
+test: $(VENV_STAMP) ## ruff, mypy, the dependency audit, then the whole pytest suite (unit, integration, browser)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --config-file mypy.ini
 	$(VENV_PY) -m ops.tooling.dependency_audit --if-unavailable warn requirements.txt
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 

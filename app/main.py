@@ -21,16 +21,17 @@ import streamlit as st  # noqa: E402
 from app.components.access import current_user, logout, use_navigation_mode  # noqa: E402
 from app.components.login import login_page  # noqa: E402
 from core.auth import role_at_least  # noqa: E402
+from core.states import Role  # noqa: E402
 
 PAGES = APP_DIR / "pages"
 OPERATIONS = (
-    ("overview.py", "Overview", ":material/monitor_heart:", "viewer"),
-    ("studies.py", "Studies", ":material/list:", "viewer"),
-    ("study_detail.py", "Study detail", ":material/timeline:", "viewer"),
-    ("queue.py", "Queue", ":material/queue:", "viewer"),
-    ("destinations.py", "Destinations", ":material/lan:", "viewer"),
-    ("rules.py", "Rules", ":material/rule:", "viewer"),
-    ("audit.py", "Audit log", ":material/history:", "viewer"),
+    ("overview.py", "Overview", ":material/monitor_heart:", Role.VIEWER),
+    ("studies.py", "Studies", ":material/list:", Role.VIEWER),
+    ("study_detail.py", "Study detail", ":material/timeline:", Role.VIEWER),
+    ("queue.py", "Queue", ":material/queue:", Role.VIEWER),
+    ("destinations.py", "Destinations", ":material/lan:", Role.VIEWER),
+    ("rules.py", "Rules", ":material/rule:", Role.VIEWER),
+    ("audit.py", "Audit log", ":material/history:", Role.VIEWER),
 )
 QI = (
     ("qi_turnaround.py", "Turnaround", ":material/timer:"),
@@ -39,7 +40,7 @@ QI = (
     ("qi_volumes.py", "Volumes", ":material/bar_chart:"),
     ("qi_sla.py", "SLA", ":material/verified:"),
 )
-ADMIN = (("users.py", "Users", ":material/group:", "admin"),)
+ADMIN = (("users.py", "Users", ":material/group:", Role.ADMIN),)
 
 
 def _pages(role: str) -> dict[str, list[st.Page]]:

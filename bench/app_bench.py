@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.app_bench [--studies 100000] [--runs 7] [--browser] [--write]
 
-A real PostgreSQL and a real Orthanc start on free loopback ports. bench/app_flows.py
+A real PostgreSQL and a real Orthanc start on free loopback ports. testkit/history.py
 fills the QI database with N studies over the past year (set-based, shaped like the
 recorder's rows), then core/recorder.py adds today's studies in every workflow state,
 so the "today" and "last 24 h" figures are not empty. Each page is then rendered by
@@ -37,13 +37,13 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench import seed as bulk_seed
-from core import auth
+from core import auth, recorder
 from core.db import migrate
 from core.envfile import generate_secret
 from core.settings import PROJECT_ROOT, settings_from_values
 from ops import pgcluster
 from testkit import app_flows as flows
+from testkit import history
 from testkit.harness.ports import free_port
 from testkit.harness.stack import OrthancServer, PostgresServer, make_values, remove_tree, write_env
 
@@ -68,8 +68,8 @@ def _navigation_mode() -> None:
 def populate(url: str, studies: int, settings_tz: str) -> dict[str, float]:
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    bulk_seed.main(["--url", url, "--studies", str(studies), "--days", "365", "--tz", settings_tz])
-    timings["bulk seed (bench/app_flows.py)"] = time.perf_counter() - t
+    history.main(["--url", url, "--studies", str(studies), "--days", "365", "--tz", settings_tz])
+    timings["bulk seed (testkit/history.py)"] = time.perf_counter() - t
     engine = create_engine(url)
     t = time.perf_counter()
     with engine.begin() as conn:
@@ -77,9 +77,9 @@ def populate(url: str, studies: int, settings_tz: str) -> dict[str, float]:
         for k in range(40):  # 280 studies today, in every state, recorded like the worker
             flows.standard_set(conn, now, base=90_000_000 + 10 * k)
         auth.create_user(conn, ADMIN[0], ADMIN[1], "admin", actor="bench", source="setup", rounds=4)
-        conn.execute(text(
-            "INSERT INTO worker_heartbeats (worker_id, hostname, pid, started_at, heartbeat_at, owns_cursor, "
-            "orthanc_ok, cursor_lag) VALUES ('bench-worker', 'bench', 1, now(), now(), true, true, 0)"))
+        recorder.heartbeat(conn, recorder.Heartbeat(
+            worker_id="bench-worker", hostname="bench", pid=1, started_at=now, owns_cursor=True, orthanc_ok=True,
+            cursor_lag=0, info={}, lock_key=None), at=now)
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
         timings["studies in the database"] = conn.execute(text("SELECT count(*) FROM studies")).scalar_one()
@@ -235,7 +235,7 @@ def write_results(command: str, studies: int, setup: dict[str, float], rows: dic
         "",
         f"Machine: {os.cpu_count()} CPU(s), Python {platform.python_version()}, PostgreSQL 15, Orthanc 1.10.1, "
         f"Streamlit 1.67; database: {int(setup['studies in the database']):,} studies "
-        f"(bench/app_flows.py for the past year plus 280 recorder-made studies today).",
+        f"(testkit/history.py for the past year plus 280 recorder-made studies today).",
         "",
         "| Page | cold (s) | warm median (s) | warm max (s) |",
         "|---|---:|---:|---:|",

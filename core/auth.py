@@ -21,8 +21,9 @@ from sqlalchemy import Connection, select, text
 from core.db import app_users
 from core.recorder import audit
 from core.settings import Settings
+from core.states import AuditSource, Role
 
-ROLES: tuple[str, ...] = ("viewer", "operator", "admin")
+ROLES: tuple[Role, ...] = tuple(Role)  # in increasing order of what they grant
 ROLE_RANK: dict[str, int] = {role: rank for rank, role in enumerate(ROLES)}
 
 BCRYPT_ROUNDS = 12
@@ -143,7 +144,7 @@ def list_users(conn: Connection) -> list[User]:
 
 
 def _admin_count(conn: Connection) -> int:
-    return conn.execute(text("SELECT count(*) FROM app_users WHERE role = 'admin'")).scalar_one()
+    return conn.execute(text("SELECT count(*) FROM app_users WHERE role = :admin"), {"admin": Role.ADMIN}).scalar_one()
 
 
 def create_user(
@@ -182,7 +183,7 @@ def set_role(conn: Connection, username: str, role: str, *, actor: str, source: 
     user = _locked_user(conn, username)
     if user.role == role:
         return
-    if user.role == "admin" and _admin_count(conn) <= 1:
+    if user.role == Role.ADMIN and _admin_count(conn) <= 1:
         raise UserError("the last admin cannot be demoted; promote another user first")
     conn.execute(text("UPDATE app_users SET role = :r WHERE username = :u"), {"u": username, "r": role})
     audit(conn, actor=actor, source=source, action="user.role", target=f"user:{username}",
@@ -215,7 +216,7 @@ def delete_user(conn: Connection, username: str, *, actor: str, source: str) -> 
     user = _locked_user(conn, username)
     if username == actor:
         raise UserError("you cannot delete your own account")
-    if user.role == "admin" and _admin_count(conn) <= 1:
+    if user.role == Role.ADMIN and _admin_count(conn) <= 1:
         raise UserError("the last admin cannot be deleted")
     conn.execute(text("DELETE FROM app_users WHERE username = :u"), {"u": username})
     audit(conn, actor=actor, source=source, action="user.delete", target=f"user:{username}",
@@ -231,8 +232,8 @@ def ensure_admin(conn: Connection, settings: Settings) -> bool:
     if get_user(conn, settings.app_admin_username) is not None:
         return False
     try:
-        create_user(conn, settings.app_admin_username, settings.app_admin_password.get_secret_value(), "admin",
-                    actor="setup", source="setup")
+        create_user(conn, settings.app_admin_username, settings.app_admin_password.get_secret_value(), Role.ADMIN,
+                    actor="setup", source=AuditSource.SETUP)
     except UserError as exc:
         if "already exists" in str(exc):  # created concurrently by another starter
             return False
@@ -241,7 +242,7 @@ def ensure_admin(conn: Connection, settings: Settings) -> bool:
 
 
 def authenticate(
-    conn: Connection, username: str, password: str, *, source: str = "ui", now: datetime | None = None
+    conn: Connection, username: str, password: str, *, source: str = AuditSource.UI, now: datetime | None = None
 ) -> LoginResult:
     """Check a login, counting failures and locking the account after repeated ones.
 

@@ -67,6 +67,9 @@ def check_modality_name(value: str) -> str:
 # enables them in a MODALITY_ line (`AET|HOST|PORT|find,move`; `qr` is all three).
 RETRIEVE_SERVICES = ("find", "get", "move")
 RETRIEVE_WORDS = {"find": ("find",), "get": ("get",), "move": ("move",), "qr": RETRIEVE_SERVICES}
+# The word of the same field that makes Orthanc call this peer over DICOM TLS
+# (`AET|HOST|PORT|tls`, `AET|HOST|PORT|qr,tls`): Orthanc's UseDicomTls.
+TLS_WORD = "tls"
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class Modality:
     allow_find: bool = False
     allow_get: bool = False
     allow_move: bool = False
+    # Orthanc sends to and echoes this peer over DICOM TLS, with the hub's certificate,
+    # checking the peer's against the trusted CA (README.md, "DICOM TLS and HTTPS").
+    use_tls: bool = False
 
     @property
     def retrieve(self) -> tuple[str, ...]:
@@ -95,7 +101,8 @@ class Modality:
     def spec(self) -> str:
         """The MODALITY_ line value that parses back to this modality (name aside)."""
         base = f"{self.aet}|{self.host}|{self.port}"
-        return f"{base}|{','.join(self.retrieve)}" if self.retrieve else base
+        flags = (*self.retrieve, TLS_WORD) if self.use_tls else self.retrieve
+        return f"{base}|{','.join(flags)}" if flags else base
 
     def orthanc_body(self) -> dict[str, object]:
         """PUT /modalities/{name} body. Every permission is explicit: Orthanc's default is all allowed."""
@@ -104,20 +111,30 @@ class Modality:
             "AllowEcho": True, "AllowStore": True,
             "AllowFind": self.allow_find, "AllowGet": self.allow_get, "AllowMove": self.allow_move,
             "AllowFindWorklist": False, "AllowStorageCommitment": False,
+            "UseDicomTls": self.use_tls,
         }
 
 
-def parse_retrieve(value: str) -> dict[str, bool]:
-    """`find,get,move` or `qr` (any case, comma-separated) as allow_* keyword arguments."""
+def parse_retrieve(value: str, *, tls: bool = False) -> dict[str, bool]:
+    """`find,get,move` or `qr` (any case, comma-separated) as allow_* keyword arguments.
+
+    With `tls`, the word `tls` is accepted too and given as use_tls.
+    """
     enabled: set[str] = set()
+    use_tls = False
     for word in (w.strip().lower() for w in value.split(",")):
         if not word:
             continue
+        if tls and word == TLS_WORD:
+            use_tls = True
+            continue
         if word not in RETRIEVE_WORDS:
+            also = ", and tls for DICOM TLS" if tls else ""
             raise ValueError(f"expected AET|HOST|PORT|SERVICES, SERVICES being find, get, move or qr "
-                             f"(comma-separated); got {word[:20]!r}")
+                             f"(comma-separated{also}); got {word[:20]!r}")
         enabled.update(RETRIEVE_WORDS[word])
-    return {f"allow_{s}": s in enabled for s in RETRIEVE_SERVICES}
+    allowed = {f"allow_{s}": s in enabled for s in RETRIEVE_SERVICES}
+    return {**allowed, "use_tls": use_tls} if tls else allowed
 
 
 def check_retrieve_host(host: str, retrieve: tuple[str, ...] | list[str]) -> str:
@@ -140,6 +157,7 @@ def parse_modality_line(name: str, value: str) -> Modality:
 
     SERVICES enables query/retrieve from that peer (`find`, `get`, `move`, or `qr` for
     all three); without it the peer may only echo and store, as every older line means.
+    The word `tls` in the same field makes Orthanc reach the peer over DICOM TLS.
     """
     check_modality_name(name)
     parts = value.split("|")
@@ -147,7 +165,7 @@ def parse_modality_line(name: str, value: str) -> Modality:
         raise ValueError(f"expected AET|HOST|PORT or AET|HOST|PORT|SERVICES, got {len(parts)} field(s) "
                          f"in {value[:60]!r}")
     aet, host, port = (p.strip() for p in parts[:3])
-    allowed = parse_retrieve(parts[3]) if len(parts) == 4 else {}
+    allowed = parse_retrieve(parts[3], tls=True) if len(parts) == 4 else {}
     modality = Modality(name=name, aet=check_aet(aet), host=check_host(host), port=check_port(port), **allowed)
     check_retrieve_host(modality.host, modality.retrieve)
     return modality

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, text
 
-from core.queries import HoldKind
+from core import recorder
 from core.recorder import add_event, audit, queue_job, refresh_study_status
+from core.states import CANCELLABLE, RETRYABLE, EventType, HoldKind, JobState, Payload, Purpose, SeriesKind
 
 
 class OperationError(ValueError):
@@ -37,20 +38,14 @@ def _job(conn: Connection, job_id: int) -> dict:
 def retry_job(conn: Connection, job_id: int, *, actor: str, source: str) -> None:
     """Put a failed, dead or cancelled job back in the queue now, with fresh attempts."""
     job = _job(conn, job_id)
-    if job["state"] not in ("failed", "dead", "cancelled"):
+    if job["state"] not in RETRYABLE:
         raise OperationError(f"job {job_id} is {job['state']}; only failed, dead or cancelled jobs can be retried")
     now = _now()
-    conn.execute(
-        text(
-            "UPDATE routing_jobs SET state = 'queued', attempts = 0, next_attempt_at = :now, "
-            "finished_at = NULL, updated_at = :now WHERE id = :id"
-        ),
-        {"id": job_id, "now": now},
-    )
-    add_event(conn, job["study_id"], "manual_retry", now, job_id=job_id, destination=job["destination"],
+    recorder.requeue_job(conn, job_id, at=now)
+    add_event(conn, job["study_id"], EventType.MANUAL_RETRY, now, job_id=job_id, destination=job["destination"],
               detail={"actor": actor, "previous_state": job["state"]})
     audit(conn, actor=actor, source=source, action="job.retry", target=f"job:{job_id}",
-          before={"state": job["state"], "attempts": job["attempts"]}, after={"state": "queued"})
+          before={"state": job["state"], "attempts": job["attempts"]}, after={"state": JobState.QUEUED})
     refresh_study_status(conn, job["study_id"])
 
 
@@ -58,7 +53,7 @@ def retry_dead_jobs(conn: Connection, job_ids: Sequence[int], *, actor: str, sou
     """Retry each dead job in `job_ids` (bulk retry of a filtered list); returns the count."""
     done = 0
     for job_id in job_ids:
-        if _job(conn, job_id)["state"] == "dead":
+        if _job(conn, job_id)["state"] == JobState.DEAD:
             retry_job(conn, job_id, actor=actor, source=source)
             done += 1
     return done
@@ -67,17 +62,14 @@ def retry_dead_jobs(conn: Connection, job_ids: Sequence[int], *, actor: str, sou
 def cancel_job(conn: Connection, job_id: int, *, actor: str, source: str) -> None:
     """Cancel a job that is waiting (queued or failed) or dead."""
     job = _job(conn, job_id)
-    if job["state"] not in ("queued", "failed", "dead"):
+    if job["state"] not in CANCELLABLE:
         raise OperationError(f"job {job_id} is {job['state']}; only queued, failed or dead jobs can be cancelled")
     now = _now()
-    conn.execute(
-        text("UPDATE routing_jobs SET state = 'cancelled', finished_at = :now, updated_at = :now WHERE id = :id"),
-        {"id": job_id, "now": now},
-    )
-    add_event(conn, job["study_id"], "cancelled", now, job_id=job_id, destination=job["destination"],
+    recorder.cancel_job(conn, job_id, at=now)
+    add_event(conn, job["study_id"], EventType.CANCELLED, now, job_id=job_id, destination=job["destination"],
               detail={"actor": actor, "previous_state": job["state"]})
     audit(conn, actor=actor, source=source, action="job.cancel", target=f"job:{job_id}",
-          before={"state": job["state"]}, after={"state": "cancelled"})
+          before={"state": job["state"]}, after={"state": JobState.CANCELLED})
     refresh_study_status(conn, job["study_id"])
 
 
@@ -90,20 +82,20 @@ def resend_study(
     are never sent: a resend of the whole study must not deliver a forged AI result.
     """
     series_ids = conn.execute(
-        text("SELECT id FROM series WHERE study_id = :id AND kind <> 'rejected' "
+        text("SELECT id FROM series WHERE study_id = :id AND kind <> :rejected "
              "AND (CAST(:kind AS text) IS NULL OR kind = :kind)"),
-        {"id": study_id, "kind": kind},
+        {"id": study_id, "kind": kind, "rejected": SeriesKind.REJECTED},
     ).scalars().all()
     if not series_ids:
         raise OperationError(f"study {study_id} has no series to resend")
     now = _now()
     job_id = queue_job(
-        conn, study_id=study_id, purpose="delivery", destination=destination, series_ids=series_ids,
-        payload="study" if kind is None else ("ai_results" if kind == "ai_result" else "matched"),
+        conn, study_id=study_id, purpose=Purpose.DELIVERY, destination=destination, series_ids=series_ids,
+        payload=Payload.STUDY if kind is None else (Payload.AI_RESULTS if kind == SeriesKind.AI_RESULT else Payload.MATCHED),
         rule_name=None, at=now, resend=True,
     )
     assert job_id is not None  # resends are never deduplicated away
-    add_event(conn, study_id, "resend", now, job_id=job_id, destination=destination, detail={"actor": actor})
+    add_event(conn, study_id, EventType.RESEND, now, job_id=job_id, destination=destination, detail={"actor": actor})
     audit(conn, actor=actor, source=source, action="study.resend", target=f"study:{study_id}",
           after={"destination": destination, "job": job_id, "series": len(series_ids)})
     refresh_study_status(conn, study_id)
@@ -130,13 +122,7 @@ def hold_destination(conn: Connection, destination: str, *, actor: str, source: 
     start stays in destination_outages and in this action's audit entry.
     """
     before = _hold_row(conn, destination)
-    taken = conn.execute(
-        text("INSERT INTO destination_holds (destination, held_by, reason, kind) VALUES (:d, :a, :r, :kind) "
-             "ON CONFLICT (destination) DO UPDATE SET kind = EXCLUDED.kind, held_by = EXCLUDED.held_by, "
-             "reason = EXCLUDED.reason, held_at = now(), next_probe_at = NULL "
-             "WHERE destination_holds.kind <> EXCLUDED.kind RETURNING destination"),
-        {"d": destination, "a": actor, "r": reason, "kind": HoldKind.OPERATOR.value},
-    ).first() is not None
+    taken = recorder.hold_destination(conn, destination, actor=actor, reason=reason, at=_now())
     if taken:
         audit(conn, actor=actor, source=source, action="destination.hold", target=f"destination:{destination}",
               before=before or {"held": False},
@@ -153,7 +139,7 @@ def release_destination(conn: Connection, destination: str, *, actor: str, sourc
     before = _hold_row(conn, destination)
     if before is None:
         return False
-    conn.execute(text("DELETE FROM destination_holds WHERE destination = :d"), {"d": destination})
+    recorder.release_destination(conn, destination)
     audit(conn, actor=actor, source=source, action="destination.release", target=f"destination:{destination}",
           before=before, after={"held": False})
     return True

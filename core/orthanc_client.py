@@ -7,9 +7,11 @@ and details, so callers can record them verbatim.
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -29,6 +31,21 @@ class OrthancError(RuntimeError):
 
 class OrthancUnavailable(OrthancError):
     """Orthanc could not be reached at all (connection refused, timeout)."""
+
+
+class OrthancJobState(StrEnum):
+    """The `State` of an Orthanc job (GET /jobs/{id}); Success and Failure are final."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RETRY = "Retry"  # a step asked to be retried later; Orthanc runs it again by itself
+    PAUSED = "Paused"  # POST /jobs/{id}/pause; runs again only after POST /jobs/{id}/resume
+    SUCCESS = "Success"
+    FAILURE = "Failure"
+
+
+# Orthanc's ErrorCode of a job stopped by POST /jobs/{id}/cancel (ErrorCode_CanceledJob).
+CANCELED_JOB_ERROR = 37
 
 
 def parse_orthanc_time(value: str | None) -> datetime | None:
@@ -54,15 +71,20 @@ class EchoResult:
 
 
 class OrthancClient:
-    """Synchronous Orthanc REST client with authentication and short timeouts."""
+    """Synchronous Orthanc REST client with authentication and short timeouts.
 
-    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30.0):
-        self._http = httpx.Client(base_url=base_url, auth=(username, password), timeout=timeout)
+    With HTTPS on (`.env`), `from_settings` uses https and verifies Orthanc's certificate
+    against the CA of TLS_CA_FILE (or the hub's generated one), never the system's.
+    """
+
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30.0,
+                 verify: ssl.SSLContext | bool = True):
+        self._http = httpx.Client(base_url=base_url, auth=(username, password), timeout=timeout, verify=verify)
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float = 30.0) -> OrthancClient:
         return cls(settings.orthanc_url, settings.orthanc_username,
-                   settings.orthanc_password.get_secret_value(), timeout)
+                   settings.orthanc_password.get_secret_value(), timeout, verify=orthanc_verify(settings))
 
     def close(self) -> None:
         self._http.close()
@@ -176,6 +198,19 @@ class OrthancClient:
 
     def cancel_job(self, job_id: str) -> None:
         self.request("POST", f"/jobs/{job_id}/cancel", json={})
+
+    def resume_job(self, job_id: str) -> None:
+        self.request("POST", f"/jobs/{job_id}/resume", json={})
+
+    def series_disk_size(self, orthanc_id: str) -> int:
+        """Bytes the series' instances take in Orthanc's storage (GET /series/{id}/statistics)."""
+        return int(self.get(f"/series/{orthanc_id}/statistics")["DiskSize"])
+
+
+def orthanc_verify(settings: Settings) -> ssl.SSLContext | bool:
+    """httpx's `verify` for Orthanc's REST API: the hub's CA when HTTPS is on."""
+    context = settings.orthanc_tls_context()
+    return True if context is None else context
 
 
 def _error_from(response: httpx.Response) -> OrthancError:

@@ -1,11 +1,9 @@
 """QI analytics queries: thin, parameterised calls of the SQL views and functions.
 
 Every number shown by the QI pages, the CLI report and the Grafana dashboards is
-defined once, in db/migrations/versions/0002_qi_views.py (three of them replaced by faster
-forms with the same answers in 0004_qi_speed.py; the per-study and per-destination
-durations measured from the attempt their evidence belongs to, so that none is negative,
-in 0006_attempt_durations.py): `qi_study` (one row per
-study, DESIGN.md section 4), `qi_delivery` (one row per study and destination),
+defined once, in db/sql, one file per view or function (`db/sql/qi_study_live.sql`,
+`db/sql/qi_stage_stats.sql`, ...; docs/qi.md says which is which): `qi_study` (one row per
+study, docs/qi.md "Per study"), `qi_delivery` (one row per study and destination),
 `qi_attempt` (one row per finished send attempt) and the aggregate functions
 `qi_*(p_from, p_to, ...)` (counts, p50/p90/p95 with percentile_cont, max, rates with
 their denominators). This module only chooses parameters and returns DataFrames, so
@@ -160,8 +158,9 @@ def qi_settings(conn: Connection) -> dict[str, Any]:
 def grant_read_access(conn: Connection, role: str = READER_ROLE) -> bool:
     """GRANT SELECT on the public QI views to `role`, if it exists; True when granted.
 
-    The migration grants to grafana_ro when the role exists at migration time; this
-    repeats it for a role created afterwards. The role reads views only, never the
+    The migrations grant to grafana_ro when the role exists at migration time (0002, and
+    core.schema_sql.load whenever it replaces a definition); this repeats it for a role
+    created afterwards. The role reads views only, never the
     base tables (which hold patient names).
     """
     exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
@@ -410,7 +409,7 @@ STUDY_COLUMNS: tuple[str, ...] = (
     "first_received_at", "stable_at", "ai_sent_at", "ai_result_at", "delivered_at",
     "wait_stable_s", "to_ai_s", "ai_round_trip_s", "to_destinations_s", "turnaround_s",
     "status", "destinations_ok", "destinations_failed",
-    # beyond the contract (DESIGN.md section 7 says "at least"):
+    # beyond the contract (docs/qi.md, "Exports": at least the columns above, in that order):
     "ai_result_stable_at", "ready_at", "result_settle_s", "outcome", "ai_result_state",
     "sla_turnaround", "sla_ai_round_trip", "sla_to_destinations", "destinations_pending", "rules",
 )

@@ -12,17 +12,30 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, String, bindparam, text
 
-STUDY_STATUSES: tuple[str, ...] = (
-    "received", "ai_pending", "ai_overdue", "delivering", "delivered", "failed", "unrouted",
+from core.states import EventType, HoldKind, JobState, Purpose, SeriesKind, StudyStatus
+
+# Every status and state, in the order pages and the CLI list them.
+STUDY_STATUSES: tuple[StudyStatus, ...] = (
+    StudyStatus.RECEIVED, StudyStatus.AI_PENDING, StudyStatus.AI_OVERDUE, StudyStatus.DELIVERING,
+    StudyStatus.DELIVERED, StudyStatus.FAILED, StudyStatus.UNROUTED,
 )
-JOB_STATES: tuple[str, ...] = ("queued", "sending", "failed", "dead", "cancelled", "succeeded")
-OPEN_JOB_STATES: tuple[str, ...] = ("queued", "sending", "failed")
+JOB_STATES: tuple[JobState, ...] = (
+    JobState.QUEUED, JobState.SENDING, JobState.FAILED, JobState.DEAD, JobState.CANCELLED, JobState.SUCCEEDED,
+)
+# Waiting for a send or being sent: what a destination hold makes pile up.
+OPEN_JOB_STATES: tuple[JobState, ...] = (JobState.QUEUED, JobState.SENDING, JobState.FAILED)
+# The job backlog of the Overview and `make status`: the open states and the dead jobs.
+BACKLOG_STATES: tuple[JobState, ...] = (*OPEN_JOB_STATES, JobState.DEAD)
+# The states the dispatcher picks jobs up from once they are due.
+DUE_STATES: tuple[JobState, ...] = (JobState.QUEUED, JobState.FAILED)
+# Events of one send attempt's outcome, by success and failure.
+SEND_OK_EVENTS: tuple[EventType, ...] = (EventType.AI_SENT, EventType.DELIVERED)
+SEND_FAILED_EVENTS: tuple[EventType, ...] = (EventType.DELIVERY_FAILED, EventType.DELIVERY_DEAD)
 MASK = "•••"
 
 # A page query that runs longer than this is cancelled rather than freezing the UI.
@@ -62,19 +75,22 @@ def job_backlog(conn: Connection) -> dict[str, Any]:
         r["state"]: r["n"]
         for r in _rows(
             conn,
-            "SELECT state, count(*) AS n FROM routing_jobs "
-            "WHERE state IN ('queued', 'sending', 'failed', 'dead') GROUP BY state",
+            "SELECT state, count(*) AS n FROM routing_jobs WHERE state = ANY(:states) GROUP BY state",
+            {"states": list(BACKLOG_STATES)},
         )
     }
     oldest = conn.execute(
-        text("SELECT min(created_at) FROM routing_jobs WHERE state = 'queued'")
+        text("SELECT min(created_at) FROM routing_jobs WHERE state = :queued"), {"queued": JobState.QUEUED}
     ).scalar_one()
+    # States written into the text (literal_execute), so routing_jobs_due_idx, partial on
+    # these states, stays usable once PostgreSQL plans the prepared statement generically.
     due = conn.execute(
-        text("SELECT count(*) FROM routing_jobs WHERE state IN ('queued', 'failed') AND next_attempt_at <= now()")
+        text("SELECT count(*) FROM routing_jobs WHERE state IN (:queued, :failed) AND next_attempt_at <= now()")
+        .bindparams(bindparam("queued", JobState.QUEUED, type_=String, literal_execute=True),
+                    bindparam("failed", JobState.FAILED, type_=String, literal_execute=True))
     ).scalar_one()
     return {
-        "queued": counts.get("queued", 0), "sending": counts.get("sending", 0),
-        "failed": counts.get("failed", 0), "dead": counts.get("dead", 0),
+        **{state: counts.get(state, 0) for state in BACKLOG_STATES},
         "due_now": due, "oldest_queued_at": oldest,
     }
 
@@ -87,13 +103,14 @@ def day_counts(conn: Connection, since: datetime) -> dict[str, int]:
             SELECT
               (SELECT count(*) FROM studies
                 WHERE first_received_at >= :since AND NOT orphan_ai_result) AS received,
-              (SELECT count(DISTINCT study_id) FROM events WHERE type = 'ai_sent' AND at >= :since) AS ai_sent,
+              (SELECT count(DISTINCT study_id) FROM events WHERE type = :ai_sent AND at >= :since) AS ai_sent,
               (SELECT count(DISTINCT study_id) FROM events
-                WHERE type = 'ai_result_received' AND at >= :since) AS ai_results,
-              (SELECT count(DISTINCT study_id) FROM events WHERE type = 'delivered' AND at >= :since) AS delivered
+                WHERE type = :ai_result_received AND at >= :since) AS ai_results,
+              (SELECT count(DISTINCT study_id) FROM events WHERE type = :delivered AND at >= :since) AS delivered
             """
         ),
-        {"since": since},
+        {"since": since, "ai_sent": EventType.AI_SENT, "ai_result_received": EventType.AI_RESULT_RECEIVED,
+         "delivered": EventType.DELIVERED},
     ).one()
     return dict(row._mapping)
 
@@ -104,13 +121,14 @@ def failure_counts(conn: Connection, since: datetime) -> dict[str, int]:
         text(
             """
             SELECT
-              (SELECT count(*) FROM events WHERE type = 'delivery_failed' AND at >= :since) AS failed_attempts,
-              (SELECT count(*) FROM events WHERE type = 'delivery_dead' AND at >= :since) AS dead_jobs,
-              (SELECT count(*) FROM studies WHERE status = 'ai_overdue') AS ai_overdue,
-              (SELECT count(*) FROM studies WHERE status = 'failed') AS failed_studies
+              (SELECT count(*) FROM events WHERE type = :delivery_failed AND at >= :since) AS failed_attempts,
+              (SELECT count(*) FROM events WHERE type = :delivery_dead AND at >= :since) AS dead_jobs,
+              (SELECT count(*) FROM studies WHERE status = :ai_overdue) AS ai_overdue,
+              (SELECT count(*) FROM studies WHERE status = :failed) AS failed_studies
             """
         ),
-        {"since": since},
+        {"since": since, "delivery_failed": EventType.DELIVERY_FAILED, "delivery_dead": EventType.DELIVERY_DEAD,
+         "ai_overdue": StudyStatus.AI_OVERDUE, "failed": StudyStatus.FAILED},
     ).one()
     return dict(row._mapping)
 
@@ -204,7 +222,7 @@ def search_studies(
         FROM studies s
         LEFT JOIN LATERAL (
             SELECT count(*) AS series,
-                   string_agg(DISTINCT modality, '\\' ORDER BY modality) FILTER (WHERE kind = 'original')
+                   string_agg(DISTINCT modality, '\\' ORDER BY modality) FILTER (WHERE kind = :original)
                        AS modalities
             FROM series WHERE study_id = s.id
         ) ser ON true
@@ -216,7 +234,7 @@ def search_studies(
         ORDER BY s.first_received_at DESC, s.id DESC
         LIMIT :lim
         """,  # noqa: S608
-        {**params, "lim": limit + 1},
+        {**params, "lim": limit + 1, "original": SeriesKind.ORIGINAL},
     )
     next_cursor = None
     if len(rows) > limit:
@@ -238,10 +256,10 @@ def recent_destinations(conn: Connection, since: datetime) -> list[str]:
     return list(
         conn.execute(
             text(
-                "SELECT DISTINCT destination FROM events WHERE type = 'delivery_queued' AND at >= :since "
+                "SELECT DISTINCT destination FROM events WHERE type = :queued AND at >= :since "
                 "AND destination IS NOT NULL ORDER BY destination"
             ),
-            {"since": since},
+            {"since": since, "queued": EventType.DELIVERY_QUEUED},
         ).scalars()
     )
 
@@ -361,9 +379,9 @@ def study_stages(
         times = [e["at"] for e in events if e["type"] == kind and e.get("job_id") not in resends]
         return min(times) if times else None
 
-    ai_jobs = [j for j in required if j["purpose"] == "ai" and j["state"] != "cancelled"]
-    deliveries = [j for j in required if j["purpose"] == "delivery" and j["state"] != "cancelled"]
-    done = [j for j in deliveries if j["state"] == "succeeded"]
+    ai_jobs = [j for j in required if j["purpose"] == Purpose.AI and j["state"] != JobState.CANCELLED]
+    deliveries = [j for j in required if j["purpose"] == Purpose.DELIVERY and j["state"] != JobState.CANCELLED]
+    done = [j for j in deliveries if j["state"] == JobState.SUCCEEDED]
     routed_at = None
     note = ""
     if deliveries and len(done) == len(deliveries):
@@ -374,8 +392,8 @@ def study_stages(
     ai_note = "" if ai_jobs else "no AI route"
     return [
         Stage("Study Received", study.get("first_received_at")),
-        Stage(f"Sent to {ai_name}", first("ai_sent"), ai_note),
-        Stage("AI Results Back", first("ai_result_received"), ai_note),
+        Stage(f"Sent to {ai_name}", first(EventType.AI_SENT), ai_note),
+        Stage("AI Results Back", first(EventType.AI_RESULT_RECEIVED), ai_note),
         Stage("Routed to Destinations", routed_at, note),
     ]
 
@@ -403,12 +421,13 @@ def _job_where(flt: JobFilter) -> tuple[str, dict[str, Any]]:
 
 
 def job_state_counts(conn: Connection) -> dict[str, int]:
+    listed = [state for state in JOB_STATES if state is not JobState.SUCCEEDED]
     rows = _rows(
         conn,
-        "SELECT state, count(*) AS n FROM routing_jobs "
-        "WHERE state IN ('queued', 'sending', 'failed', 'dead', 'cancelled') GROUP BY state",
+        "SELECT state, count(*) AS n FROM routing_jobs WHERE state = ANY(:states) GROUP BY state",
+        {"states": listed},
     )
-    counts = {state: 0 for state in JOB_STATES if state != "succeeded"}
+    counts: dict[str, int] = {state: 0 for state in listed}
     counts.update({r["state"]: r["n"] for r in rows})
     return counts
 
@@ -462,38 +481,27 @@ def destination_stats(conn: Connection, since: datetime) -> dict[str, dict[str, 
     stats: dict[str, dict[str, Any]] = {}
     for row in _rows(
         conn,
-        "SELECT destination, count(*) FILTER (WHERE type IN ('ai_sent', 'delivered')) AS ok, "
-        "count(*) FILTER (WHERE type IN ('delivery_failed', 'delivery_dead')) AS failed, "
-        "max(at) FILTER (WHERE type IN ('ai_sent', 'delivered')) AS last_ok_at "
-        "FROM events WHERE type IN ('ai_sent', 'delivered', 'delivery_failed', 'delivery_dead') "
+        "SELECT destination, count(*) FILTER (WHERE type = ANY(:ok)) AS ok, "
+        "count(*) FILTER (WHERE type = ANY(:failed)) AS failed, "
+        "max(at) FILTER (WHERE type = ANY(:ok)) AS last_ok_at "
+        "FROM events WHERE type = ANY(:outcomes) "
         "AND at >= :since AND destination IS NOT NULL GROUP BY destination",
-        {"since": since},
+        {"since": since, "ok": list(SEND_OK_EVENTS), "failed": list(SEND_FAILED_EVENTS),
+         "outcomes": [*SEND_OK_EVENTS, *SEND_FAILED_EVENTS]},
     ):
         stats[row["destination"]] = {**row, "last_error": None, "last_error_at": None}
     for row in _rows(
         conn,
         "SELECT DISTINCT ON (destination) destination, at, detail->>'error' AS error "
-        "FROM events WHERE type IN ('delivery_failed', 'delivery_dead') AND at >= :since "
+        "FROM events WHERE type = ANY(:failed) AND at >= :since "
         "AND destination IS NOT NULL ORDER BY destination, at DESC",
-        {"since": since},
+        {"since": since, "failed": list(SEND_FAILED_EVENTS)},
     ):
         entry = stats.setdefault(row["destination"], {"destination": row["destination"], "ok": 0, "failed": 0,
                                                       "last_ok_at": None})
         entry["last_error"] = row["error"]
         entry["last_error_at"] = row["at"]
     return stats
-
-
-class HoldKind(StrEnum):
-    """Who put a destination on hold (destination_holds.kind), and so who lifts it.
-
-    OPERATOR: a person (app or `./orthanc hold`); only a person releases it.
-    OUTAGE: the worker, when the destination stopped answering C-ECHO; the worker
-    probes it and releases it when it answers again.
-    """
-
-    OPERATOR = "operator"
-    OUTAGE = "outage"
 
 
 @dataclass(frozen=True)
@@ -552,7 +560,7 @@ def destination_states(conn: Connection, names: Iterable[str] = ()) -> dict[str,
         """
         WITH waiting AS (
             SELECT destination, count(*) AS n FROM routing_jobs
-            WHERE state IN ('queued', 'failed', 'sending') GROUP BY destination
+            WHERE state = ANY(:open) GROUP BY destination
         ), known AS (
             SELECT destination FROM destination_holds
             UNION SELECT destination FROM waiting
@@ -565,7 +573,7 @@ def destination_states(conn: Connection, names: Iterable[str] = ()) -> dict[str,
         LEFT JOIN waiting w ON w.destination = k.destination
         ORDER BY k.destination
         """,
-        {"names": list(names)},
+        {"names": list(names), "open": list(OPEN_JOB_STATES)},
     )
     return {
         r["destination"]: DestinationState(
@@ -587,7 +595,8 @@ def open_jobs_by_destination(conn: Connection) -> dict[str, dict[str, int]]:
     for row in _rows(
         conn,
         "SELECT destination, state, count(*) AS n FROM routing_jobs "
-        "WHERE state IN ('queued', 'sending', 'failed', 'dead') GROUP BY destination, state",
+        "WHERE state = ANY(:states) GROUP BY destination, state",
+        {"states": list(BACKLOG_STATES)},
     ):
         result.setdefault(row["destination"], {})[row["state"]] = row["n"]
     return result

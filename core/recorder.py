@@ -11,14 +11,16 @@ defect that made the old dashboards read a 0 s AI round trip).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import BindParameter, Connection, Row, String, bindparam, text
 
 from core.jsonutil import jsonable
+from core.states import EventType, HoldKind, JobState, LinkedBy, Purpose, SeriesKind, StudyStatus
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def find_study_for_ai_result(conn: Connection, study_uid: str, accession: str | 
         text("SELECT id FROM studies WHERE study_uid = :uid AND NOT orphan_ai_result"), {"uid": study_uid}
     ).first()
     if row:
-        return row.id, "study_uid"
+        return row.id, LinkedBy.STUDY_UID
     if accession:
         row = conn.execute(
             text(
@@ -123,7 +125,7 @@ def find_study_for_ai_result(conn: Connection, study_uid: str, accession: str | 
             {"acc": accession},
         ).first()
         if row:
-            return row.id, "accession"
+            return row.id, LinkedBy.ACCESSION
     return None
 
 
@@ -235,7 +237,7 @@ def queue_job(
         conn.execute(text("DELETE FROM routing_jobs WHERE id = :id"), {"id": job_id})
         return None
     add_event(
-        conn, study_id, "delivery_queued", at, job_id=job_id, destination=destination,
+        conn, study_id, EventType.DELIVERY_QUEUED, at, job_id=job_id, destination=destination,
         detail={"purpose": purpose, "rule": rule_name, "series": len(inserted), "resend": resend},
     )
     return job_id
@@ -264,13 +266,14 @@ def jobs_started(conn: Connection, job_ids: Sequence[int], *, orthanc_job_id: st
                 WHERE id = ANY(CAST(:ids AS bigint[])) RETURNING id, study_id, destination, attempts
             )
             INSERT INTO events (study_id, job_id, type, at, destination, detail)
-            SELECT study_id, id, 'delivery_started', :at, destination,
+            SELECT study_id, id, :started, :at, destination,
                    jsonb_build_object('attempt', attempts, 'orthanc_job', CAST(:oj AS text))
                    || CASE WHEN :adopted THEN jsonb_build_object('adopted', true) ELSE '{}'::jsonb END
             FROM started ORDER BY id
             """
         ),
-        {"ids": list(job_ids), "oj": orthanc_job_id, "at": at, "adopted": adopted},
+        {"ids": list(job_ids), "oj": orthanc_job_id, "at": at, "adopted": adopted,
+         "started": EventType.DELIVERY_STARTED},
     )
 
 
@@ -289,18 +292,19 @@ def jobs_succeeded(conn: Connection, job_ids: Sequence[int], *, at: datetime, in
         text(
             """
             WITH done AS (
-                UPDATE routing_jobs SET state = 'succeeded', finished_at = :at, updated_at = :at,
+                UPDATE routing_jobs SET state = :succeeded, finished_at = :at, updated_at = :at,
                        instances_sent = :n, last_error = NULL, last_error_code = NULL, claimed_by = NULL
-                WHERE id = ANY(CAST(:ids AS bigint[])) AND state <> 'succeeded'
+                WHERE id = ANY(CAST(:ids AS bigint[])) AND state <> :succeeded
                 RETURNING id, study_id, destination, purpose
             )
             INSERT INTO events (study_id, job_id, type, at, destination, detail)
-            SELECT study_id, id, CASE WHEN purpose = 'ai' THEN 'ai_sent' ELSE 'delivered' END, :at, destination,
+            SELECT study_id, id, CASE WHEN purpose = :ai THEN :ai_sent ELSE :delivered END, :at, destination,
                    jsonb_build_object('instances', CAST(:n AS integer))
             FROM done ORDER BY id RETURNING study_id
             """
         ),
-        {"ids": list(job_ids), "at": at, "n": instances_sent},
+        {"ids": list(job_ids), "at": at, "n": instances_sent, "succeeded": JobState.SUCCEEDED, "ai": Purpose.AI,
+         "ai_sent": EventType.AI_SENT, "delivered": EventType.DELIVERED},
     ).scalars().all()
     for study_id in sorted(set(study_ids)):  # one order for every writer: fewer deadlocks
         refresh_study_status(conn, study_id)
@@ -316,19 +320,20 @@ def job_failed(
     retry_at: datetime | None,
 ) -> None:
     """Record a failed attempt: `failed` until `retry_at`, or `dead` when None."""
-    state = "failed" if retry_at is not None else "dead"
+    state = JobState.FAILED if retry_at is not None else JobState.DEAD
     row = conn.execute(
         text(
             "UPDATE routing_jobs SET state = :state, last_error = :err, last_error_code = :code, "
             "next_attempt_at = COALESCE(:retry, next_attempt_at), updated_at = :at, claimed_by = NULL, "
             "orthanc_job_id = NULL, send_intent_at = NULL, "
-            "finished_at = CASE WHEN :state = 'dead' THEN CAST(:at AS timestamptz) END "
+            "finished_at = CASE WHEN :state = :dead THEN CAST(:at AS timestamptz) END "
             "WHERE id = :id RETURNING study_id, destination, attempts"
         ),
-        {"id": job_id, "state": state, "err": error[:2000], "code": error_code, "retry": retry_at, "at": at},
+        {"id": job_id, "state": state, "err": error[:2000], "code": error_code, "retry": retry_at, "at": at,
+         "dead": JobState.DEAD},
     ).one()
     add_event(
-        conn, row.study_id, "delivery_failed" if state == "failed" else "delivery_dead", at,
+        conn, row.study_id, EventType.DELIVERY_FAILED if state == JobState.FAILED else EventType.DELIVERY_DEAD, at,
         job_id=job_id, destination=row.destination,
         detail={"error": error[:500], "code": error_code, "attempt": row.attempts,
                 "retry_at": retry_at.isoformat() if retry_at else None},
@@ -348,36 +353,49 @@ def refresh_study_status(conn: Connection, study_id: int) -> None:
             """
             WITH j AS (
                 SELECT
-                    count(*) FILTER (WHERE purpose = 'ai' AND state = 'succeeded') AS ai_ok,
-                    count(*) FILTER (WHERE purpose = 'ai') AS ai_jobs,
-                    count(*) FILTER (WHERE state = 'dead') AS dead,
-                    count(*) FILTER (WHERE state IN ('queued', 'sending', 'failed')) AS open,
-                    count(*) FILTER (WHERE purpose = 'delivery' AND state = 'succeeded') AS delivered,
+                    count(*) FILTER (WHERE purpose = :ai AND state = :succeeded) AS ai_ok,
+                    count(*) FILTER (WHERE purpose = :ai) AS ai_jobs,
+                    count(*) FILTER (WHERE state = :dead) AS dead,
+                    count(*) FILTER (WHERE state = ANY(:open)) AS open,
+                    count(*) FILTER (WHERE purpose = :delivery AND state = :succeeded) AS delivered,
                     count(*) AS total
-                FROM routing_jobs WHERE study_id = :id AND state <> 'cancelled'
+                FROM routing_jobs WHERE study_id = :id AND state <> :cancelled
                   AND NOT EXISTS (SELECT 1 FROM job_series js WHERE js.job_id = routing_jobs.id AND js.is_resend)
             ), s AS (
-                SELECT count(*) FILTER (WHERE kind = 'ai_result') AS ai_results,
+                SELECT count(*) FILTER (WHERE kind = :ai_result) AS ai_results,
                        count(*) FILTER (WHERE routed_at IS NOT NULL) AS routed
                 FROM series WHERE study_id = :id
             ), e AS (
-                SELECT bool_or(type = 'ai_overdue') AS overdue, bool_or(type = 'unrouted') AS unrouted
+                SELECT bool_or(type = :overdue_event) AS overdue, bool_or(type = :unrouted_event) AS unrouted
                 FROM events WHERE study_id = :id
             )
             UPDATE studies SET updated_at = now(), status = CASE
-                WHEN j.dead > 0 THEN 'failed'
-                WHEN j.ai_jobs > 0 AND s.ai_results = 0 AND j.ai_ok > 0 AND e.overdue THEN 'ai_overdue'
-                WHEN j.ai_jobs > 0 AND s.ai_results = 0 THEN 'ai_pending'
-                WHEN j.open > 0 THEN 'delivering'
-                WHEN j.delivered > 0 THEN 'delivered'
-                WHEN j.total = 0 AND e.unrouted THEN 'unrouted'
-                WHEN j.total > 0 THEN 'ai_pending'
-                ELSE 'received' END
+                WHEN j.dead > 0 THEN :to_failed
+                WHEN j.ai_jobs > 0 AND s.ai_results = 0 AND j.ai_ok > 0 AND e.overdue THEN :to_ai_overdue
+                WHEN j.ai_jobs > 0 AND s.ai_results = 0 THEN :to_ai_pending
+                WHEN j.open > 0 THEN :to_delivering
+                WHEN j.delivered > 0 THEN :to_delivered
+                WHEN j.total = 0 AND e.unrouted THEN :to_unrouted
+                WHEN j.total > 0 THEN :to_ai_pending
+                ELSE :to_received END
             FROM j, s, e WHERE studies.id = :id
             """
         ),
-        {"id": study_id},
+        {"id": study_id, **_STATUS_PARAMS},
     )
+
+
+# The vocabulary refresh_study_status reads (jobs, series kinds, events) and writes (studies.status).
+_STATUS_PARAMS: dict[str, Any] = {
+    "ai": Purpose.AI, "delivery": Purpose.DELIVERY,
+    "succeeded": JobState.SUCCEEDED, "dead": JobState.DEAD, "cancelled": JobState.CANCELLED,
+    "open": [JobState.QUEUED, JobState.SENDING, JobState.FAILED],
+    "ai_result": SeriesKind.AI_RESULT,
+    "overdue_event": EventType.AI_OVERDUE, "unrouted_event": EventType.UNROUTED,
+    "to_failed": StudyStatus.FAILED, "to_ai_overdue": StudyStatus.AI_OVERDUE, "to_ai_pending": StudyStatus.AI_PENDING,
+    "to_delivering": StudyStatus.DELIVERING, "to_delivered": StudyStatus.DELIVERED,
+    "to_unrouted": StudyStatus.UNROUTED, "to_received": StudyStatus.RECEIVED,
+}
 
 
 def audit(
@@ -407,6 +425,218 @@ def audit(
 OUTAGE_HELD_BY = "worker"
 
 
+# --- ingest, routing, worker state, rules status and operator actions ---
+
+
+def refresh_series_counts(
+    conn: Connection, series_id: int, *, instances: int, last_received_at: datetime | None
+) -> None:
+    """A known series grew in Orthanc: raise its instance count and last reception (never lower them)."""
+    conn.execute(
+        text(
+            "UPDATE series SET instance_count = GREATEST(instance_count, :n), "
+            "last_received_at = GREATEST(last_received_at, :last) WHERE id = :id"
+        ),
+        {"id": series_id, "n": instances, "last": last_received_at},
+    )
+
+
+def refresh_study_modalities(conn: Connection, study_id: int) -> None:
+    """Keep studies.modalities as the sorted set of its original series' modalities."""
+    conn.execute(
+        text(
+            "UPDATE studies SET modalities = (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality) "
+            "FROM series WHERE study_id = :id AND kind = :original AND modality IS NOT NULL) WHERE id = :id"
+        ),
+        {"id": study_id, "original": SeriesKind.ORIGINAL},
+    )
+
+
+def mark_grown_series(conn: Connection, series_orthanc_ids: Sequence[str]) -> list[tuple[int, int, int]]:
+    """Routed series that now hold more instances than when routed: (series id, study id, count).
+
+    Their routed count is raised in the same statement, so each growth is answered once.
+    """
+    return [
+        (row.id, row.study_id, row.instance_count)
+        for row in conn.execute(
+            text(
+                "UPDATE series SET routed_instances = instance_count WHERE orthanc_id = ANY(:ids) "
+                "AND routed_at IS NOT NULL AND instance_count > routed_instances "
+                "RETURNING id, study_id, instance_count"
+            ),
+            {"ids": list(series_orthanc_ids)},
+        )
+    ]
+
+
+def save_worker_state(conn: Connection, name: str, value: int) -> None:
+    """Store one named worker value (the /changes cursor), in the caller's transaction."""
+    conn.execute(
+        text(
+            "INSERT INTO worker_state (name, value, updated_at) VALUES (:n, :v, now()) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+        ),
+        {"n": name, "v": value},
+    )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a worker publishes about itself every few seconds (worker_heartbeats)."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    owns_cursor: bool
+    orthanc_ok: bool | None
+    cursor_lag: int | None
+    info: dict[str, Any]
+    lock_key: int | None
+
+
+def heartbeat(conn: Connection, beat: Heartbeat, *, at: datetime) -> None:
+    """Publish (or refresh) a worker's heartbeat row."""
+    conn.execute(
+        text(
+            """
+            INSERT INTO worker_heartbeats (worker_id, hostname, pid, started_at, heartbeat_at,
+                                           owns_cursor, orthanc_ok, cursor_lag, info, lock_key)
+            VALUES (:id, :host, :pid, :started, :now, :owns, :ook, :lag, CAST(:info AS jsonb), :key)
+            ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at,
+                lock_key = EXCLUDED.lock_key,
+                owns_cursor = EXCLUDED.owns_cursor, orthanc_ok = EXCLUDED.orthanc_ok,
+                cursor_lag = EXCLUDED.cursor_lag, info = EXCLUDED.info
+            """
+        ),
+        {"id": beat.worker_id, "host": beat.hostname, "pid": beat.pid, "started": beat.started_at, "now": at,
+         "owns": beat.owns_cursor, "ook": beat.orthanc_ok, "lag": beat.cursor_lag, "info": jsonable(beat.info),
+         "key": beat.lock_key},
+    )
+
+
+def worker_stopped(conn: Connection, worker_id: str) -> None:
+    """A worker shut down cleanly: remove its heartbeat so it no longer counts as alive."""
+    conn.execute(text("DELETE FROM worker_heartbeats WHERE worker_id = :id"), {"id": worker_id})
+
+
+def _config_row(conn: Connection, name: str) -> None:
+    conn.execute(text("INSERT INTO config_status (name) VALUES (:name) ON CONFLICT DO NOTHING"), {"name": name})
+
+
+def config_loaded(conn: Connection, name: str, *, at: datetime, checksum: str, content: Any) -> None:
+    """A configuration file (routing.yml) was loaded: record it as the last good one, clearing any error."""
+    _config_row(conn, name)
+    conn.execute(
+        text(
+            "UPDATE config_status SET loaded_at = :now, checksum = :sum, error = NULL, error_at = NULL, "
+            "error_checksum = NULL, content = CAST(:content AS jsonb) WHERE name = :name"
+        ),
+        {"now": at, "sum": checksum, "content": jsonable(content), "name": name},
+    )
+
+
+def config_refused(conn: Connection, name: str, *, at: datetime, error: str, key: str) -> bool:
+    """A configuration file was refused; False when this very content's refusal is recorded already."""
+    _config_row(conn, name)
+    return conn.execute(
+        text("UPDATE config_status SET error = :err, error_at = :now, error_checksum = :key "
+             "WHERE name = :name AND error_checksum IS DISTINCT FROM :key RETURNING name"),
+        {"err": error, "now": at, "key": key, "name": name},
+    ).first() is not None
+
+
+def requeue_job(conn: Connection, job_id: int, *, at: datetime) -> None:
+    """An operator retries a job: back to queued now, with fresh attempts."""
+    conn.execute(
+        text(
+            "UPDATE routing_jobs SET state = :queued, attempts = 0, next_attempt_at = :now, "
+            "finished_at = NULL, updated_at = :now WHERE id = :id"
+        ),
+        {"id": job_id, "now": at, "queued": JobState.QUEUED},
+    )
+
+
+def cancel_job(conn: Connection, job_id: int, *, at: datetime) -> None:
+    """An operator cancels a waiting or dead job."""
+    conn.execute(
+        text("UPDATE routing_jobs SET state = :cancelled, finished_at = :now, updated_at = :now WHERE id = :id"),
+        {"id": job_id, "now": at, "cancelled": JobState.CANCELLED},
+    )
+
+
+def hold_destination(conn: Connection, destination: str, *, actor: str, reason: str | None, at: datetime) -> bool:
+    """An operator holds a destination, taking over an automatic outage hold; False if an operator holds it already."""
+    return conn.execute(
+        text("INSERT INTO destination_holds (destination, held_at, held_by, reason, kind) "
+             "VALUES (:d, :at, :a, :r, :kind) "
+             "ON CONFLICT (destination) DO UPDATE SET kind = EXCLUDED.kind, held_by = EXCLUDED.held_by, "
+             "reason = EXCLUDED.reason, held_at = EXCLUDED.held_at, next_probe_at = NULL "
+             "WHERE destination_holds.kind <> EXCLUDED.kind RETURNING destination"),
+        {"d": destination, "a": actor, "r": reason, "kind": HoldKind.OPERATOR, "at": at},
+    ).first() is not None
+
+
+def release_destination(conn: Connection, destination: str) -> None:
+    """Lift a destination's hold, whoever put it there."""
+    conn.execute(text("DELETE FROM destination_holds WHERE destination = :d"), {"d": destination})
+
+
+# --- set-based loading of finished history ---
+
+
+def clear_history(conn: Connection) -> None:
+    """Empty every recorded study, job and event and the QI caches (a benchmark database's --reset)."""
+    conn.exec_driver_sql("TRUNCATE studies, series, events, routing_jobs, job_series, qi_dirty, "
+                         "qi_study_fact, qi_delivery_fact RESTART IDENTITY")
+
+
+# Loaded in this order, so each table's foreign keys point at rows already there.
+IMPORTED_TABLES = ("studies", "series", "routing_jobs", "job_series", "events")
+TRIGGER_TABLES = ("studies", "series", "routing_jobs")  # the QI caches' dirty-marking triggers
+SERIAL_TABLES = ("studies", "series", "routing_jobs")
+
+
+@contextmanager
+def bulk_import(conn: Connection) -> Iterator[None]:
+    """Load finished history set-based: the caller fills staging tables, this moves them in.
+
+    For what the pipeline cannot record fast enough (the QI benchmarks' million
+    studies, testkit/history.py). Inside the block the caller writes only to
+    `import_<table>` (unlogged tables shaped LIKE each of IMPORTED_TABLES, empty at the
+    start) with INSERT ... SELECT. On exit the rows move into the core tables in one
+    pass: the QI triggers are off and each foreign key is checked once at the end
+    instead of once per row; sequences follow the imported ids; the QI caches are
+    rebuilt. Runs in the caller's transaction, which must not be in autocommit.
+    """
+    for table in IMPORTED_TABLES:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS import_{table}")
+        conn.exec_driver_sql(f"CREATE UNLOGGED TABLE import_{table} (LIKE {table} INCLUDING DEFAULTS)")
+    yield
+    for table in TRIGGER_TABLES:
+        conn.exec_driver_sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+    foreign_keys = conn.execute(
+        text("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+             "WHERE contype = 'f' AND conrelid::regclass::text = ANY(:tables)"),
+        {"tables": list(IMPORTED_TABLES)},
+    ).all()
+    for table, name, _ in foreign_keys:
+        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    for table in IMPORTED_TABLES:
+        conn.exec_driver_sql(f"INSERT INTO {table} SELECT * FROM import_{table}")  # noqa: S608 - constant names
+        conn.exec_driver_sql(f"DROP TABLE import_{table}")
+    for table, name, definition in foreign_keys:
+        conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+    for table in TRIGGER_TABLES:
+        conn.exec_driver_sql(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+    for table in SERIAL_TABLES:
+        conn.exec_driver_sql(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"  # noqa: S608
+        )
+    conn.exec_driver_sql("SELECT qi_rebuild()")
+
+
 def jobs_intended(conn: Connection, job_ids: Sequence[int], *, at: datetime) -> None:
     """Record, before the store request leaves, that these jobs are about to be sent together.
 
@@ -434,7 +664,7 @@ def jobs_waiting(
     rows = conn.execute(
         text(
             """
-            UPDATE routing_jobs SET state = CASE WHEN CAST(:retry AS timestamptz) IS NULL THEN 'queued' ELSE 'failed' END,
+            UPDATE routing_jobs SET state = CASE WHEN CAST(:retry AS timestamptz) IS NULL THEN :queued ELSE :failed END,
                    attempts = GREATEST(0, attempts - :dec), orthanc_job_id = NULL,
                    send_intent_at = CASE WHEN :keep THEN send_intent_at END,
                    claimed_by = NULL, last_error = :err, last_error_code = :code,
@@ -443,10 +673,10 @@ def jobs_waiting(
             """
         ),
         {"ids": list(job_ids), "dec": 1 if uncount else 0, "keep": keep_intent, "err": error[:2000],
-         "code": code, "retry": retry_at, "at": at},
+         "code": code, "retry": retry_at, "at": at, "queued": JobState.QUEUED, "failed": JobState.FAILED},
     ).all()
     for row in sorted(rows):
-        add_event(conn, row.study_id, "delivery_failed", at, job_id=row.id, destination=row.destination,
+        add_event(conn, row.study_id, EventType.DELIVERY_FAILED, at, job_id=row.id, destination=row.destination,
                   detail={"error": error[:500], "code": code, "attempt": row.attempts, "attempt_counted": False,
                           "retry_at": retry_at.isoformat() if retry_at else None, "waiting": True})
     for study_id in sorted({row.study_id for row in rows}):
@@ -458,9 +688,10 @@ def outage_started(conn: Connection, destination: str, *, at: datetime, error: s
     held = conn.execute(
         text(
             "INSERT INTO destination_holds (destination, held_at, held_by, reason, kind, next_probe_at, last_error) "
-            "VALUES (:d, :at, :by, 'not answering C-ECHO', 'outage', :probe, :err) ON CONFLICT DO NOTHING"
+            "VALUES (:d, :at, :by, 'not answering C-ECHO', :outage, :probe, :err) ON CONFLICT DO NOTHING"
         ),
-        {"d": destination, "at": at, "by": OUTAGE_HELD_BY, "probe": next_probe_at, "err": error[:2000]},
+        {"d": destination, "at": at, "by": OUTAGE_HELD_BY, "probe": next_probe_at, "err": error[:2000],
+         "outage": HoldKind.OUTAGE},
     ).rowcount == 1
     if held:
         conn.execute(
@@ -485,12 +716,12 @@ def lease_outage_probe(conn: Connection, *, now: datetime, lease_until: datetime
             UPDATE destination_holds SET next_probe_at = :lease
             WHERE destination = (
                 SELECT destination FROM destination_holds
-                WHERE kind = 'outage' AND (next_probe_at IS NULL OR next_probe_at <= :now)
+                WHERE kind = :outage AND (next_probe_at IS NULL OR next_probe_at <= :now)
                 ORDER BY next_probe_at NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED)
             RETURNING destination, probe_failures
             """
         ),
-        {"now": now, "lease": lease_until},
+        {"now": now, "lease": lease_until, "outage": HoldKind.OUTAGE},
     ).first()
     return (row.destination, row.probe_failures) if row else None
 
@@ -500,9 +731,9 @@ def outage_probe_failed(conn: Connection, destination: str, *, at: datetime, err
     conn.execute(
         text(
             "UPDATE destination_holds SET probe_failures = probe_failures + 1, last_probe_at = :at, "
-            "next_probe_at = :probe, last_error = :err WHERE destination = :d AND kind = 'outage'"
+            "next_probe_at = :probe, last_error = :err WHERE destination = :d AND kind = :outage"
         ),
-        {"d": destination, "at": at, "probe": next_probe_at, "err": error[:2000]},
+        {"d": destination, "at": at, "probe": next_probe_at, "err": error[:2000], "outage": HoldKind.OUTAGE},
     )
     conn.execute(
         text("UPDATE destination_outages SET probes = probes + 1, last_error = :err "
@@ -514,7 +745,8 @@ def outage_probe_failed(conn: Connection, destination: str, *, at: datetime, err
 def outage_ended(conn: Connection, destination: str, *, at: datetime) -> bool:
     """The destination answered C-ECHO: lift its outage hold; False if it was no longer an outage hold."""
     lifted = conn.execute(
-        text("DELETE FROM destination_holds WHERE destination = :d AND kind = 'outage'"), {"d": destination}
+        text("DELETE FROM destination_holds WHERE destination = :d AND kind = :outage"),
+        {"d": destination, "outage": HoldKind.OUTAGE},
     ).rowcount == 1
     conn.execute(
         text("UPDATE destination_outages SET ended_at = :at, probes = probes + 1 "
@@ -529,7 +761,140 @@ def close_outages_taken_over(conn: Connection, at: datetime) -> None:
     conn.execute(
         text(
             "UPDATE destination_outages o SET ended_at = :at WHERE ended_at IS NULL AND NOT EXISTS "
-            "(SELECT 1 FROM destination_holds h WHERE h.destination = o.destination AND h.kind = 'outage')"
+            "(SELECT 1 FROM destination_holds h WHERE h.destination = o.destination AND h.kind = :outage)"
         ),
-        {"at": at},
+        {"at": at, "outage": HoldKind.OUTAGE},
     )
+
+
+# --- dispatcher: claims, releases and Orthanc job outcomes ---
+
+
+def _constant(name: str, value: str) -> BindParameter[str]:
+    """`value` written into the statement's text, where a bound parameter would be.
+
+    The claim query keeps its job states literal, as it always had them: the planner can
+    then use routing_jobs_due_idx (partial, on state IN ('queued', 'failed')) even once
+    psycopg has prepared the statement and PostgreSQL plans it generically.
+    """
+    return bindparam(name, value, type_=String, literal_execute=True)
+
+
+_CLAIM = text(
+    """
+    WITH live AS (
+        SELECT h.worker_id FROM worker_heartbeats h
+        JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND l.classid = CAST(:ns AS oid) AND l.objid = CAST(h.lock_key AS oid)
+        WHERE h.heartbeat_at > :now - make_interval(secs => :stale)
+    ), busy AS (
+        SELECT destination, count(*) AS n FROM routing_jobs
+        WHERE state = :sending AND claimed_by IN (SELECT worker_id FROM live)
+          AND (claimed_by <> :w OR id = ANY(CAST(:mine AS bigint[])))
+        GROUP BY destination
+    ), locked AS (
+        SELECT j.id, j.destination, j.next_attempt_at FROM routing_jobs j
+        WHERE ((j.state IN (:queued, :failed) AND j.next_attempt_at <= :now)
+           OR (j.state = :sending AND (j.claimed_by IS NULL OR j.claimed_by = :w
+               OR j.claimed_by NOT IN (SELECT worker_id FROM live))))
+          AND j.id <> ALL(CAST(:mine AS bigint[]))
+          AND (j.orthanc_job_id IS NOT NULL OR j.send_intent_at IS NOT NULL OR NOT EXISTS
+               (SELECT 1 FROM destination_holds h WHERE h.destination = j.destination))
+        ORDER BY j.next_attempt_at, j.id LIMIT 2000
+        FOR UPDATE SKIP LOCKED
+    ), ranked AS (
+        SELECT id, destination, next_attempt_at,
+               row_number() OVER (PARTITION BY destination ORDER BY next_attempt_at, id) AS rn
+        FROM locked
+    )
+    SELECT ranked.id FROM ranked LEFT JOIN busy USING (destination)
+    WHERE ranked.rn + COALESCE(busy.n, 0) <= :per_dest
+    ORDER BY ranked.next_attempt_at, ranked.id LIMIT :limit
+    """
+).bindparams(_constant("queued", JobState.QUEUED), _constant("failed", JobState.FAILED),
+             _constant("sending", JobState.SENDING))
+
+
+def claim_jobs(
+    conn: Connection, *, worker_id: str, now: datetime, limit: int, in_flight: Sequence[int], per_destination: int,
+    claim_lock_key: int, liveness_ns: int, stale_s: float,
+) -> list[Row]:
+    """Claim up to `limit` jobs for `worker_id`: due ones, and `sending` ones nobody alive follows.
+
+    Serialised by the transaction-level advisory lock `claim_lock_key`. A worker is
+    alive while its liveness lock (`liveness_ns`, worker_heartbeats.lock_key) is
+    granted in pg_locks and its heartbeat is younger than `stale_s`. `in_flight` are
+    this worker's jobs being sent right now (its other `sending` jobs are strays to
+    adopt); at most `per_destination` jobs per destination are in flight across the
+    live workers, and a held destination's jobs are claimed only when Orthanc already
+    has them (a job id or an intent). Returns (id, study_id, destination, purpose,
+    orthanc_job_id, attempts, send_intent_at) rows, now `sending` and claimed.
+    """
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": claim_lock_key})
+    ids = conn.execute(
+        _CLAIM,
+        {"now": now, "stale": stale_s, "limit": limit, "mine": list(in_flight), "w": worker_id,
+         "ns": liveness_ns, "per_dest": per_destination},
+    ).scalars().all()
+    if not ids:
+        return []
+    return list(conn.execute(
+        text(
+            "UPDATE routing_jobs SET state = :sending, claimed_by = :w, updated_at = :now "
+            "WHERE id = ANY(:ids) "
+            "RETURNING id, study_id, destination, purpose, orthanc_job_id, attempts, send_intent_at"
+        ),
+        {"w": worker_id, "now": now, "ids": list(ids), "sending": JobState.SENDING},
+    ).all())
+
+
+def jobs_released(conn: Connection, job_ids: Sequence[int], *, worker_id: str) -> None:
+    """Hand `worker_id`'s unfinished `sending` jobs back, unclaimed; they keep their job id or intent."""
+    conn.execute(
+        text("UPDATE routing_jobs SET claimed_by = NULL, updated_at = now() "
+             "WHERE id = ANY(:ids) AND state = :sending AND claimed_by = :w"),
+        {"ids": list(job_ids), "w": worker_id, "sending": JobState.SENDING},
+    )
+
+
+def store_adopted(
+    conn: Connection, job_ids: Sequence[int], *, destination: str, intent: datetime | None, orthanc_job_id: str,
+    at: datetime,
+) -> None:
+    """Record a store found in Orthanc on every job of the dead sender's batch, claimed here or not.
+
+    The batch is the `sending` jobs to `destination` sharing the send intent `intent`
+    that have no job id yet, plus `job_ids`. A claim may have split that batch; its
+    other jobs then follow this store when adopted, instead of finding no job id and
+    sending again. `at` is Orthanc's creation time of the store.
+    """
+    mates = conn.execute(
+        text("SELECT id FROM routing_jobs WHERE destination = :d AND send_intent_at = :intent "
+             "AND orthanc_job_id IS NULL AND state = :sending ORDER BY id"),
+        {"d": destination, "intent": intent, "sending": JobState.SENDING},
+    ).scalars().all()
+    jobs_started(conn, sorted(set(mates) | set(job_ids)), orthanc_job_id=orthanc_job_id, at=at, adopted=True)
+
+
+def jobs_failed(
+    conn: Connection, job_ids: Sequence[int], *, at: datetime, error: str, error_code: int | None,
+    count_attempt: bool, retry_at: Callable[[int], datetime | None],
+) -> list[int]:
+    """Record a counted failed attempt for each job; returns the jobs that are now `dead`.
+
+    `count_attempt` adds the attempt here (Orthanc refused the store before a job
+    started; otherwise `jobs_started` counted it). `retry_at(attempts)` is when a job
+    with that many attempts tries again, or None when it has none left.
+    """
+    dead = []
+    for job_id in job_ids:
+        attempts = conn.execute(
+            text("UPDATE routing_jobs SET attempts = attempts + :inc WHERE id = :id RETURNING attempts"),
+            {"id": job_id, "inc": 1 if count_attempt else 0},
+        ).scalar_one()
+        when = retry_at(attempts)
+        if when is None:
+            dead.append(job_id)
+        job_failed(conn, job_id, at=at, error=error, error_code=error_code, retry_at=when)
+    return dead

@@ -1,4 +1,4 @@
-"""Report exports: one row per study (DESIGN.md section 7) and a daily summary, CSV or XLSX.
+"""Report exports: one row per study (columns: docs/qi.md, "Exports") and a daily summary, CSV or XLSX.
 
 Both read the QI views through core.qi, so an export shows exactly the numbers of the
 pages and of Grafana. The per-study export streams: rows come from a server-side

@@ -21,6 +21,7 @@ from pydicom.datadict import tag_for_keyword
 
 from core.dicom_names import check_modality_name
 from core.orthanc_client import OrthancClient
+from core.states import Payload, Purpose, SeriesKind
 
 _NUMERIC = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
 OPERATORS = ("equals", "contains", "regex", "one_of", "gt", "ge", "lt", "le", "exists")
@@ -107,6 +108,8 @@ class When(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # kind and Then.payload spell SeriesKind (plus "any") and Payload values in routing.yml. They
+    # stay Literals so that its error messages list them in this order (tests/unit/test_rules.py).
     kind: Literal["original", "ai_result", "any"] = "any"
     sender_aet: list[str] | None = None
     all: list[Condition] = Field(default_factory=list)
@@ -187,8 +190,8 @@ class PlannedJob:
     """One job the rules ask for: series keys to one destination, for the AI or delivery."""
 
     destination: str
-    purpose: Literal["ai", "delivery"]
-    payload: str
+    purpose: Purpose
+    payload: Payload
     rules: tuple[str, ...]
     series_keys: tuple[str, ...]
 
@@ -223,26 +226,27 @@ class RuleSet:
         merge their selections. Only originals ever go to the AI node, so AI results
         can never loop back to it.
         """
-        selected: dict[tuple[str, str], tuple[set[str], list[str], str]] = {}
+        selected: dict[tuple[str, Purpose], tuple[set[str], list[str], Payload]] = {}
         finished: set[str] = set()
         for rule in self.active():
             hits = [s for s in series if s.key not in finished and self.matches(rule, s)]
             if not hits:
                 continue
-            if rule.then.payload == "study":
+            payload = Payload(rule.then.payload)
+            if payload is Payload.STUDY:
                 chosen = list(series)
-            elif rule.then.payload == "ai_results":
-                chosen = [s for s in series if s.kind == "ai_result"]
+            elif payload is Payload.AI_RESULTS:
+                chosen = [s for s in series if s.kind == SeriesKind.AI_RESULT]
             else:
                 chosen = hits
-            targets: list[tuple[str, str, list[SeriesFacts]]] = []
+            targets: list[tuple[str, Purpose, list[SeriesFacts]]] = []
             if rule.then.send_to_ai:
-                targets.append((ai_modality, "ai", [s for s in chosen if s.kind == "original"]))
-            targets.extend((dest, "delivery", chosen) for dest in rule.then.deliver_to)
+                targets.append((ai_modality, Purpose.AI, [s for s in chosen if s.kind == SeriesKind.ORIGINAL]))
+            targets.extend((dest, Purpose.DELIVERY, chosen) for dest in rule.then.deliver_to)
             for dest, purpose, picked in targets:
                 if not picked:
                     continue
-                keys, names, payload = selected.setdefault((dest, purpose), (set(), [], rule.then.payload))
+                keys, names, _ = selected.setdefault((dest, purpose), (set(), [], payload))
                 keys.update(s.key for s in picked)
                 if rule.name not in names:
                     names.append(rule.name)
@@ -265,7 +269,8 @@ def parse_rules(text: str, source: str = "routing.yml") -> RuleSet:
         context = getattr(exc, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
-        opened = f" ({exc.context} at line {context.line + 1})" if context and getattr(exc, "context", None) else ""
+        opened_by = getattr(exc, "context", None)
+        opened = f" ({opened_by} at line {context.line + 1})" if context and opened_by else ""
         raise RulesError(f"{where}: YAML syntax error: {problem}{opened}") from None
     if not isinstance(data, dict):
         raise RulesError(f"{source}:1: the file must be a mapping with a 'rules' list")

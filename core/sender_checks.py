@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from core.orthanc_client import OrthancClient
+from core.states import EventType
 
-EVENT = "sender_rejected"
 AUDIT_ACTION = "dicom.sender_rejected"
 RESOLVE_TTL_S = 60.0  # host names are resolved at most once a minute (DNS may be slow or down)
 
@@ -145,7 +145,7 @@ def rejected_senders(conn: Connection, since: datetime, limit: int = 20) -> list
             GROUP BY 1, 2, 3 ORDER BY max(e.at) DESC LIMIT :limit
             """
         ),
-        {"type": EVENT, "since": since, "limit": limit},
+        {"type": EventType.SENDER_REJECTED, "since": since, "limit": limit},
     ).mappings().all()
     out = []
     for row in rows:

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.dicom_names import Modality, check_aet, check_host, check_modality_name, parse_modality_line
@@ -28,6 +37,14 @@ MODALITY_PREFIX = "MODALITY_"
 # Orthanc's recycling options, refused by name: with a limit, Orthanc deletes the oldest
 # patients' studies, including those whose delivery is unfinished (ops/orthanc_config.py).
 RECYCLING_KEYS = ("MAXIMUM_STORAGE_SIZE", "MAXIMUM_PATIENT_COUNT", "MAXIMUM_STORAGE_MODE")
+# The files ops/tls.py generates in TLS_DIR when the site gives none of its own, and the
+# one PEM (key + certificate) Orthanc's HTTPS server reads, written there at each start.
+TLS_CA_CERT = "ca.crt"
+TLS_CA_KEY = "ca.key"
+TLS_HUB_CERT = "hub.crt"
+TLS_HUB_KEY = "hub.key"
+TLS_HTTPS_PEM = "orthanc-https.pem"
+TLS_SITE_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
 Port = Field(ge=1, le=65535)
 
@@ -61,6 +78,16 @@ class Settings(BaseSettings):
     backup_encrypt: bool
     backup_key_file: Path
 
+    # DICOM TLS and HTTPS, both off by default (README.md, "DICOM TLS and HTTPS"; ops/tls.py).
+    dicom_tls: bool
+    dicom_tls_remote_cert_required: bool
+    https: bool
+    tls_dir: Path  # empty in .env: STATE_DIR/tls
+    tls_ca_file: Path | None  # the site's own files (all three, or none: generated in TLS_DIR)
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    tls_server_names: tuple[str, ...]
+
     orthanc_username: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     orthanc_password: SecretStr
     postgres_user: str = Field(min_length=1, pattern=r"^[a-z_][a-z0-9_]*$")
@@ -89,6 +116,13 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(ge=1, le=256)
     orthanc_concurrent_jobs: int = Field(ge=1, le=64)
     send_batch: int = Field(ge=1, le=500)
+    # An Orthanc store job Pending/Running/Retry longer than floor + its size at these
+    # rates, or paused again after a resume for longer than the grace, is cancelled
+    # (worker/dispatcher.py, JobWatch; docs/architecture.md, "Orthanc job states").
+    send_deadline_floor_s: float = Field(gt=0)
+    send_deadline_instances_per_s: float = Field(gt=0)
+    send_deadline_mb_per_s: float = Field(gt=0)
+    send_paused_grace_s: float = Field(ge=0)
     jobs_history_size: int = Field(ge=10)
     disk_free_warn_mb: int = Field(ge=1)
 
@@ -135,10 +169,47 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Paris") from None
         return value
 
-    @field_validator("dicom_storage", "postgres_storage", "state_dir", "routing_rules", "backup_key_file")
+    @field_validator("dicom_storage", "postgres_storage", "state_dir", "routing_rules", "backup_key_file", "tls_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value if value.is_absolute() else (PROJECT_ROOT / value).resolve()
+
+    @field_validator("dicom_tls", "dicom_tls_remote_cert_required", "https", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        word = value.strip().lower()
+        if word in ("on", "yes", "true", "1"):
+            return True
+        if word in ("off", "no", "false", "0"):
+            return False
+        raise ValueError(f"use on or off (got {value[:20]!r})")
+
+    @field_validator("tls_dir", mode="before")
+    @classmethod
+    def _tls_dir(cls, value: Any, info: ValidationInfo) -> Any:
+        if value in ("", None) and isinstance(info.data.get("state_dir"), Path):
+            return info.data["state_dir"] / "tls"
+        return value
+
+    @field_validator(*TLS_SITE_FILES, mode="before")
+    @classmethod
+    def _optional_file(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+    @field_validator(*TLS_SITE_FILES)
+    @classmethod
+    def _optional_absolute(cls, value: Path | None) -> Path | None:
+        if value is None or value.is_absolute():
+            return value
+        return (PROJECT_ROOT / value).resolve()
+
+    @field_validator("tls_server_names", mode="before")
+    @classmethod
+    def _server_names(cls, value: Any) -> tuple[str, ...]:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+        return tuple(check_host(v) for v in items if v)
 
     @field_validator("orthanc_password", "postgres_password", "grafana_db_password", "app_admin_password")
     @classmethod
@@ -168,6 +239,9 @@ class Settings(BaseSettings):
             raise ValueError("RETRY_CAP must not be smaller than RETRY_BASE")
         if self.qi_db == self.postgres_db:
             raise ValueError("QI_DB must differ from POSTGRES_DB (Orthanc owns its index database)")
+        problems = _tls_problems(self)
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
     # --- derived values -------------------------------------------------------------
@@ -178,7 +252,70 @@ class Settings(BaseSettings):
 
     @property
     def orthanc_url(self) -> str:
-        return f"http://{self.orthanc_host}:{self.orthanc_web_port}"
+        return f"{'https' if self.https else 'http'}://{self.orthanc_host}:{self.orthanc_web_port}"
+
+    # --- DICOM TLS and HTTPS --------------------------------------------------------
+
+    @property
+    def dicom_tls_in_use(self) -> bool:
+        """Orthanc's DICOM port is TLS-only, or Orthanc calls some MODALITY_ over TLS."""
+        return self.dicom_tls or any(m.use_tls for m in self.modalities.values())
+
+    @property
+    def tls_in_use(self) -> bool:
+        """Some function needs the TLS files: DICOM TLS (port or a destination) or HTTPS."""
+        return self.dicom_tls_in_use or self.https
+
+    @property
+    def tls_site_files(self) -> bool:
+        """The site gave its own TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE (else ops/tls.py generates)."""
+        return self.tls_cert_file is not None
+
+    @property
+    def tls_ca_path(self) -> Path:
+        """The CA certificate(s) Orthanc trusts for DICOM TLS peers and the hub verifies HTTPS with."""
+        return self.tls_ca_file or self.tls_dir / TLS_CA_CERT
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return self.tls_cert_file or self.tls_dir / TLS_HUB_CERT
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.tls_key_file or self.tls_dir / TLS_HUB_KEY
+
+    @property
+    def https_pem_path(self) -> Path:
+        return self.tls_dir / TLS_HTTPS_PEM
+
+    # Values of stack/orthanc/orthanc.json.template's ${NAME}s that are derived, not set in
+    # .env: empty when the function is off (Orthanc 1.10.1 refuses to start when a
+    # DicomTls* file it is given does not exist, even with DICOM TLS off).
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dicom_tls_certificate(self) -> str:
+        return str(self.tls_cert_path) if self.dicom_tls_in_use else ""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dicom_tls_private_key(self) -> str:
+        return str(self.tls_key_path) if self.dicom_tls_in_use else ""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dicom_tls_trusted_certificates(self) -> str:
+        return str(self.tls_ca_path) if self.dicom_tls_in_use else ""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def https_certificate(self) -> str:
+        return str(self.https_pem_path) if self.https else ""
+
+    def orthanc_tls_context(self) -> ssl.SSLContext | None:
+        """What a client verifies Orthanc's HTTPS certificate with (the CA of TLS_CA_FILE or
+        the generated one), or None when HTTPS is off."""
+        return ssl.create_default_context(cafile=str(self.tls_ca_path)) if self.https else None
 
     def pg_url(self, database: str | None = None, driver: str = "postgresql+psycopg") -> str:
         """SQLAlchemy URL for `database` (default: the QI database)."""
@@ -201,6 +338,59 @@ class Settings(BaseSettings):
                 errors.append(f"{name.upper()}: {problem}")
         if errors:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def _tls_problems(settings: Settings) -> list[str]:
+    """What is wrong with the site's own TLS files, one line each naming the variable.
+
+    Checked only while a TLS function is on. The generated files (no TLS_*_FILE given)
+    are made and checked by ops/tls.py when the stack starts; so is the chain of the
+    site's certificate to its CA, which needs the `cryptography` package.
+    """
+    given = {name: getattr(settings, name) for name in TLS_SITE_FILES}
+    if not settings.tls_in_use or not any(given.values()):
+        return []
+    missing = [name.upper() for name, path in given.items() if path is None]
+    if missing:
+        return [f"{', '.join(missing)}: TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE go together: set all three "
+                f"(the site's own certificate, its key and CA) or none (the hub then generates a local CA in TLS_DIR)"]
+    problems = []
+    for name, path in given.items():
+        assert path is not None
+        if not path.is_file():
+            problems.append(f"{name.upper()}: {path} does not exist or is not a file")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"{name.upper()}: {path} is not readable by this user")
+    if problems:
+        return problems
+    key, cert, ca = settings.tls_key_path, settings.tls_cert_path, settings.tls_ca_path
+    if key.stat().st_mode & 0o004:
+        problems.append(f"TLS_KEY_FILE: {key} can be read by every user: chmod 600 it (or 640 for a group)")
+    key_text = key.read_text(errors="replace")
+    if "PRIVATE KEY-----" not in key_text:
+        problems.append(f"TLS_KEY_FILE: {key} holds no PEM private key")
+    elif "ENCRYPTED" in key_text:
+        problems.append(f"TLS_KEY_FILE: {key} is protected by a passphrase; Orthanc needs it unencrypted "
+                        "(keep it mode 600)")
+    if "-----BEGIN CERTIFICATE-----" not in cert.read_text(errors="replace"):
+        problems.append(f"TLS_CERT_FILE: {cert} holds no PEM certificate")
+    if "-----BEGIN CERTIFICATE-----" not in ca.read_text(errors="replace"):
+        problems.append(f"TLS_CA_FILE: {ca} holds no PEM certificate")
+    if problems:
+        return problems
+    try:
+        # An empty password: an encrypted key fails here instead of prompting on the terminal.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert), str(key), password="")
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            problems.append(f"TLS_KEY_FILE: {key} is not the key of the certificate in TLS_CERT_FILE ({cert})")
+        else:
+            problems.append(f"TLS_CERT_FILE, TLS_KEY_FILE: {cert} and {key} cannot be loaded: {exc.reason or exc}")
+    try:
+        ssl.create_default_context(cafile=str(ca))
+    except ssl.SSLError as exc:
+        problems.append(f"TLS_CA_FILE: {ca} cannot be loaded as CA certificates: {exc.reason or exc}")
+    return problems
 
 
 def _writable_problem(path: Path) -> str | None:

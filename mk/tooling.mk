@@ -19,6 +19,8 @@
 #   make uninstall             stop, remove data, configuration and state (typed confirmation)
 #   make mark-data-dirs        mark an older install's data directories as the hub's, so that
 #                              uninstall and restore may delete them (ops/datadirs.py)
+#   make tls-certs [RENEW=1] [NEW_CA=1]  the local CA and the hub's certificate for DICOM TLS
+#                              and HTTPS in TLS_DIR (ops/tls.py); never overwrites without a flag
 #
 # Non-interactive runs confirm with CONFIRM=yes (restore), CONFIRM=reset, CONFIRM=uninstall.
 #
@@ -33,7 +35,7 @@ TOOLING_RUN = cd $(TOOLING_ROOT) && STACK_MODE=$(STACK_MODE) $(TOOLING_PY) -m
 TOOLING_VENV_DEP := $(if $(VENV_STAMP),$(VENV_STAMP),tooling-venv)
 
 .PHONY: setup quick-setup menu seed-modalities backup backup-key backup-list restore upgrade rebuild clean reset \
-	uninstall mark-data-dirs tooling-venv
+	uninstall mark-data-dirs tls-certs tooling-venv
 
 # The wizard runs before `make run` on a fresh machine, so it brings up the venv itself.
 tooling-venv:
@@ -90,3 +92,6 @@ uninstall: $(TOOLING_VENV_DEP) ## stop and remove data, configuration and state 
 
 mark-data-dirs: $(TOOLING_VENV_DEP) ## mark an older install's data directories as the hub's (uninstall/restore need it)
 	@$(TOOLING_RUN) ops.tooling.uninstall mark
+
+tls-certs: $(TOOLING_VENV_DEP) ## DICOM TLS/HTTPS: local CA + hub certificate in TLS_DIR (RENEW=1 new cert, NEW_CA=1)
+	@$(TOOLING_RUN) ops.tls_cli generate $(if $(filter 1 yes,$(RENEW)),--renew) $(if $(filter 1 yes,$(NEW_CA)),--new-ca)

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from ops import cli_ops, tls_cli
 from ops.tooling import exitcodes
 
 app = typer.Typer(
@@ -73,7 +74,7 @@ def report(
 ) -> None:
     """Export QI numbers for studies first received between --from and --to (days in TZ).
 
-    The per-study export has the columns of DESIGN.md section 7 (plus a few more);
+    The per-study export has the contract columns of docs/qi.md ("Exports"), plus a few more;
     --summary writes the daily summary instead. Both read the same SQL views as the
     app's QI pages, and a large export streams, so memory stays flat.
     """
@@ -121,7 +122,8 @@ def report(
               f"in {time.monotonic() - started:.1f} s")
 
 
-__import__("ops.cli_ops").cli_ops.register(app)  # operations commands (issue 6): status, studies, ...
+cli_ops.register(app)  # operations commands (issue 6): status, studies, ...
+app.add_typer(tls_cli.app, name="tls")  # DICOM TLS and HTTPS certificates (issue 15)
 
 
 def run() -> None:

@@ -5,6 +5,12 @@ Exit codes (ops.tooling.exitcodes, documented in docs/operations.md) are the con
 scripts and monitoring rely on: 0 ok, 1 the operation failed, 2 usage, 3 configuration,
 4 a service is unreachable, 5 not found. Data goes to stdout; messages to stderr.
 Patient names and ids are never shown: the CLI has no login, so it cannot know who reads.
+
+Imports are at the top of the module, with one exception kept for start-up time: three
+modules that are slow to import - core.settings (pydantic-settings), core.db (alembic) and
+core.orthanc_client (httpx) - would make every `./orthanc` start, `--help` included,
+materially slower. They are imported only inside the helpers that need them: _settings,
+_engine, _orthanc, _session_env, and collect_status (httpx). Add no others.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from core import operations, queries
+from core.states import AuditSource, HoldKind, JobState
 from ops.tooling import exitcodes
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
-
-    from core.queries import DestinationState
+    from core.orthanc_client import OrthancClient
     from core.settings import Settings
 
 out = Console(highlight=False)
@@ -48,7 +56,7 @@ SERVICES = ("postgres", "orthanc", "worker", "app")
 
 
 def _settings(env_file: Path | None) -> Settings:
-    from core.settings import SettingsError, load_settings
+    from core.settings import SettingsError, load_settings  # slow import: see the module docstring
 
     try:
         return load_settings(env_file)
@@ -62,14 +70,36 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _engine(settings: Settings, **kwargs: object) -> Engine:
+    """core.db.engine_for (alembic comes with core.db: see the module docstring)."""
+    from core.db import engine_for
+
+    return engine_for(settings, **kwargs)
+
+
+class _OrthancFailed(Exception):
+    """An OrthancError (unreachable, or an error answer), as _orthanc() re-raises it."""
+
+
+@contextmanager
+def _orthanc(settings: Settings, timeout: float) -> Iterator[OrthancClient]:
+    """An Orthanc REST client; an OrthancError in the block comes out as _OrthancFailed, same message.
+
+    core.orthanc_client (and httpx) is imported here only: see the module docstring.
+    """
+    from core.orthanc_client import OrthancClient, OrthancError
+
+    try:
+        with OrthancClient.from_settings(settings, timeout=timeout) as client:
+            yield client
+    except OrthancError as exc:
+        raise _OrthancFailed(str(exc)) from exc
+
+
 @contextmanager
 def _db(settings: Settings, *, write: bool = False) -> Iterator[Connection]:
     """A QI database connection; unreachable -> exit 4."""
-    from sqlalchemy.exc import OperationalError
-
-    from core.db import engine_for
-
-    engine: Engine = engine_for(settings)
+    engine = _engine(settings)
     try:
         with engine.begin() if write else engine.connect() as conn:
             yield conn
@@ -106,22 +136,17 @@ def _local_host(address: str) -> str:
 
 def collect_status(settings: Settings) -> dict[str, Any]:
     """Health of Orthanc, PostgreSQL and the worker, and the job backlog (no PHI)."""
-    import httpx
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from core import queries
-    from core.db import engine_for
-    from core.orthanc_client import OrthancClient, OrthancError
+    import httpx  # slow import: see the module docstring
 
     result: dict[str, Any] = {}
     try:
-        with OrthancClient.from_settings(settings, timeout=5) as client:
+        with _orthanc(settings, timeout=5) as client:
             system, stats = client.system(), client.statistics()
         result["orthanc"] = {"ok": True, "version": system.get("Version"), "aet": system.get("DicomAet"),
                              "studies": stats.get("CountStudies"), "disk_mb": stats.get("TotalDiskSizeMB")}
-    except OrthancError as exc:
+    except _OrthancFailed as exc:
         result["orthanc"] = {"ok": False, "error": str(exc)}
-    engine = engine_for(settings, connect_args={"connect_timeout": 5})
+    engine = _engine(settings, connect_args={"connect_timeout": 5})
     try:
         with engine.connect() as conn:
             backlog = queries.job_backlog(conn)
@@ -169,8 +194,8 @@ def status(
                                                                   else w.get("status", "")))
         if "queue" in result:
             q = result["queue"]
-            table.add_row("Queue", "", f"{q['queued']} queued, {q['sending']} sending, {q['failed']} failed, "
-                                       f"{q['dead']} dead, {q['due_now']} due now")
+            table.add_row("Queue", "", f"{q[JobState.QUEUED]} queued, {q[JobState.SENDING]} sending, "
+                                       f"{q[JobState.FAILED]} failed, {q[JobState.DEAD]} dead, {q['due_now']} due now")
         out.print(table)
     if not healthy:
         raise typer.Exit(exitcodes.UNAVAILABLE)
@@ -191,16 +216,14 @@ def studies(
     env_file: EnvFile = None,
 ) -> None:
     """Recent studies, newest first, with their workflow status (no patient data)."""
-    from core import queries
-
     settings = _settings(env_file)
     if status_ and status_ not in queries.STUDY_STATUSES:
         raise _fail(f"unknown status {status_!r}; one of {', '.join(queries.STUDY_STATUSES)}", exitcodes.USAGE)
     with _db(settings) as conn:
         if search:
             ids = queries.find_study(conn, search)[:limit]
-            rows = [queries.get_study(conn, i) for i in ids]
-            rows = [r for r in rows if r and (not status_ or r["status"] == status_)]
+            found = [queries.get_study(conn, i) for i in ids]
+            rows = [r for r in found if r and (not status_ or r["status"] == status_)]
         else:
             rows = queries.search_studies(conn, queries.StudyFilter(status=status_), limit=limit).rows
     if search and not rows:
@@ -218,8 +241,6 @@ def study(
     env_file: EnvFile = None,
 ) -> None:
     """One study's workflow stages and its timeline of events and jobs."""
-    from core import queries
-
     settings = _settings(env_file)
     with _db(settings) as conn:
         ids = queries.find_study(conn, key)
@@ -263,12 +284,10 @@ def destinations(
     "outage since HH:MM, N jobs waiting" or "on hold by <who> since HH:MM"; one held
     but no longer in Orthanc is listed too, so that it can be released.
     """
-    from core.orthanc_client import OrthancClient, OrthancError
-
     settings = _settings(env_file)
     failed = 0
     try:
-        with OrthancClient.from_settings(settings, timeout=15) as client:
+        with _orthanc(settings, timeout=15) as client:
             known = client.modalities()
             states = _destination_states(settings, known)
             table = Table("name", "AET", "host", "port", "echo", "latency", "hold")
@@ -287,7 +306,7 @@ def destinations(
                     hold += " (not in Orthanc)"
                 table.add_row(*_data(name, spec.get("AET"), spec.get("Host"), spec.get("Port")), verdict, latency,
                               *_data(hold))
-    except OrthancError as exc:
+    except _OrthancFailed as exc:
         raise _fail(f"Orthanc: {exc}", exitcodes.UNAVAILABLE) from None
     out.print(table)
     if not known:
@@ -296,17 +315,12 @@ def destinations(
         raise typer.Exit(exitcodes.FAILED)
 
 
-def _destination_states(settings: Settings, names: Iterable[str]) -> dict[str, DestinationState] | None:
+def _destination_states(settings: Settings, names: Iterable[str]) -> dict[str, queries.DestinationState] | None:
     """Holds and waiting jobs per destination; None (said on stderr) when the QI database is down.
 
     The destination list comes from Orthanc, so it is still worth printing without them.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from core import queries
-    from core.db import engine_for
-
-    engine = engine_for(settings, connect_args={"connect_timeout": 5})
+    engine = _engine(settings, connect_args={"connect_timeout": 5})
     try:
         with engine.connect() as conn:
             return queries.destination_states(conn, names)
@@ -325,14 +339,12 @@ def _known_destination(settings: Settings, name: str) -> None:
     .env is checked first, so a destination can be held while Orthanc is down; a name
     only Orthanc knows needs Orthanc (exit 4 when it does not answer).
     """
-    from core.orthanc_client import OrthancClient, OrthancError
-
     if name in settings.modalities:
         return
     try:
-        with OrthancClient.from_settings(settings, timeout=10) as client:
+        with _orthanc(settings, timeout=10) as client:
             known = set(client.modalities())
-    except OrthancError as exc:
+    except _OrthancFailed as exc:
         raise _fail(f"{name} is not in .env and Orthanc cannot be asked about it: {exc}",
                     exitcodes.UNAVAILABLE) from None
     if name not in known:
@@ -351,18 +363,16 @@ def hold(
     becomes an operator hold: the worker stops probing it and only `release` lifts it.
     Exit 0 held, 1 already on hold by an operator, 5 unknown destination.
     """
-    from core import operations, queries
-
     settings = _settings(env_file)
     _known_destination(settings, name)
     with _db(settings, write=True) as conn:
         before = queries.destination_states(conn, [name])[name]
-        if not operations.hold_destination(conn, name, actor=_actor(), source="cli",
+        if not operations.hold_destination(conn, name, actor=_actor(), source=AuditSource.CLI,
                                            reason=(reason or "").strip() or None):
             now = queries.destination_states(conn, [name])[name].summary(settings.zone) or "on hold"
             raise _fail(f"{name} is already {now}; nothing changed", exitcodes.FAILED)
     taken_over = " (it was an automatic outage hold; the worker no longer probes it)" \
-        if before.kind is queries.HoldKind.OUTAGE else ""
+        if before.kind is HoldKind.OUTAGE else ""
     out.print(f"{name} is on hold{taken_over}: {before.jobs_waiting} job(s) waiting; "
               f"`./orthanc release {name}` sends them", markup=False)
 
@@ -376,17 +386,15 @@ def release(
     Releasing an outage hold lifts it at once; if the destination still does not
     answer C-ECHO, the worker holds it again. Exit 0 released, 1 not on hold, 5 unknown.
     """
-    from core import operations, queries
-
     settings = _settings(env_file)
     with _db(settings, write=True) as conn:
         before = queries.destination_states(conn, [name])[name]
-        released = operations.release_destination(conn, name, actor=_actor(), source="cli")
+        released = operations.release_destination(conn, name, actor=_actor(), source=AuditSource.CLI)
     if not released:
         _known_destination(settings, name)  # exit 5 for a typo rather than "not on hold"
         raise _fail(f"{name} is not on hold; nothing changed", exitcodes.FAILED)
     again = "; if it still does not answer C-ECHO the worker holds it again" \
-        if before.kind is queries.HoldKind.OUTAGE else ""
+        if before.kind is HoldKind.OUTAGE else ""
     out.print(f"{name} released: its {before.jobs_waiting} waiting job(s) are sent now{again}", markup=False)
 
 
@@ -396,17 +404,15 @@ def test(
     env_file: EnvFile = None,
 ) -> None:
     """C-ECHO one destination and print the latency. Exit 0 ok, 1 failed, 5 unknown name."""
-    from core.orthanc_client import OrthancClient, OrthancError
-
     settings = _settings(env_file)
     try:
-        with OrthancClient.from_settings(settings, timeout=timeout + 10) as client:
+        with _orthanc(settings, timeout=timeout + 10) as client:
             known = client.modalities()
             if name not in known:
                 raise _fail(f"no destination named {name!r} (known: {', '.join(sorted(known)) or 'none'})",
                             exitcodes.NOT_FOUND)
             result = client.echo(name, timeout=timeout)
-    except OrthancError as exc:
+    except _OrthancFailed as exc:
         raise _fail(f"Orthanc: {exc}", exitcodes.UNAVAILABLE) from None
     spec = known[name]
     where = f"{spec.get('AET')}@{spec.get('Host')}:{spec.get('Port')}"
@@ -427,14 +433,12 @@ def queue(
     env_file: EnvFile = None,
 ) -> None:
     """Routing jobs per state, and the open ones (or those in --state), newest first."""
-    from core import queries
-
     settings = _settings(env_file)
     if state and state not in queries.JOB_STATES:
         raise _fail(f"unknown state {state!r}; one of {', '.join(queries.JOB_STATES)}", exitcodes.USAGE)
     with _db(settings) as conn:
         counts = queries.job_state_counts(conn)
-        states = [state] if state else ["dead", "failed", "sending", "queued"]
+        states = [state] if state else [JobState.DEAD, JobState.FAILED, JobState.SENDING, JobState.QUEUED]
         rows = [r for s in states for r in queries.list_jobs(conn, queries.JobFilter(state=s), limit=limit).rows]
     out.print("  ".join(f"{k}: {v}" for k, v in counts.items()))
     table = Table("job", "study", "accession", "purpose", "destination", "state", "attempts", "next attempt",
@@ -442,7 +446,7 @@ def queue(
     for row in rows[:limit]:
         table.add_row(str(row["id"]), str(row["study_id"]), *_data(row["accession_number"]), row["purpose"],
                       *_data(row["destination"]), row["state"], str(row["attempts"]),
-                      _local(row["next_attempt_at"], settings) if row["state"] in ("queued", "failed") else "",
+                      _local(row["next_attempt_at"], settings) if row["state"] in queries.DUE_STATES else "",
                       *_data((row["last_error"] or "")[:60]))
     out.print(table)
 
@@ -453,21 +457,19 @@ def retry(
     env_file: EnvFile = None,
 ) -> None:
     """Put a failed, dead or cancelled job back in the queue now (audited), or all dead jobs."""
-    from core import operations, queries
-
     if (job is None) == (not dead):
         raise _fail("give a JOB id or --dead (not both)", exitcodes.USAGE)
     settings = _settings(env_file)
     with _db(settings, write=True) as conn:
         if dead:
-            ids = queries.filtered_job_ids(conn, queries.JobFilter(state="dead"))
-            count = operations.retry_dead_jobs(conn, ids, actor=_actor(), source="cli")
+            ids = queries.filtered_job_ids(conn, queries.JobFilter(state=JobState.DEAD))
+            count = operations.retry_dead_jobs(conn, ids, actor=_actor(), source=AuditSource.CLI)
             out.print(f"{count} dead job(s) queued again")
             return
         assert job is not None
         _existing_job(conn, job)
         try:
-            operations.retry_job(conn, job, actor=_actor(), source="cli")
+            operations.retry_job(conn, job, actor=_actor(), source=AuditSource.CLI)
         except operations.OperationError as exc:
             raise _fail(str(exc), exitcodes.FAILED) from None
     out.print(f"job {job} queued again")
@@ -478,21 +480,17 @@ def cancel(
     env_file: EnvFile = None,
 ) -> None:
     """Cancel a queued, failed or dead job (audited). A job being sent cannot be cancelled."""
-    from core import operations
-
     settings = _settings(env_file)
     with _db(settings, write=True) as conn:
         _existing_job(conn, job)
         try:
-            operations.cancel_job(conn, job, actor=_actor(), source="cli")
+            operations.cancel_job(conn, job, actor=_actor(), source=AuditSource.CLI)
         except operations.OperationError as exc:
             raise _fail(str(exc), exitcodes.FAILED) from None
     out.print(f"job {job} cancelled")
 
 
 def _existing_job(conn: Connection, job: int) -> None:
-    from sqlalchemy import text
-
     if conn.execute(text("SELECT 1 FROM routing_jobs WHERE id = :id"), {"id": job}).first() is None:
         raise _fail(f"job {job} does not exist", exitcodes.NOT_FOUND)
 
@@ -549,7 +547,7 @@ def _credentials_dir(settings: Settings) -> Iterator[Path]:
 
 
 def _session_env(settings: Settings, creds: Path, env_file: Path | None) -> dict[str, str]:
-    from core.settings import PROJECT_ROOT, env_file_path
+    from core.settings import PROJECT_ROOT, env_file_path  # slow import: see the module docstring
 
     venv_bin = PROJECT_ROOT / ".venv" / "bin"
     return {
@@ -565,6 +563,8 @@ def _session_env(settings: Settings, creds: Path, env_file: Path | None) -> dict
         "PGPASSFILE": str(creds / "pgpass"),
         "NETRC": str(creds / "netrc"),
         "ORTHANC_URL": settings.orthanc_url,
+        # HTTPS on: curl verifies Orthanc's certificate against the hub's CA.
+        **({"CURL_CA_BUNDLE": str(settings.tls_ca_path)} if settings.https else {}),
         "ORTHANC_AET": settings.orthanc_aet,
         "DICOM_PORT": str(settings.dicom_port),
         "DICOM_STORAGE": str(settings.dicom_storage),

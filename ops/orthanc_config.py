@@ -1,18 +1,28 @@
 """Orthanc 1.10.1 configuration rendered from the hub's Settings.
 
-One renderer serves the native stack, the compose stack and the test harness, so
-the Orthanc that tests exercise is configured exactly like the one in production.
-The rendered file holds the Orthanc and PostgreSQL passwords: it is written mode 600.
+Every Orthanc setting is stated once, in stack/orthanc/orthanc.json.template; this
+module fills in its ${NAME} placeholders. One renderer serves the native stack
+(STATE_DIR/orthanc.json), the compose stack (the `init` service writes the file the
+Orthanc container reads: `python -m ops.stack bootstrap --orthanc-config`) and the test
+harness, so the Orthanc that tests exercise is configured exactly like the one in
+production. Only where Orthanc runs differs between them (a `Target`: plugin and Lua
+paths). The rendered file holds the Orthanc and PostgreSQL passwords: it is written
+mode 600.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from core.envfile import write_private
 from core.settings import PROJECT_ROOT, Settings
@@ -24,108 +34,109 @@ PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 PLUGINS = ("libOrthancPostgreSQLIndex.so", "libOrthancDicomWeb.so", "libOrthancWebViewer.so")
 DEFAULT_LUA = PROJECT_ROOT / "stack" / "lua" / "hub.lua"
 LOG_FILTER = PROJECT_ROOT / "ops" / "logredact.py"
+TEMPLATE = PROJECT_ROOT / "stack" / "orthanc" / "orthanc.json.template"
+PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 
-def render_orthanc_config(settings: Settings, *, lua_scripts: list[Path] | None = None) -> dict[str, Any]:
-    """Return Orthanc's JSON configuration (as a dict) for `settings`."""
-    scripts = [DEFAULT_LUA] if lua_scripts is None else lua_scripts
-    storage = str(settings.dicom_storage)
-    return {
-        "Name": f"Routing hub {settings.orthanc_aet}",
-        "StorageDirectory": storage,
-        # Unused while the PostgreSQL index is enabled, but Orthanc still creates it:
-        # keep it inside the hub's storage rather than the Debian default.
-        "IndexDirectory": storage,
-        "StorageCompression": False,
-        # Recycling must never delete a study the worker has not delivered yet: with
-        # a size or patient limit, Orthanc silently drops the oldest patients when the
-        # disk fills, including studies still queued for a destination or the AI.
-        # Settings refuse these options by name; docs/operations.md ("Disk space and
-        # recycling") tells operators how to free space by deleting delivered studies only.
-        "MaximumStorageSize": 0,
-        "MaximumPatientCount": 0,
-        # A resent instance must not replace the stored one (and its ReceptionDate and
-        # RemoteAET metadata, which the QI timings and AI-result detection rely on).
-        "OverwriteInstances": False,
-        "Plugins": [str(PLUGIN_DIR / name) for name in PLUGINS],
-        "LuaScripts": [str(Path(p).resolve()) for p in scripts],
-        "HttpServerEnabled": True,
-        "HttpPort": settings.orthanc_web_port,
-        "HttpDescribeErrors": True,
-        "HttpCompressionEnabled": True,
-        "KeepAlive": True,
-        "TcpNoDelay": True,
-        # Orthanc 1.10.1 listens on every interface; authentication is what protects it.
-        "RemoteAccessAllowed": True,
-        "AuthenticationEnabled": True,
-        "RegisteredUsers": {settings.orthanc_username: settings.orthanc_password.get_secret_value()},
-        "DicomServerEnabled": True,
-        "DicomAet": settings.orthanc_aet,
-        "DicomPort": settings.dicom_port,
-        "DicomCheckCalledAet": False,
-        # Modalities are managed through REST (`make seed-modalities`, the app) and
-        # must survive restarts, so they live in the PostgreSQL index.
-        "DicomModalitiesInDatabase": True,
-        "DicomModalities": {},
-        # Any sender may store and echo (a routing hub receives from many modalities
-        # whose addresses change); the sender's AET and address are recorded as RemoteAET
-        # and RemoteIP metadata, and the worker trusts an AI result only when both match
-        # a registered modality (worker/ingest.py).
-        "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowEcho": True,
-        # Reading studies back out (C-FIND, C-GET, C-MOVE) is for registered modalities
-        # whose own Allow* flag grants it (core/dicom_names.py: off unless enabled), and
-        # only from their registered host: a calling AET alone is what any device on the
-        # network can choose, its address is not.
-        "DicomAlwaysAllowFind": False,
-        "DicomAlwaysAllowFindWorklist": False,
-        "DicomAlwaysAllowGet": False,
-        "DicomAlwaysAllowMove": False,
-        "DicomCheckModalityHost": True,
-        "DicomScuTimeout": 10,
-        "DeidentifyLogs": True,
-        "StableAge": settings.stable_age,
-        # The worker reads each job's outcome from /jobs/{id}; the default history of
-        # 10 loses outcomes under load.
-        "JobsHistorySize": settings.jobs_history_size,
-        # The worker's database is the record of every send. Orthanc's saved jobs are
-        # harmful after a crash: the registry is saved every 100 ms, so a store that
-        # succeeded just before a SIGKILL is reloaded as running and sent again with
-        # no one knowing. Unsaved, a store under way at a crash is gone (404) and the
-        # worker resends it. Saving also re-serialises the whole history each change.
-        "SaveJobs": False,
-        "ConcurrentJobs": settings.orthanc_concurrent_jobs,
-        "PostgreSQL": {
-            "EnableIndex": True,
-            "EnableStorage": False,
-            "Host": settings.postgres_host,
-            "Port": settings.postgres_port,
-            "Database": settings.postgres_db,
-            "Username": settings.postgres_user,
-            "Password": settings.postgres_password.get_secret_value(),
-            "EnableSsl": False,
-            # One Orthanc per index database (the plugin's advisory lock).
-            "Lock": True,
-            # PostgreSQL may still be starting when Orthanc is (re)started.
-            "MaximumConnectionRetries": 10,
-            "ConnectionRetryInterval": 2,
-        },
-        "DicomWeb": {
-            "Enable": True,
-            "Root": "/dicom-web/",
-            "EnableWado": True,
-            "WadoRoot": "/wado",
-            "Ssl": False,
-        },
-        "WebViewer": {"CachePath": str(settings.dicom_storage / "WebViewerCache")},
+@dataclass(frozen=True)
+class Target:
+    """Where Orthanc runs: the values of the template's ORTHANC_PLUGINS and
+    ORTHANC_LUA_SCRIPTS, the only ones that are not settings of `.env`."""
+
+    name: str
+    plugins: tuple[str, ...]
+    lua_dir: str  # where Orthanc sees stack/lua
+
+    def lua_scripts(self) -> list[str]:
+        return [f"{self.lua_dir}/{DEFAULT_LUA.name}"]
+
+
+NATIVE = Target("native", tuple(str(PLUGIN_DIR / name) for name in PLUGINS), str(DEFAULT_LUA.parent.resolve()))
+# The orthancteam/orthanc image enables a plugin by moving it into its plugin folder
+# (the PostgreSQL plugins because the configuration has a PostgreSQL section, DICOMweb
+# and OHIF through the service's *_PLUGIN_ENABLED variables), and stack/docker-compose.yml
+# mounts stack/lua at COMPOSE.lua_dir.
+COMPOSE = Target("compose", ("/usr/share/orthanc/plugins/",), "/opt/hub/lua")
+
+
+def read_template(path: Path = TEMPLATE) -> Any:
+    """The template as parsed JSON, its whole-line `//` comments removed."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return json.loads("\n".join("" if line.lstrip().startswith("//") else line for line in lines))
+
+
+def placeholders(node: Any) -> set[str]:
+    """The NAMEs of every ${NAME} in `node` (keys included)."""
+    if isinstance(node, dict):
+        return {name for k, v in node.items() for name in placeholders(k) | placeholders(v)}
+    if isinstance(node, list):
+        return {name for item in node for name in placeholders(item)}
+    return set(PLACEHOLDER.findall(node)) if isinstance(node, str) else set()
+
+
+def template_values(settings: Settings, names: set[str], target: Target,
+                    lua_scripts: list[Path] | None) -> dict[str, Any]:
+    """The value of each placeholder: ORTHANC_PLUGINS and ORTHANC_LUA_SCRIPTS from the
+    target, any other NAME from the setting of that name (`.env`'s NAME) or the value
+    Settings derives under that name (a computed field, e.g. the TLS file paths, which
+    are empty while their function is off)."""
+    values: dict[str, Any] = {
+        "ORTHANC_PLUGINS": list(target.plugins),
+        "ORTHANC_LUA_SCRIPTS": (target.lua_scripts() if lua_scripts is None
+                                else [str(Path(p).resolve()) for p in lua_scripts]),
     }
+    for name in sorted(names - set(values)):
+        model = type(settings)
+        if name.lower() not in model.model_fields and name.lower() not in model.model_computed_fields:
+            raise KeyError(f"{TEMPLATE}: ${{{name}}} is not a setting of config/env.defaults "
+                           "nor a value derived by core/settings.py")
+        value = getattr(settings, name.lower())
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        values[name] = str(value) if isinstance(value, Path) else value
+    return values
 
 
-def write_orthanc_config(settings: Settings, path: Path, *, lua_scripts: list[Path] | None = None) -> Path:
+def _fill(node: Any, values: Mapping[str, Any]) -> Any:
+    if isinstance(node, dict):
+        return {_text(k, values): _fill(v, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(item, values) for item in node]
+    if isinstance(node, str):
+        whole = PLACEHOLDER.fullmatch(node)
+        return copy.deepcopy(values[whole.group(1)]) if whole else _text(node, values)
+    return node
+
+
+def _text(text: str, values: Mapping[str, Any]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        value = values[match.group(1)]
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise TypeError(f"{TEMPLATE}: ${{{match.group(1)}}} inside {text!r} must be text or a number")
+        return str(value)
+
+    return PLACEHOLDER.sub(replace, text)
+
+
+def render_orthanc_config(settings: Settings, *, lua_scripts: list[Path] | None = None,
+                          target: Target = NATIVE) -> dict[str, Any]:
+    """Return Orthanc's JSON configuration (as a dict) for `settings`, from the template."""
+    template = read_template()
+    return _fill(template, template_values(settings, placeholders(template), target, lua_scripts))
+
+
+def orthanc_config_text(config: Mapping[str, Any]) -> str:
+    """The file's text. `$` is written as its JSON escape: the orthancteam/orthanc image
+    substitutes $NAME in /etc/orthanc/*.json with environment variables, which would
+    alter a password holding a `$` (Orthanc reads the escape as `$`)."""
+    return json.dumps(config, indent=2, sort_keys=True).replace("$", "\\u0024") + "\n"
+
+
+def write_orthanc_config(settings: Settings, path: Path, *, lua_scripts: list[Path] | None = None,
+                         target: Target = NATIVE) -> Path:
     """Write the rendered configuration to `path` with mode 600 (it holds passwords)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(render_orthanc_config(settings, lua_scripts=lua_scripts), indent=2, sort_keys=True)
-    write_private(path, text + "\n")
+    write_private(path, orthanc_config_text(render_orthanc_config(settings, lua_scripts=lua_scripts, target=target)))
     return path
 
 
@@ -134,11 +145,18 @@ def orthanc_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
 
     TCP_NODELAY=1 makes DCMTK disable Nagle's algorithm: on loopback it takes DICOM
     transfers from about 10 to well over 100 instances/s. TZ is the site's zone, so
-    that Orthanc's local-time values are those of the site, not of the host.
+    that Orthanc's local-time values are those of the site, not of the host. With
+    HTTPS on, LD_LIBRARY_PATH names the OpenSSL library Debian's Orthanc 1.10.1 needs to
+    serve HTTPS without crashing (ops/tls.py, stack/orthanc/civetweb-openssl3.c).
     """
     env = dict(os.environ if base is None else base)
     env["TCP_NODELAY"] = "1"
     env["TZ"] = settings.tz
+    if settings.https:
+        from ops.tls import civetweb_openssl_dir  # the cryptography package: only when needed
+
+        env["LD_LIBRARY_PATH"] = ":".join(
+            [str(civetweb_openssl_dir(settings)), *filter(None, env.get("LD_LIBRARY_PATH", "").split(":"))])
     return env
 
 

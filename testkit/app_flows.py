@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 
 from core import recorder
 from core.recorder import SeriesInfo, StudyInfo
+from core.states import EventType, LinkedBy, Payload, Purpose, SeriesKind
 
 AI = "MERCURE"
 
@@ -49,26 +50,26 @@ def arrive(
         description=description, series_number="1", sender_aet=source_aet, instance_count=2,
         first_received_at=at, last_received_at=at + timedelta(seconds=1),
     )
-    series_id, _ = recorder.upsert_series(conn, study_id, info, kind="original", linked_by=None)
-    recorder.add_event(conn, study_id, "received", at, series_id=series_id,
+    series_id, _ = recorder.upsert_series(conn, study_id, info, kind=SeriesKind.ORIGINAL, linked_by=None)
+    recorder.add_event(conn, study_id, EventType.RECEIVED, at, series_id=series_id,
                        detail={"sender": source_aet, "modality": modality})
     stable = at + timedelta(seconds=6)
     recorder.mark_series_stable(conn, series_id, stable)
     recorder.mark_study_stable(conn, study_id, stable)
-    recorder.add_event(conn, study_id, "stable", stable, detail={"first": True})
+    recorder.add_event(conn, study_id, EventType.STABLE, stable, detail={"first": True})
     recorder.refresh_study_status(conn, study_id)
     return Flow(study_id, study_uid, accession, [series_id])
 
 
-def route(conn: Connection, flow: Flow, at: datetime, destination: str, *, purpose: str = "delivery",
+def route(conn: Connection, flow: Flow, at: datetime, destination: str, *, purpose: str = Purpose.DELIVERY,
           series_ids: list[int] | None = None, rule: str = "test-rule") -> int:
     """Queue one job as worker.router does (rule_matched, series routed)."""
     ids = series_ids or flow.series_ids
     job_id = recorder.queue_job(conn, study_id=flow.study_id, purpose=purpose, destination=destination,
-                                series_ids=ids, payload="study" if purpose == "ai" else "matched",
+                                series_ids=ids, payload=Payload.STUDY if purpose == Purpose.AI else Payload.MATCHED,
                                 rule_name=rule, at=at)
     assert job_id is not None
-    recorder.add_event(conn, flow.study_id, "rule_matched", at, detail={"rules": [rule]})
+    recorder.add_event(conn, flow.study_id, EventType.RULE_MATCHED, at, detail={"rules": [rule]})
     recorder.mark_series_routed(conn, ids, at)
     recorder.refresh_study_status(conn, flow.study_id)
     flow.jobs[f"{purpose}:{destination}"] = job_id
@@ -93,9 +94,10 @@ def ai_result(conn: Connection, flow: Flow, at: datetime, *, description: str = 
         description=description, series_number=str(1000 + number), sender_aet=AI, instance_count=1,
         first_received_at=at, last_received_at=at,
     )
-    series_id, _ = recorder.upsert_series(conn, flow.study_id, info, kind="ai_result", linked_by="study_uid")
-    recorder.add_event(conn, flow.study_id, "ai_result_received", at, series_id=series_id,
-                       detail={"sender": AI, "linked_by": "study_uid", "modality": modality})
+    series_id, _ = recorder.upsert_series(conn, flow.study_id, info, kind=SeriesKind.AI_RESULT,
+                                          linked_by=LinkedBy.STUDY_UID)
+    recorder.add_event(conn, flow.study_id, EventType.AI_RESULT_RECEIVED, at, series_id=series_id,
+                       detail={"sender": AI, "linked_by": LinkedBy.STUDY_UID, "modality": modality})
     recorder.mark_series_stable(conn, series_id, at + timedelta(seconds=5))
     recorder.refresh_study_status(conn, flow.study_id)
     flow.ai_series_ids.append(series_id)
@@ -105,7 +107,7 @@ def ai_result(conn: Connection, flow: Flow, at: datetime, *, description: str = 
 def delivered_ai_study(conn: Connection, n: int, at: datetime, **kw: object) -> Flow:
     """The full leg-length flow: received, sent to the AI, results back, routed to two routers."""
     flow = arrive(conn, n, at, description="EXTREMITY BILATERAL BONE LENGTH", **kw)  # type: ignore[arg-type]
-    ai_job = route(conn, flow, at + timedelta(seconds=7), AI, purpose="ai", rule="leg-length-to-ai")
+    ai_job = route(conn, flow, at + timedelta(seconds=7), AI, purpose=Purpose.AI, rule="leg-length-to-ai")
     send_ok(conn, ai_job, at + timedelta(seconds=8))
     result = ai_result(conn, flow, at + timedelta(seconds=60))
     for dest in ("LPCHROUTER", "LPCHTROUTER"):
@@ -121,7 +123,7 @@ def standard_set(conn: Connection, now: datetime, base: int = 0) -> dict[str, Fl
     flows: dict[str, Flow] = {}
     flows["delivered"] = delivered_ai_study(conn, base + 1, t, patient_name="DOE^JANE", patient_id="PID-JANE")
     pending = arrive(conn, base + 2, t + timedelta(minutes=1), description="BONE LENGTH STUDY")
-    send_ok(conn, route(conn, pending, t + timedelta(minutes=1, seconds=7), AI, purpose="ai"),
+    send_ok(conn, route(conn, pending, t + timedelta(minutes=1, seconds=7), AI, purpose=Purpose.AI),
             t + timedelta(minutes=1, seconds=8))
     flows["ai_pending"] = pending
     dead = arrive(conn, base + 3, t + timedelta(minutes=2), modality="CT", description="CT HEAD")
@@ -136,14 +138,15 @@ def standard_set(conn: Connection, now: datetime, base: int = 0) -> dict[str, Fl
     route(conn, queued, t + timedelta(minutes=4, seconds=7), "LPCHROUTER")
     flows["queued"] = queued
     unrouted = arrive(conn, base + 6, t + timedelta(minutes=5), description="US ABDOMEN", modality="US")
-    recorder.add_event(conn, unrouted.study_id, "unrouted", t + timedelta(minutes=5, seconds=7),
+    recorder.add_event(conn, unrouted.study_id, EventType.UNROUTED, t + timedelta(minutes=5, seconds=7),
                        detail={"reason": "no rule matched"})
     recorder.refresh_study_status(conn, unrouted.study_id)
     flows["unrouted"] = unrouted
     overdue = arrive(conn, base + 7, t + timedelta(minutes=6), description="BONE LENGTH")
-    send_ok(conn, route(conn, overdue, t + timedelta(minutes=6, seconds=7), AI, purpose="ai"),
+    send_ok(conn, route(conn, overdue, t + timedelta(minutes=6, seconds=7), AI, purpose=Purpose.AI),
             t + timedelta(minutes=6, seconds=8))
-    recorder.add_event(conn, overdue.study_id, "ai_overdue", now - timedelta(minutes=1), detail={"timeout_s": 1800})
+    recorder.add_event(conn, overdue.study_id, EventType.AI_OVERDUE, now - timedelta(minutes=1),
+                       detail={"timeout_s": 1800})
     recorder.refresh_study_status(conn, overdue.study_id)
     flows["ai_overdue"] = overdue
     return flows

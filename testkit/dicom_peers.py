@@ -8,12 +8,17 @@ for the peer's delayed ACK and loopback transfers crawl at about 10 instances/s.
 `EVT_CONN_OPEN` handler sets it on every association socket, on both sides: the
 event fires after `connect()` for a requestor and before the association's reactor
 starts for an acceptor, so no PDU is ever sent with Nagle on.
+
+DICOM TLS: a StorageSCP given an `ssl_context` accepts TLS associations only; `send_datasets`
+and `echo` given `tls=(context, server_hostname)` associate over TLS (pynetdicom's
+tls_args). tests/security/test_tls.py uses both against Orthanc.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -25,6 +30,7 @@ from typing import Any, Self
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import (
     StoragePresentationContexts,
@@ -67,6 +73,8 @@ def _set_nodelay(event: Event) -> None:
 
 
 NODELAY_HANDLER: tuple[Any, Any] = (evt.EVT_CONN_OPEN, _set_nodelay)
+# pynetdicom's tls_args: a client SSLContext and the server's host name to check.
+TlsArgs = tuple[ssl.SSLContext, str]
 
 
 class AssociationFailed(ConnectionError):
@@ -81,11 +89,12 @@ def send_datasets(
     called_aet: str,
     *,
     timeout: float = 30,
+    tls: TlsArgs | None = None,
 ) -> list[int]:
     """C-STORE `datasets` over one association; return one DIMSE status per dataset.
 
     A dataset that got no response (the association dropped) has status -1. Raises
-    AssociationFailed when no association could be established.
+    AssociationFailed when no association could be established. `tls`: over DICOM TLS.
     """
     if not datasets:
         return []
@@ -105,7 +114,7 @@ def send_datasets(
             if fallback not in wanted:
                 wanted.append(fallback)
         ae.add_requested_context(sop_class, wanted)
-    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[NODELAY_HANDLER])
+    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[NODELAY_HANDLER], tls_args=tls)
     if not assoc.is_established:
         raise AssociationFailed(f"no association with {called_aet}@{host}:{port}")
     statuses: list[int] = []
@@ -144,11 +153,13 @@ class StorageSCP:
     """
 
     def __init__(
-        self, aet: str, port: int, out_dir: Path | None = None, mode: str = "accept", host: str = LOOPBACK
+        self, aet: str, port: int, out_dir: Path | None = None, mode: str = "accept", host: str = LOOPBACK,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.aet = aet
         self.port = port
         self.host = host
+        self.ssl_context = ssl_context  # a server context: DICOM TLS only
         self.out_dir = Path(out_dir) if out_dir else None
         self._mode = "accept"
         self.set_mode(mode)
@@ -183,7 +194,7 @@ class StorageSCP:
         ae.maximum_associations = 16
         ae.supported_contexts = StoragePresentationContexts + VerificationPresentationContexts
         self._server = ae.start_server(
-            (self.host, self.port), block=False,
+            (self.host, self.port), block=False, ssl_context=self.ssl_context,
             evt_handlers=[NODELAY_HANDLER, (evt.EVT_C_STORE, self._on_c_store)],
         )
         return self
@@ -242,9 +253,12 @@ class StorageSCP:
             with self._lock:
                 self.refused += 1
             return STATUS_OUT_OF_RESOURCES
+        request = event.request
+        if not isinstance(request, C_STORE):  # EVT_C_STORE always carries a C-STORE request
+            raise TypeError(f"expected a C-STORE request, got {type(request).__name__}")
         ds: Dataset = event.dataset
         ds.file_meta = event.file_meta
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        sop_uid = str(request.AffectedSOPInstanceUID)
         if self.out_dir:
             ds.save_as(self.out_dir / f"{sop_uid}.dcm", enforce_file_format=True)
         receipt = Receipt(
@@ -424,12 +438,13 @@ class AINode(StorageSCP):
                 self.errors.append(f"{study_uid}: {problem}")
 
 
-def echo(host: str, port: int, calling_aet: str, called_aet: str, timeout: float = 10) -> int:
-    """C-ECHO; return the status, or -1 when no association could be made."""
+def echo(host: str, port: int, calling_aet: str, called_aet: str, timeout: float = 10,
+         tls: TlsArgs | None = None) -> int:
+    """C-ECHO (`tls`: over DICOM TLS); return the status, or -1 when no association could be made."""
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[NODELAY_HANDLER])
+    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[NODELAY_HANDLER], tls_args=tls)
     if not assoc.is_established:
         return STATUS_NO_RESPONSE
     try:

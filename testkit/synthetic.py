@@ -74,8 +74,9 @@ def _copy_study_level(ds: Dataset, source: Dataset) -> None:
         "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
         "StudyDescription", "ReferringPhysicianName", "InstitutionName",
     ):
-        if keyword in source:
-            setattr(ds, keyword, source.data_element(keyword).value)
+        element = source.data_element(keyword) if keyword in source else None
+        if element is not None:
+            setattr(ds, keyword, element.value)
 
 
 def _set_grey_pixels(ds: Dataset, seed: int) -> None:

@@ -26,10 +26,18 @@ heartbeat staleness.
 A failed store is only counted against RETRY_MAX_ATTEMPTS when the destination still
 answers C-ECHO. One that does not is put on an outage hold (worker/outages.py probes
 it) and its jobs wait without spending attempts.
+
+Every Orthanc job state reaches a recorded outcome (JobWatch; docs/architecture.md,
+"Orthanc job states"): a store job Pending, Running or in Orthanc's Retry past a
+deadline from its size, or paused again after the worker resumed it once, is cancelled
+in Orthanc and recorded as a failed store like any other.
+
+The dispatcher reads the database but writes only through core/recorder.py.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -38,7 +46,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from enum import StrEnum
+from typing import Any, Literal, TypeVar
 
 import psycopg.errors
 from sqlalchemy import Connection, Engine, text
@@ -46,8 +55,16 @@ from sqlalchemy.exc import OperationalError
 
 from core import failpoints, recorder
 from core.failpoints import Failpoint
-from core.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable, parse_orthanc_time
+from core.orthanc_client import (
+    CANCELED_JOB_ERROR,
+    OrthancClient,
+    OrthancError,
+    OrthancJobState,
+    OrthancUnavailable,
+    parse_orthanc_time,
+)
 from core.settings import Settings
+from core.states import EventType, Purpose
 from worker.metrics import FAILURES, SEND_SECONDS
 from worker.outages import ECHO_TIMEOUT_S, first_probe_delay
 
@@ -68,6 +85,10 @@ INTENT_SETTLE_S = 10.0
 # Orthanc's job times are whole seconds, ours are not; both clocks are the same host's.
 INTENT_CLOCK_SLACK_S = 2.0
 ORTHANC_DOWN_RETRY_S = 3.0  # Orthanc itself unreachable: try again soon, spending no attempt
+# A cancelled store job stops after the instance it is sending, whose C-STORE Orthanc
+# bounds by the store's DIMSE timeout (OrthancClient.store_async, 60 s): its outcome is
+# recorded once Orthanc stopped it, or after this long in any case.
+CANCEL_SETTLE_S = 90.0
 T = TypeVar("T")
 
 
@@ -96,7 +117,7 @@ def make_batches(jobs: list[ClaimedJob], size: int) -> list[list[ClaimedJob]]:
     groups: dict[tuple[str, str | None, datetime | None], list[ClaimedJob]] = {}
     batches = []
     for job in jobs:
-        if job.orthanc_job_id is None and job.send_intent_at is None and (job.attempts > 0 or job.purpose == "ai"):
+        if job.orthanc_job_id is None and job.send_intent_at is None and (job.attempts > 0 or job.purpose == Purpose.AI):
             batches.append([job])
         else:
             groups.setdefault((job.destination, job.orthanc_job_id, job.send_intent_at), []).append(job)
@@ -116,8 +137,115 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
+def send_deadline(settings: Settings, instances: int, size_mb: float | None = None) -> float:
+    """Seconds a store job of this size may stay Pending, Running or in Retry before it is cancelled.
+
+    SEND_DEADLINE_FLOOR_S plus the longer of its instances at SEND_DEADLINE_INSTANCES_PER_S
+    and (when known) its megabytes at SEND_DEADLINE_MB_PER_S.
+    """
+    transfer = instances / settings.send_deadline_instances_per_s
+    if size_mb is not None:
+        transfer = max(transfer, size_mb / settings.send_deadline_mb_per_s)
+    return settings.send_deadline_floor_s + transfer
+
+
+def job_age_s(status: dict[str, Any]) -> float:
+    """Seconds since Orthanc created the job (its CreationTime: UTC, to the microsecond; 0 if unknown).
+
+    Not parse_orthanc_time, which drops the fraction: the job would look up to a second
+    older, which matters against a short deadline.
+    """
+    value = status.get("CreationTime") or ""
+    try:
+        created = datetime.strptime(value, "%Y%m%dT%H%M%S.%f" if "." in value else "%Y%m%dT%H%M%S")
+    except ValueError:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - created.replace(tzinfo=UTC)).total_seconds())
+
+
+class Verdict(StrEnum):
+    """JobWatch's answer to one status of an unfinished store job."""
+
+    WAIT = "wait"
+    RESUME = "resume"  # POST /jobs/{id}/resume
+    CANCEL = "cancel"  # POST /jobs/{id}/cancel, then record the failure (JobWatch.reason)
+
+
+class JobWatch:
+    """What to do about one unfinished Orthanc store job, status after status.
+
+    The policy per state (docs/architecture.md, "Orthanc job states"):
+
+    - Pending, Running, Retry: wait, up to `send_deadline` of the job's size, counted
+      from the job's creation in Orthanc, without the time it spent paused. Orthanc's
+      Retry is its own retry of a step and is left to it. Past the deadline: cancel.
+      The deadline starts from the instance count (in the job's content, free); only a
+      job that outlives it costs GET /series/{id}/statistics, once, to take its
+      megabytes into account (few large instances, such as tomosynthesis).
+    - Paused: somebody paused the job in Orthanc (Explorer or REST). The hub owns its
+      stores, and a held destination (./orthanc hold) is how sends are stopped, so the
+      first pause is undone at once (resume). A job paused again, or that stays paused
+      though resumed, is cancelled once paused for SEND_PAUSED_GRACE_S: whoever paused
+      it twice meant it, and the jobs go through the normal retry and backoff.
+
+    A cancelled job is recorded as a failed store (Dispatcher._store_failed): a counted
+    attempt, or an outage hold if the destination stopped answering C-ECHO. It may have
+    sent part of the batch; the retry sends the batch again, as after any failed store.
+    `size_mb` gives the job's size in megabytes, or None when Orthanc cannot tell.
+    """
+
+    def __init__(self, job_id: str, settings: Settings, *, age_s: float, size_mb: Callable[[], float | None],
+                 clock: Callable[[], float] = time.monotonic):
+        self.job_id = job_id
+        self.settings = settings
+        self.clock = clock
+        self.created = clock() - max(0.0, age_s)
+        self._size_mb = size_mb
+        self.size: float | None = None
+        self.sized = False
+        self.paused_s = 0.0  # time seen paused, not counted against the deadline
+        self.paused_since: float | None = None
+        self.resumed = False
+        self.reason = ""
+
+    def see(self, status: dict[str, Any]) -> Verdict:
+        """The verdict on the job's latest status (not Success or Failure)."""
+        now = self.clock()
+        state = status.get("State")
+        if state == OrthancJobState.PAUSED:
+            if self.paused_since is None:
+                self.paused_since = now
+            if not self.resumed:
+                self.resumed = True
+                return Verdict.RESUME
+            paused = now - self.paused_since
+            if paused < self.settings.send_paused_grace_s:
+                return Verdict.WAIT
+            self.reason = (f"Orthanc job {self.job_id} paused for {paused:.0f} s after the worker had resumed it "
+                           "once (to stop sends, hold the destination)")
+            return Verdict.CANCEL
+        if self.paused_since is not None:
+            self.paused_s += now - self.paused_since
+            self.paused_since = None
+        elapsed = now - self.created - self.paused_s
+        instances = int((status.get("Content") or {}).get("InstancesCount") or 0)
+        deadline = send_deadline(self.settings, instances, self.size)
+        if elapsed > deadline and not self.sized:
+            self.sized = True
+            self.size = self._size_mb()
+            deadline = send_deadline(self.settings, instances, self.size)
+        if elapsed <= deadline:
+            return Verdict.WAIT
+        size = f", {self.size:.1f} MB" if self.size is not None else ""
+        self.reason = (f"Orthanc job {self.job_id} still {state} after {elapsed:.0f} s "
+                       f"(deadline {deadline:.0f} s for {instances} instances{size})")
+        return Verdict.CANCEL
+
+
 class Dispatcher:
     """Claims due jobs and runs each one to its outcome in a thread pool."""
+
+    clock: Callable[[], float] = staticmethod(time.monotonic)  # JobWatch's clock (tests may replace it)
 
     def __init__(self, settings: Settings, engine: Engine, orthanc: OrthancClient, worker_id: str):
         self.settings = settings
@@ -184,54 +312,10 @@ class Dispatcher:
         with self._lock:
             mine = list(self.inflight)
         with self.engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_KEY})
-            rows = conn.execute(
-                text(
-                    """
-                    WITH live AS (
-                        SELECT h.worker_id FROM worker_heartbeats h
-                        JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                             AND l.classid = CAST(:ns AS oid) AND l.objid = CAST(h.lock_key AS oid)
-                        WHERE h.heartbeat_at > :now - make_interval(secs => :stale)
-                    ), busy AS (
-                        SELECT destination, count(*) AS n FROM routing_jobs
-                        WHERE state = 'sending' AND claimed_by IN (SELECT worker_id FROM live)
-                          AND (claimed_by <> :w OR id = ANY(CAST(:mine AS bigint[])))
-                        GROUP BY destination
-                    ), locked AS (
-                        SELECT j.id, j.destination, j.next_attempt_at FROM routing_jobs j
-                        WHERE ((j.state IN ('queued', 'failed') AND j.next_attempt_at <= :now)
-                           OR (j.state = 'sending' AND (j.claimed_by IS NULL OR j.claimed_by = :w
-                               OR j.claimed_by NOT IN (SELECT worker_id FROM live))))
-                          AND j.id <> ALL(CAST(:mine AS bigint[]))
-                          AND (j.orthanc_job_id IS NOT NULL OR j.send_intent_at IS NOT NULL OR NOT EXISTS
-                               (SELECT 1 FROM destination_holds h WHERE h.destination = j.destination))
-                        ORDER BY j.next_attempt_at, j.id LIMIT 2000
-                        FOR UPDATE SKIP LOCKED
-                    ), ranked AS (
-                        SELECT id, destination, next_attempt_at,
-                               row_number() OVER (PARTITION BY destination ORDER BY next_attempt_at, id) AS rn
-                        FROM locked
-                    )
-                    SELECT ranked.id FROM ranked LEFT JOIN busy USING (destination)
-                    WHERE ranked.rn + COALESCE(busy.n, 0) <= :per_dest
-                    ORDER BY ranked.next_attempt_at, ranked.id LIMIT :limit
-                    """
-                ),
-                {"now": now, "stale": HEARTBEAT_STALE_S, "limit": limit, "mine": mine, "w": self.worker_id,
-                 "ns": LIVENESS_LOCK_NS, "per_dest": self.settings.dest_concurrency * self.settings.send_batch},
-            ).scalars().all()
-            if not rows:
-                return []
-            claimed = conn.execute(
-                text(
-                    "UPDATE routing_jobs SET state = 'sending', claimed_by = :w, updated_at = :now "
-                    "WHERE id = ANY(:ids) "
-                    "RETURNING id, study_id, destination, purpose, orthanc_job_id, attempts, send_intent_at"
-                ),
-                {"w": self.worker_id, "now": now, "ids": list(rows)},
-            ).all()
+            claimed = recorder.claim_jobs(
+                conn, worker_id=self.worker_id, now=now, limit=limit, in_flight=mine,
+                per_destination=self.settings.dest_concurrency * self.settings.send_batch,
+                claim_lock_key=CLAIM_LOCK_KEY, liveness_ns=LIVENESS_LOCK_NS, stale_s=HEARTBEAT_STALE_S)
         if claimed:
             failpoints.hit(Failpoint.AFTER_CLAIM, claimed[0].destination)
         return sorted((ClaimedJob(*row) for row in claimed), key=lambda j: j.id)
@@ -272,7 +356,7 @@ class Dispatcher:
                 return
         self._poll(batch, orthanc_job, start)
 
-    def _adopt_store(self, batch: list[ClaimedJob]) -> str | bool:
+    def _adopt_store(self, batch: list[ClaimedJob]) -> str | Literal[False]:
         """Find the store a dead sender may have started for this batch; record and return its id.
 
         Returns "" (falsy) when Orthanc has no such job and the intent is old enough
@@ -306,17 +390,9 @@ class Dispatcher:
         adopted, instead of finding it already recorded and sending again.
         """
         at = created or datetime.now(UTC)
-
-        def record(conn: Connection) -> None:
-            ids = conn.execute(
-                text("SELECT id FROM routing_jobs WHERE destination = :d AND send_intent_at = :intent "
-                     "AND orthanc_job_id IS NULL AND state = 'sending' ORDER BY id"),
-                {"d": batch[0].destination, "intent": batch[0].send_intent_at},
-            ).scalars().all()
-            recorder.jobs_started(conn, sorted(set(ids) | set(_ids(batch))), orthanc_job_id=job_id, at=at,
-                                  adopted=True)
-
-        self._write(record)
+        self._write(lambda conn: recorder.store_adopted(
+            conn, _ids(batch), destination=batch[0].destination, intent=batch[0].send_intent_at,
+            orthanc_job_id=job_id, at=at))
 
     def _recorded_job(self, batch: list[ClaimedJob]) -> str | None:
         """An Orthanc job id another adopter recorded on these jobs meanwhile (it found their store)."""
@@ -327,21 +403,27 @@ class Dispatcher:
             ).scalar()
 
     def _find_store(self, aet: str, resources: set[str], intent: datetime) -> dict[str, Any] | None:
-        """The earliest store job to `aet` carrying `resources`, created since `intent`, not yet recorded."""
+        """The earliest store job to `aet` carrying `resources`, created since `intent`, not yet recorded.
+
+        A cancelled job is never adopted: the worker cancels only stores it had recorded,
+        and records them as failed (JobWatch); one an operator cancelled sends nothing
+        more. Either way the batch is sent again, as after any failed store.
+        """
         since = intent - timedelta(seconds=INTENT_CLOCK_SLACK_S)
         with self.engine.connect() as conn:
             recorded = set(conn.execute(
-                text("SELECT detail->>'orthanc_job' FROM events WHERE type = 'delivery_started' AND at >= :since"),
-                {"since": since},
+                text("SELECT detail->>'orthanc_job' FROM events WHERE type = :started AND at >= :since"),
+                {"since": since, "started": EventType.DELIVERY_STARTED},
             ).scalars())
         matches = []
         for job in self.orthanc.jobs():
             content = job.get("Content") or {}
             created = parse_orthanc_time(job.get("CreationTime"))
+            cancelled = job.get("State") == OrthancJobState.FAILURE and job.get("ErrorCode") == CANCELED_JOB_ERROR
             if (job.get("Type") == "DicomModalityStore" and content.get("RemoteAet") == aet
                     and resources <= set(content.get("ParentResources") or ())
                     and created is not None and created >= since.replace(microsecond=0)
-                    and job.get("ID") not in recorded):
+                    and job.get("ID") not in recorded and not cancelled):
                 matches.append((created, job))
         return min(matches, key=lambda m: m[0])[1] if matches else None
 
@@ -370,8 +452,17 @@ class Dispatcher:
         return orthanc_job
 
     def _poll(self, batch: list[ClaimedJob], orthanc_job: str, start: float) -> None:
-        """Follow Orthanc's store job to its outcome and record it."""
+        """Follow Orthanc's store job to its outcome and record it.
+
+        A job that would not finish by itself (JobWatch: paused twice, or past its
+        deadline) is cancelled in Orthanc; its outcome is recorded once Orthanc has
+        stopped it: a failed store with the reason, or a success if its last instance
+        went out before the cancel took effect.
+        """
         delay = POLL_FIRST_S
+        watch: JobWatch | None = None
+        cancelled: str | None = None  # why the worker cancelled the job in Orthanc
+        settle_until = 0.0
         while True:
             if self.stopping.is_set() and not self._grace_left():
                 self._release([j.id for j in batch])
@@ -386,17 +477,66 @@ class Dispatcher:
                     return
                 time.sleep(1)
                 continue
-            if status["State"] == "Success":
+            state = status["State"]
+            if state == OrthancJobState.SUCCESS:
                 failpoints.hit(Failpoint.AFTER_STORE_SUCCESS, batch[0].destination)
                 self._succeed(batch, status, start)
                 return
-            if status["State"] == "Failure":
+            if state == OrthancJobState.FAILURE:
                 detail = status.get("ErrorDetails") or status.get("ErrorDescription") or "store failed"
-                self._store_failed(batch, f"{status.get('ErrorDescription', '')}: {detail}".strip(": "),
-                                   status.get("ErrorCode"), start)
+                error = cancelled or f"{status.get('ErrorDescription', '')}: {detail}".strip(": ")
+                self._store_failed(batch, error, status.get("ErrorCode"), start)
                 return
+            if cancelled is not None:
+                if self.clock() >= settle_until:  # still sending its last instance: record it now anyway
+                    self._store_failed(batch, f"{cancelled}; not stopped {CANCEL_SETTLE_S:.0f} s later", None, start)
+                    return
+            else:
+                if watch is None:
+                    resources = list((status.get("Content") or {}).get("ParentResources") or ())
+                    watch = JobWatch(orthanc_job, self.settings, age_s=job_age_s(status), clock=self.clock,
+                                     size_mb=functools.partial(self._size_mb, resources))
+                verdict = watch.see(status)
+                if verdict is Verdict.RESUME:
+                    self._resume(batch, orthanc_job)
+                elif verdict is Verdict.CANCEL:
+                    cancelled = f"{watch.reason}: cancelled in Orthanc"
+                    self._cancel(batch, orthanc_job, cancelled)
+                    settle_until = self.clock() + CANCEL_SETTLE_S
+                    delay = POLL_FIRST_S
+                    continue
             time.sleep(delay)
             delay = min(POLL_MAX_S, delay * 2)
+
+    def _resume(self, batch: list[ClaimedJob], orthanc_job: str) -> None:
+        log.warning("Orthanc store job was paused; resuming it (a second pause cancels it)",
+                    extra={"fields": {"jobs": _ids(batch), "destination": batch[0].destination,
+                                      "orthanc_job": orthanc_job}})
+        try:
+            self.orthanc.resume_job(orthanc_job)
+        except OrthancUnavailable:
+            raise
+        except OrthancError as exc:  # it finished or was cancelled meanwhile: its next status says
+            log.info("could not resume the Orthanc job", extra={"fields": {"orthanc_job": orthanc_job,
+                                                                           "error": str(exc)[:200]}})
+
+    def _cancel(self, batch: list[ClaimedJob], orthanc_job: str, reason: str) -> None:
+        log.warning("cancelling an Orthanc store job", extra={"fields": {
+            "jobs": _ids(batch), "destination": batch[0].destination, "orthanc_job": orthanc_job, "reason": reason}})
+        try:
+            self.orthanc.cancel_job(orthanc_job)
+        except OrthancUnavailable:
+            raise
+        except OrthancError as exc:  # it finished meanwhile, or Orthanc forgot it: its next status says
+            log.info("could not cancel the Orthanc job", extra={"fields": {"orthanc_job": orthanc_job,
+                                                                           "error": str(exc)[:200]}})
+
+    def _size_mb(self, series: list[str]) -> float | None:
+        """Megabytes of these series in Orthanc's storage; None when Orthanc cannot tell."""
+        try:
+            return sum(self.orthanc.series_disk_size(s) for s in series) / 2**20 if series else None
+        except OrthancError:
+            return None
 
     def _resources(self, job_ids: list[int]) -> list[str]:
         with self.engine.connect() as conn:
@@ -462,24 +602,14 @@ class Dispatcher:
         (otherwise `jobs_started` counted the attempt already).
         """
         now = datetime.now(UTC)
-        dead: list[int] = []
 
-        def record(conn: Connection) -> None:
-            dead.clear()
-            for job in batch:
-                attempts = conn.execute(
-                    text("UPDATE routing_jobs SET attempts = attempts + :inc WHERE id = :id RETURNING attempts"),
-                    {"id": job.id, "inc": 1 if count_attempt else 0},
-                ).scalar_one()
-                retry_at = None
-                if attempts < self.settings.retry_max_attempts:
-                    delay = backoff_delay(attempts, self.settings.retry_base, self.settings.retry_cap)
-                    retry_at = now + timedelta(seconds=delay)
-                else:
-                    dead.append(job.id)
-                recorder.job_failed(conn, job.id, at=now, error=error, error_code=code, retry_at=retry_at)
+        def retry_at(attempts: int) -> datetime | None:
+            if attempts >= self.settings.retry_max_attempts:
+                return None
+            return now + timedelta(seconds=backoff_delay(attempts, self.settings.retry_base, self.settings.retry_cap))
 
-        self._write(record)
+        dead = self._write(lambda conn: recorder.jobs_failed(
+            conn, _ids(batch), at=now, error=error, error_code=code, count_attempt=count_attempt, retry_at=retry_at))
         SEND_SECONDS.labels(batch[0].destination, "failure").observe(time.monotonic() - start)
         FAILURES.labels(batch[0].destination).inc(len(batch))
         log.warning("send failed", extra={"fields": {"jobs": _ids(batch), "destination": batch[0].destination,
@@ -487,11 +617,7 @@ class Dispatcher:
 
     def _release(self, job_ids: list[int]) -> None:
         """Hand unfinished jobs back: they keep their Orthanc job id, so they are adopted, not resent."""
-        self._write(lambda conn: conn.execute(
-            text("UPDATE routing_jobs SET claimed_by = NULL, updated_at = now() "
-                 "WHERE id = ANY(:ids) AND state = 'sending' AND claimed_by = :w"),
-            {"ids": job_ids, "w": self.worker_id},
-        ))
+        self._write(lambda conn: recorder.jobs_released(conn, job_ids, worker_id=self.worker_id))
 
     def _write(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in a transaction, again if PostgreSQL aborted it to break a deadlock.

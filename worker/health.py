@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine, text
 
 from core import queries
-from core.queries import HoldKind
+from core.states import HoldKind, JobState
 from worker.metrics import (
     DESTINATION_HELD,
     DESTINATION_HELD_SINCE,
@@ -27,14 +27,13 @@ from worker.metrics import (
 )
 
 log = logging.getLogger(__name__)
-JOB_STATES = ("queued", "sending", "succeeded", "failed", "dead", "cancelled")
 _SCRAPE_LOCK = threading.Lock()
 
 
 def refresh_job_gauges(engine: Engine) -> None:
     with engine.connect() as conn:
-        counts = dict(conn.execute(text("SELECT state, count(*) FROM routing_jobs GROUP BY state")).all())
-    for state in JOB_STATES:
+        counts: dict[str, int] = dict(conn.execute(text("SELECT state, count(*) FROM routing_jobs GROUP BY state")).all())
+    for state in JobState:
         JOBS_BY_STATE.labels(state).set(counts.get(state, 0))
 
 
@@ -72,8 +71,8 @@ def serve(host: str, port: int, engine: Engine, health: Callable[[], dict[str, A
                         refresh_destination_gauges(engine)
                     except Exception:  # metrics must still answer while the database is down
                         log.warning("job and destination gauges not refreshed: database unavailable")
-                    body = generate_latest(REGISTRY)
-                self._send(200, CONTENT_TYPE_LATEST, body)
+                    metrics = generate_latest(REGISTRY)
+                self._send(200, CONTENT_TYPE_LATEST, metrics)
             else:
                 self._send(404, "text/plain", b"not found\n")
 

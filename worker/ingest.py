@@ -22,6 +22,7 @@ from core import recorder, sender_checks
 from core.orthanc_client import OrthancClient, parse_orthanc_time
 from core.recorder import SeriesInfo, StudyInfo
 from core.sender_checks import AiSenders, Origin
+from core.states import AuditSource, EventType, LinkedBy, SeriesKind
 from worker.metrics import AI_ROUND_TRIP, SENDER_REJECTED
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,8 @@ def known_series(conn: Connection, orthanc_id: str) -> RecordedSeries | None:
 
 def refresh_counts(conn: Connection, series_id: int, series: dict) -> None:
     """Update a known series' instance count and last reception from Orthanc's series JSON."""
-    conn.execute(
-        text(
-            "UPDATE series SET instance_count = GREATEST(instance_count, :n), "
-            "last_received_at = GREATEST(last_received_at, :last) WHERE id = :id"
-        ),
-        {"id": series_id, "n": len(series.get("Instances", [])), "last": parse_orthanc_time(series.get("LastUpdate"))},
-    )
+    recorder.refresh_series_counts(conn, series_id, instances=len(series.get("Instances", [])),
+                                   last_received_at=parse_orthanc_time(series.get("LastUpdate")))
 
 
 def record_series(
@@ -125,17 +121,18 @@ def record_series(
         study_id = recorder.upsert_study(
             conn, fetched.study, source_aet=fetched.info.sender_aet, received_at=at
         )
-        series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind="original", linked_by=None)
-        recorder.add_event(conn, study_id, "received", at, series_id=series_id,
+        series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind=SeriesKind.ORIGINAL, linked_by=None)
+        recorder.add_event(conn, study_id, EventType.RECEIVED, at, series_id=series_id,
                            detail={"sender": fetched.info.sender_aet, "modality": fetched.info.modality})
-        _update_modalities(conn, study_id)
+        recorder.refresh_study_modalities(conn, study_id)
         recorder.refresh_study_status(conn, study_id)
-        return RecordedSeries(series_id, study_id, "original", True)
+        return RecordedSeries(series_id, study_id, SeriesKind.ORIGINAL, True)
 
     link, study_id, linked_by = _attach_to_claimed_study(conn, fetched, at)
-    series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind="ai_result", linked_by=linked_by)
+    series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind=SeriesKind.AI_RESULT, linked_by=linked_by)
+    event = EventType.AI_RESULT_RECEIVED if link else EventType.AI_RESULT_UNMATCHED
     recorder.add_event(
-        conn, study_id, "ai_result_received" if link else "ai_result_unmatched", at, series_id=series_id,
+        conn, study_id, event, at, series_id=series_id,
         detail={"sender": fetched.info.sender_aet, "linked_by": linked_by, "modality": fetched.info.modality},
     )
     if link is not None:
@@ -144,7 +141,7 @@ def record_series(
         log.warning("AI result for an unknown study recorded and flagged",
                     extra={"fields": {"series": fetched.orthanc_id, "sender": fetched.info.sender_aet}})
     recorder.refresh_study_status(conn, study_id)
-    return RecordedSeries(series_id, study_id, "ai_result", True)
+    return RecordedSeries(series_id, study_id, SeriesKind.AI_RESULT, True)
 
 
 def _attach_to_claimed_study(
@@ -157,7 +154,7 @@ def _attach_to_claimed_study(
         return link, link[0], link[1]
     study_id = recorder.upsert_study(conn, fetched.study, source_aet=fetched.info.sender_aet, received_at=at)
     recorder.set_orphan(conn, study_id)
-    return None, study_id, "unmatched"
+    return None, study_id, LinkedBy.UNMATCHED
 
 
 def _record_rejected(conn: Connection, fetched: OrthancSeries, origin: Origin, at: datetime) -> RecordedSeries:
@@ -170,37 +167,26 @@ def _record_rejected(conn: Connection, fetched: OrthancSeries, origin: Origin, a
     resends, and the AI-result timings.
     """
     _, study_id, linked_by = _attach_to_claimed_study(conn, fetched, at)
-    series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind="rejected", linked_by=linked_by)
+    series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind=SeriesKind.REJECTED, linked_by=linked_by)
     detail = {**origin.detail(), "modality": fetched.info.modality}
-    recorder.add_event(conn, study_id, sender_checks.EVENT, at, series_id=series_id, detail=detail)
-    recorder.audit(conn, actor="worker", source="worker", action=sender_checks.AUDIT_ACTION,
+    recorder.add_event(conn, study_id, EventType.SENDER_REJECTED, at, series_id=series_id, detail=detail)
+    recorder.audit(conn, actor="worker", source=AuditSource.WORKER, action=sender_checks.AUDIT_ACTION,
                    target=f"study:{study_id}", after={**detail, "series": series_id})
     SENDER_REJECTED.labels(origin.aet or "").inc()
     log.warning("series not accepted as an AI result: its sender address is not the one registered for its AET; "
                 "kept unrouted", extra={"fields": {"series": fetched.orthanc_id, "study": study_id, **origin.detail()}})
     recorder.refresh_study_status(conn, study_id)
-    return RecordedSeries(series_id, study_id, "rejected", True)
+    return RecordedSeries(series_id, study_id, SeriesKind.REJECTED, True)
 
 
 def _observe_round_trip(conn: Connection, study_id: int, result_at: datetime) -> None:
     """Feed the AI round-trip histogram once per study, at its first AI result."""
     sent_at, results = conn.execute(
         text(
-            "SELECT min(at) FILTER (WHERE type = 'ai_sent'), count(*) FILTER (WHERE type = 'ai_result_received') "
+            "SELECT min(at) FILTER (WHERE type = :ai_sent), count(*) FILTER (WHERE type = :result) "
             "FROM events WHERE study_id = :id"
         ),
-        {"id": study_id},
+        {"id": study_id, "ai_sent": EventType.AI_SENT, "result": EventType.AI_RESULT_RECEIVED},
     ).one()
     if sent_at is not None and results == 1:
         AI_ROUND_TRIP.observe(max(0.0, (result_at - sent_at).total_seconds()))
-
-
-def _update_modalities(conn: Connection, study_id: int) -> None:
-    """Keep studies.modalities as the sorted set of its original series' modalities."""
-    conn.execute(
-        text(
-            "UPDATE studies SET modalities = (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality) "
-            "FROM series WHERE study_id = :id AND kind = 'original' AND modality IS NOT NULL) WHERE id = :id"
-        ),
-        {"id": study_id},
-    )

@@ -23,9 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from core import qi
+from core import qi, recorder
 from core.db import engine_for
-from core.jsonutil import jsonable
 from core.logs import setup_logging
 from core.orthanc_client import OrthancClient, OrthancError
 from core.settings import Settings, SettingsError, load_settings
@@ -135,27 +134,13 @@ class Worker:
             self.liveness = SessionLock(self.engine, LIVENESS_LOCK_NS, self.lock_key)
             return
         now = datetime.now(UTC)
+        beat = recorder.Heartbeat(
+            worker_id=self.worker_id, hostname=socket.gethostname(), pid=os.getpid(), started_at=self.started_at,
+            owns_cursor=self.owns_cursor, orthanc_ok=self.orthanc_ok, cursor_lag=self.health()["cursor_lag"],
+            info={"cursor": self.tailer.cursor, "inflight": len(self.dispatcher.inflight)}, lock_key=self.lock_key,
+        )
         with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    """
-                    INSERT INTO worker_heartbeats (worker_id, hostname, pid, started_at, heartbeat_at,
-                                                   owns_cursor, orthanc_ok, cursor_lag, info, lock_key)
-                    VALUES (:id, :host, :pid, :started, :now, :owns, :ook, :lag, CAST(:info AS jsonb), :key)
-                    ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at,
-                        lock_key = EXCLUDED.lock_key,
-                        owns_cursor = EXCLUDED.owns_cursor, orthanc_ok = EXCLUDED.orthanc_ok,
-                        cursor_lag = EXCLUDED.cursor_lag, info = EXCLUDED.info
-                    """
-                ),
-                {
-                    "id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
-                    "started": self.started_at, "now": now, "owns": self.owns_cursor, "ook": self.orthanc_ok,
-                    "lag": self.health()["cursor_lag"],
-                    "info": jsonable({"cursor": self.tailer.cursor, "inflight": len(self.dispatcher.inflight)}),
-                    "key": self.lock_key,
-                },
-            )
+            recorder.heartbeat(conn, beat, at=now)
         self.last_heartbeat = time.monotonic()
 
     def _heartbeat_loop(self) -> None:
@@ -253,7 +238,7 @@ class Worker:
         self.liveness.release()
         try:
             with self.engine.begin() as conn:
-                conn.execute(text("DELETE FROM worker_heartbeats WHERE worker_id = :id"), {"id": self.worker_id})
+                recorder.worker_stopped(conn, self.worker_id)
         except DBAPIError:
             pass
         self.orthanc.close()

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, text
 
 from core import recorder
 from core.rules import RuleSet, SeriesFacts
+from core.states import EventType, JobState, SeriesKind
 from worker.metrics import ROUTED_JOBS
 
 
@@ -35,9 +36,9 @@ def unrouted_series(conn: Connection, series_orthanc_ids: list[str]) -> list[tup
         for row in conn.execute(
             text(
                 "SELECT id, study_id, kind, sender_aet, orthanc_id FROM series "
-                "WHERE orthanc_id = ANY(:ids) AND routed_at IS NULL AND kind <> 'rejected' ORDER BY id FOR UPDATE"
+                "WHERE orthanc_id = ANY(:ids) AND routed_at IS NULL AND kind <> :rejected ORDER BY id FOR UPDATE"
             ),
-            {"ids": series_orthanc_ids},
+            {"ids": series_orthanc_ids, "rejected": SeriesKind.REJECTED},
         )
     ]
 
@@ -67,11 +68,11 @@ def route(
                 jobs.append(job_id)
                 ROUTED_JOBS.labels(planned.purpose).inc()
     for study_id, names in matched_rules.items():
-        recorder.add_event(conn, study_id, "rule_matched", now, detail={"rules": sorted(names)})
+        recorder.add_event(conn, study_id, EventType.RULE_MATCHED, now, detail={"rules": sorted(names)})
     recorder.mark_series_routed(conn, (c.series_id for c in candidates), now)
     for study_id in {c.study_id for c in candidates}:
         if study_id not in matched_rules and not _has_jobs(conn, study_id):
-            recorder.add_event(conn, study_id, "unrouted", now, detail={"reason": "no rule matched"})
+            recorder.add_event(conn, study_id, EventType.UNROUTED, now, detail={"reason": "no rule matched"})
         recorder.refresh_study_status(conn, study_id)
     return jobs
 
@@ -84,13 +85,7 @@ def resend_grown_series(conn: Connection, series_orthanc_ids: list[str], now: da
     series anyway; a destination that has it, or is being sent it, gets it again.
     Returns the new job ids.
     """
-    grown = conn.execute(
-        text(
-            "UPDATE series SET routed_instances = instance_count WHERE orthanc_id = ANY(:ids) "
-            "AND routed_at IS NOT NULL AND instance_count > routed_instances RETURNING id, study_id, instance_count"
-        ),
-        {"ids": series_orthanc_ids},
-    ).all()
+    grown = recorder.mark_grown_series(conn, series_orthanc_ids)
     jobs: list[int] = []
     for series_id, study_id, count in grown:
         latest = conn.execute(
@@ -102,14 +97,14 @@ def resend_grown_series(conn: Connection, series_orthanc_ids: list[str], now: da
             {"id": series_id},
         ).all()
         for job in latest:
-            if job.state not in ("sending", "succeeded"):
+            if job.state not in (JobState.SENDING, JobState.SUCCEEDED):
                 continue
             job_id = recorder.queue_job(
                 conn, study_id=study_id, purpose=job.purpose, destination=job.destination, series_ids=[series_id],
                 payload=job.payload, rule_name=job.rule_name, at=now, resend=True,
             )
             if job_id is not None:  # always, as resends are never deduplicated away
-                recorder.add_event(conn, study_id, "resend", now, job_id=job_id, series_id=series_id,
+                recorder.add_event(conn, study_id, EventType.RESEND, now, job_id=job_id, series_id=series_id,
                                    destination=job.destination,
                                    detail={"reason": "instances arrived after routing", "instances": count})
                 jobs.append(job_id)

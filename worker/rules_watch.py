@@ -21,7 +21,6 @@ import logging
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
@@ -29,11 +28,13 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
-from core.jsonutil import jsonable
+from core import recorder
 from core.recorder import audit
 from core.rules import RulesError, RuleSet, RulesFile, parse_rules
 from core.rules_status import STATUS_NAME, error_line, rules_problem
+from core.states import AuditSource
 from worker.metrics import RULES_REFUSED
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,9 @@ class RulesHolder:
                 rules = parse_rules(content, self.path.name)
             except RulesError as exc:
                 return self._refuse(str(exc), checksum, now)
-            self._write_status(
-                "UPDATE config_status SET loaded_at = :now, checksum = :sum, error = NULL, error_at = NULL, "
-                "error_checksum = NULL, content = CAST(:content AS jsonb) WHERE name = :name",
-                {"now": now, "sum": checksum, "content": jsonable([r.model_dump() for r in rules.rules])},
-            )
+            with self.engine.begin() as conn:
+                recorder.config_loaded(conn, STATUS_NAME, at=now, checksum=checksum,
+                                       content=[r.model_dump() for r in rules.rules])
             with self._lock:
                 self._rules, self.last_error, self.loaded_at = rules, None, now
             # Only once recorded: a failed write is retried by the next reload.
@@ -114,15 +113,9 @@ class RulesHolder:
                       extra={"fields": {"error": error, "running_on": self.loaded_at.isoformat()
                                         if self.loaded_at else None}})
         with self.engine.begin() as conn:
-            conn.execute(text("INSERT INTO config_status (name) VALUES (:name) ON CONFLICT DO NOTHING"),
-                         {"name": STATUS_NAME})
-            first = conn.execute(
-                text("UPDATE config_status SET error = :err, error_at = :now, error_checksum = :key "
-                     "WHERE name = :name AND error_checksum IS DISTINCT FROM :key RETURNING name"),
-                {"err": error, "now": now, "key": key, "name": STATUS_NAME},
-            ).first()
-            if first is not None:  # another worker may have recorded this very content already
-                audit(conn, actor="worker", source="worker", action="rules.refused", target=self.path.name,
+            # False when another worker recorded this very content already
+            if recorder.config_refused(conn, STATUS_NAME, at=now, error=error, key=key):
+                audit(conn, actor="worker", source=AuditSource.WORKER, action="rules.refused", target=self.path.name,
                       after={"error": error[:2000], "line": error_line(error), "checksum": key[:12],
                              "running_on": self.loaded_at})
         self._refused = key
@@ -149,13 +142,6 @@ class RulesHolder:
         log.warning("routing rules restored from the last good load",
                     extra={"fields": {"rules": len(rules.rules), "loaded_at": row.loaded_at.isoformat()}})
 
-    def _write_status(self, update: str, params: dict[str, Any]) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                text("INSERT INTO config_status (name) VALUES (:name) ON CONFLICT DO NOTHING"),
-                {"name": STATUS_NAME},
-            )
-            conn.execute(text(update), {**params, "name": STATUS_NAME})
 
 
 class _Handler(FileSystemEventHandler):
@@ -187,7 +173,7 @@ class _Handler(FileSystemEventHandler):
                         extra={"fields": {"error": type(getattr(exc, "orig", exc)).__name__}})
 
 
-def watch(holder: RulesHolder) -> Observer:
+def watch(holder: RulesHolder) -> BaseObserver:
     """Start watching the rules file's directory (editors replace files by rename)."""
     observer = Observer()
     observer.schedule(_Handler(holder), str(holder.path.parent), recursive=False)

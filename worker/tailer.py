@@ -23,6 +23,7 @@ from core.orthanc_client import OrthancClient, OrthancError, OrthancUnavailable,
 from core.rules import series_tags
 from core.sender_checks import AiSenders
 from core.settings import Settings
+from core.states import EventType, SeriesKind, StudyStatus
 from worker import ingest
 from worker.metrics import CHANGES_FAILED, CHANGES_PROCESSED, CURSOR_LAG, STABILITY_RECOVERED
 from worker.router import Candidate, resend_grown_series, route, unrouted_series
@@ -51,13 +52,7 @@ def read_cursor(conn: Connection) -> int:
 
 
 def write_cursor(conn: Connection, seq: int) -> None:
-    conn.execute(
-        text(
-            "INSERT INTO worker_state (name, value, updated_at) VALUES (:n, :v, now()) "
-            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
-        ),
-        {"n": CURSOR, "v": seq},
-    )
+    recorder.save_worker_state(conn, CURSOR, seq)
 
 
 class Tailer:
@@ -177,17 +172,17 @@ class Tailer:
             known = self._record(conn, series_id, now)
         else:
             ingest.refresh_counts(conn, known.series_id, self.orthanc.series(series_id))
-        if recorder.mark_series_stable(conn, known.series_id, at) and known.kind == "ai_result":
-            recorder.add_event(conn, known.study_id, "ai_result_stable", at, series_id=known.series_id)
+        if recorder.mark_series_stable(conn, known.series_id, at) and known.kind == SeriesKind.AI_RESULT:
+            recorder.add_event(conn, known.study_id, EventType.AI_RESULT_STABLE, at, series_id=known.series_id)
 
     def _stable_study(self, conn: Connection, study_id: str, at: datetime, now: datetime) -> None:
         study = self.orthanc.study(study_id)
         recorded = [
             ingest.known_series(conn, sid) or self._record(conn, sid, now) for sid in study.get("Series", [])
         ]
-        for study_row in {r.study_id for r in recorded if r.kind == "original"}:
+        for study_row in {r.study_id for r in recorded if r.kind == SeriesKind.ORIGINAL}:
             first = recorder.mark_study_stable(conn, study_row, at)
-            recorder.add_event(conn, study_row, "stable", at, detail={"first": bool(first)})
+            recorder.add_event(conn, study_row, EventType.STABLE, at, detail={"first": bool(first)})
         rules = self.rules.rules
         needed = rules.tags_tested()
         candidates = [
@@ -212,10 +207,10 @@ class Tailer:
             study_ids = conn.execute(
                 text(
                     "SELECT DISTINCT st.orthanc_id FROM series se JOIN studies st ON st.id = se.study_id "
-                    "WHERE se.routed_at IS NULL AND se.kind <> 'rejected' AND st.orthanc_id IS NOT NULL "
+                    "WHERE se.routed_at IS NULL AND se.kind <> :rejected AND st.orthanc_id IS NOT NULL "
                     "AND coalesce(se.last_received_at, se.created_at) BETWEEN :since AND :cutoff LIMIT 100"
                 ),
-                {"since": now - STABILITY_WINDOW,
+                {"since": now - STABILITY_WINDOW, "rejected": SeriesKind.REJECTED,
                  "cutoff": now - timedelta(seconds=self.settings.stable_age + STABILITY_GRACE_S)},
             ).scalars().all()
         recovered = 0
@@ -250,18 +245,20 @@ def check_ai_overdue(engine: Engine, timeout_s: int) -> int:
                 """
                 SELECT s.id, sent.at AS sent_at FROM studies s
                 CROSS JOIN LATERAL (
-                    SELECT min(e.at) AS at FROM events e WHERE e.study_id = s.id AND e.type = 'ai_sent'
+                    SELECT min(e.at) AS at FROM events e WHERE e.study_id = s.id AND e.type = :ai_sent
                 ) sent
-                WHERE s.status = 'ai_pending' AND sent.at < :limit
-                  AND NOT EXISTS (SELECT 1 FROM series r WHERE r.study_id = s.id AND r.kind = 'ai_result')
-                  AND NOT EXISTS (SELECT 1 FROM events o WHERE o.study_id = s.id AND o.type = 'ai_overdue')
+                WHERE s.status = :ai_pending AND sent.at < :limit
+                  AND NOT EXISTS (SELECT 1 FROM series r WHERE r.study_id = s.id AND r.kind = :ai_result)
+                  AND NOT EXISTS (SELECT 1 FROM events o WHERE o.study_id = s.id AND o.type = :ai_overdue)
                 FOR UPDATE OF s SKIP LOCKED
                 """
             ),
-            {"limit": now - timedelta(seconds=timeout_s)},
+            {"limit": now - timedelta(seconds=timeout_s), "ai_sent": EventType.AI_SENT,
+             "ai_pending": StudyStatus.AI_PENDING, "ai_result": SeriesKind.AI_RESULT,
+             "ai_overdue": EventType.AI_OVERDUE},
         ).all()
         for row in rows:
-            recorder.add_event(conn, row.id, "ai_overdue", now,
+            recorder.add_event(conn, row.id, EventType.AI_OVERDUE, now,
                                detail={"sent_at": row.sent_at.isoformat(), "timeout_s": timeout_s})
             recorder.refresh_study_status(conn, row.id)
     return len(rows)

@@ -18,6 +18,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from app.context import get_engine, get_settings
 from core.auth import get_user, role_at_least
+from core.states import Role
 
 USER_KEY = "user"
 ACTIVITY_KEY = "last_activity"
@@ -94,10 +95,12 @@ def current_user() -> dict[str, Any] | None:
 def can(minimum: str) -> bool:
     """Whether the current user has at least the role `minimum` (for enabling buttons)."""
     user = st.session_state.get(USER_KEY)
-    return bool(user) and role_at_least(user.get("role"), minimum)
+    if not user:
+        return False
+    return role_at_least(user.get("role"), minimum)
 
 
-def require_role(minimum: str = "viewer") -> dict[str, Any]:
+def require_role(minimum: str = Role.VIEWER) -> dict[str, Any]:
     """Return the user when their role is at least `minimum`; otherwise explain and stop."""
     folder_mode_run = use_navigation_mode()
     user = current_user()

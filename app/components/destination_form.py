@@ -28,12 +28,13 @@ def retrieve_of(entry: dict[str, Any] | None) -> list[str]:
 
 
 def validate(
-    name: str, aet: str, host: str, port: str, retrieve: Collection[str] = ()
+    name: str, aet: str, host: str, port: str, retrieve: Collection[str] = (), use_tls: bool = False
 ) -> tuple[Modality | None, dict[str, str]]:
     """A Modality, or the error of each bad field (field name -> message).
 
     `retrieve` names the query/retrieve services (find, get, move) the peer may use;
-    none by default, as for a MODALITY_ line without its fourth field.
+    none by default, as for a MODALITY_ line without its fourth field. `use_tls` keeps
+    Orthanc calling it over DICOM TLS (set by a MODALITY_ line's `tls` flag).
     """
     errors: dict[str, str] = {}
     checked: dict[str, Any] = {}
@@ -48,7 +49,7 @@ def validate(
     if errors:
         return None, errors
     allowed = {f"allow_{s}": s in retrieve for s in RETRIEVE_SERVICES}
-    modality = Modality(checked["name"], checked["aet"], checked["host"], checked["port"], **allowed)
+    modality = Modality(checked["name"], checked["aet"], checked["host"], checked["port"], **allowed, use_tls=use_tls)
     try:
         check_retrieve_host(modality.host, modality.retrieve)
     except ValueError as exc:

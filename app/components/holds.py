@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 
 import streamlit as st
 
-from core.queries import DestinationState, HoldKind
+from core.queries import DestinationState
+from core.states import HoldKind
 
 WHAT_HAPPENS = {
     HoldKind.OUTAGE: "it stopped answering C-ECHO; sending resumes by itself when it answers again",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from streamlit.elements.metric import Value as MetricValue
 
 
 def health_card(name: str, up: bool, detail: str, *, warn: bool = False) -> None:
@@ -23,7 +24,7 @@ def health_card(name: str, up: bool, detail: str, *, warn: bool = False) -> None
         st.caption(detail)
 
 
-def metric(label: str, value: object, help: str | None = None, delta: str | None = None) -> None:
+def metric(label: str, value: MetricValue, help: str | None = None, delta: str | None = None) -> None:
     st.metric(label, value if value is not None else "–", delta=delta, help=help, delta_color="off")
 
 

@@ -40,7 +40,10 @@ def browser_host(settings: Settings) -> str:
 
 
 def orthanc_base(settings: Settings) -> str:
-    return f"http://{browser_host(settings)}:{settings.orthanc_web_port}"
+    """Orthanc Explorer as the browser reaches it: https with HTTPS on (the browser must
+    trust the hub's CA, README.md "DICOM TLS and HTTPS")."""
+    scheme = "https" if settings.https else "http"
+    return f"{scheme}://{browser_host(settings)}:{settings.orthanc_web_port}"
 
 
 def orthanc_study_url(settings: Settings, orthanc_id: str) -> str:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.components.access import MESSAGE_KEY, login
 from app.components.db import show_error, writing
 from core.auth import authenticate
+from core.states import AuditSource
 
 
 def login_page() -> None:
@@ -32,7 +33,7 @@ def login_page() -> None:
         return
     try:
         with writing() as conn:
-            result = authenticate(conn, username.strip(), password, source="ui")
+            result = authenticate(conn, username.strip(), password, source=AuditSource.UI)
     except SQLAlchemyError as exc:
         show_error("Login is unavailable", exc)
         return

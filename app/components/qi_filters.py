@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,6 +25,7 @@ from app.context import get_engine, get_settings
 from core import qi, reports
 from core.qi import QiFilter
 from core.settings import Settings
+from core.states import Role
 
 log = logging.getLogger("hub.app.qi")
 
@@ -139,7 +141,7 @@ def report_downloads(settings: Settings, flt: QiFilter) -> None:
         for summary, name, label in ((False, "studies", "Per-study"), (True, "daily-summary", "Daily summary")):
             for fmt in ("csv", "xlsx"):
                 st.download_button(
-                    f"{label} {fmt.upper()}", data=lambda f=fmt, s=summary: build(f, s),
+                    f"{label} {fmt.upper()}", data=partial(build, fmt, summary),
                     file_name=f"qi-{name}_{span}.{fmt}", mime=mimes[fmt], on_click="ignore",
                     key=f"qi_report_{name}_{fmt}", icon=":material/download:",
                 )
@@ -147,7 +149,7 @@ def report_downloads(settings: Settings, flt: QiFilter) -> None:
 
 def start_page(title: str, intro: str) -> QiPage:
     """Role check, title, fresh caches, shared filters and report downloads."""
-    require_role("viewer")
+    require_role(Role.VIEWER)
     settings = get_settings()
     st.title(title)
     st.caption(intro)

@@ -16,10 +16,12 @@ import plotly.graph_objects as go
 
 from app.components.fmt import age
 from core.queries import Stage
+from core.states import EventType
 
 STAGE_COLOURS = ("#1f77b4", "#9467bd", "#2ca02c", "#ff7f0e")
 EVENTS_ROW = "Events"
-FAILURE_EVENTS = {"delivery_failed", "delivery_dead", "ai_overdue", "ai_result_unmatched", "sender_rejected"}
+FAILURE_EVENTS = {EventType.DELIVERY_FAILED, EventType.DELIVERY_DEAD, EventType.AI_OVERDUE,
+                  EventType.AI_RESULT_UNMATCHED, EventType.SENDER_REJECTED}
 
 
 def _naive(value: datetime, zone: ZoneInfo) -> datetime:

@@ -17,8 +17,9 @@ from app.components.db import reading, show_error
 from app.components.fmt import table
 from app.context import get_settings
 from core import queries
+from core.states import AuditSource, Role
 
-SOURCES = ("", "ui", "cli", "worker", "setup")
+SOURCES = ("", *AuditSource)
 ACTIONS = ("", "auth.", "user.", "job.", "study.", "destination.", "rules.")
 
 
@@ -68,5 +69,5 @@ def render() -> None:
     pager.controls("audit", page.next_cursor, len(page.rows))
 
 
-require_role("viewer")
+require_role(Role.VIEWER)
 render()

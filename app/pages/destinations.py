@@ -10,12 +10,14 @@ they can be put and released while Orthanc is down; core.operations audits them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
+from streamlit.delta_generator import DeltaGenerator
 
 from app.components import confirm
 from app.components.access import can, needs, require_role
@@ -29,9 +31,9 @@ from core import queries
 from core.dicom_names import RETRIEVE_SERVICES, Modality
 from core.operations import hold_destination, release_destination
 from core.orthanc_client import EchoResult, OrthancError
-from core.queries import HoldKind
 from core.recorder import audit
 from core.settings import Settings
+from core.states import AuditSource, HoldKind, Role
 
 STATS_DAYS = 7
 ECHO_KEY = "destination_echo"
@@ -113,7 +115,7 @@ def _holds(user: dict[str, Any], names: list[str], states: dict[str, queries.Des
     if not names:
         st.caption("No destinations.")
         return
-    operator = can("operator")
+    operator = can(Role.OPERATOR)
     target = st.selectbox("Destination", names, key="hold_target")
     state = states.get(target)
     kind = state.kind if state else None
@@ -121,23 +123,24 @@ def _holds(user: dict[str, Any], names: list[str], states: dict[str, queries.Des
         detail = state.summary(get_settings().zone)
         if kind is HoldKind.OUTAGE:
             nxt = local(state.next_probe_at, get_settings().zone, "%H:%M:%S") if state.next_probe_at else "soon"
-            detail += f"; next C-ECHO probe at {nxt}" + (f"; last error: {state.last_error}" if state.last_error else "")
+            detail = f"{detail}; next C-ECHO probe at {nxt}"
+            detail += f"; last error: {state.last_error}" if state.last_error else ""
         st.caption(f"{target}: {detail}.")
     reason = st.text_input("Reason (optional, shown with the hold and in the audit log)", key="hold_reason",
                            max_chars=200, disabled=not operator)
     cols = st.columns([1, 1, 4])
     hold = cols[0].button("Hold", key="hold_button", disabled=not operator or kind is HoldKind.OPERATOR,
-                          help=needs("operator"))
+                          help=needs(Role.OPERATOR))
     release = cols[1].button("Release", key="release_button", disabled=not operator or kind is None,
-                             help=needs("operator"))
-    if (hold or release) and can("operator"):
+                             help=needs(Role.OPERATOR))
+    if (hold or release) and can(Role.OPERATOR):
         try:
             with writing() as conn:
                 if hold:
-                    done = hold_destination(conn, target, actor=user["username"], source="ui",
+                    done = hold_destination(conn, target, actor=user["username"], source=AuditSource.UI,
                                             reason=reason.strip() or None)
                 else:
-                    done = release_destination(conn, target, actor=user["username"], source="ui")
+                    done = release_destination(conn, target, actor=user["username"], source=AuditSource.UI)
         except SQLAlchemyError as exc:
             show_error(f"{'Hold' if hold else 'Release'} of {target} failed; nothing was changed", exc)
             return
@@ -157,10 +160,10 @@ def _echo(names: list[str]) -> None:
     st.subheader("C-ECHO")
     cols = st.columns([3, 1, 1])
     target = cols[0].selectbox("Destination", names, key="echo_target") if names else None
-    operator = can("operator")
-    one = cols[1].button("Echo", key="echo_one", disabled=not operator or not names, help=needs("operator"))
-    every = cols[2].button("Echo all", key="echo_all", disabled=not operator or not names, help=needs("operator"))
-    if (one or every) and can("operator"):
+    operator = can(Role.OPERATOR)
+    one = cols[1].button("Echo", key="echo_one", disabled=not operator or not names, help=needs(Role.OPERATOR))
+    every = cols[2].button("Echo all", key="echo_all", disabled=not operator or not names, help=needs(Role.OPERATOR))
+    if (one or every) and can(Role.OPERATOR):
         chosen = names if every else [target]
         client = health_client()
 
@@ -173,9 +176,9 @@ def _echo(names: list[str]) -> None:
             {"name": n, "ok": "ok" if r.ok else "FAILED", "latency": round(r.latency_ms, 1), "error": r.error or ""}
             for n, r in results
         ]
-    results = st.session_state.get(ECHO_KEY)
-    if results:
-        st.dataframe(table(results, {"name": "Destination", "ok": "Result", "latency": "Latency (ms)",
+    shown = st.session_state.get(ECHO_KEY)
+    if shown:
+        st.dataframe(table(shown, {"name": "Destination", "ok": "Result", "latency": "Latency (ms)",
                                      "error": "Error"}, get_settings().zone),
                      hide_index=True, key="echo_results")
 
@@ -196,8 +199,8 @@ def _save(user: dict[str, Any], modality: Modality, before: dict[str, Any] | Non
     after = {"aet": modality.aet, "host": modality.host, "port": modality.port, "retrieve": list(modality.retrieve)}
     try:
         with writing() as conn:
-            audit(conn, actor=user["username"], source="ui", action=action, target=f"destination:{modality.name}",
-                  before=before, after=after)
+            audit(conn, actor=user["username"], source=AuditSource.UI, action=action,
+                  target=f"destination:{modality.name}", before=before, after=after)
     except SQLAlchemyError as exc:
         show_error("The change is live in Orthanc but could not be audited", exc)
         return
@@ -219,12 +222,12 @@ def _plain(entry: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _edit(user: dict[str, Any], current: dict[str, dict[str, Any]]) -> None:
     st.subheader("Change destinations")
-    if not can("admin"):
+    if not can(Role.ADMIN):
         st.caption("Adding, editing and deleting destinations needs the admin role.")
         return
     add_tab, edit_tab, delete_tab = st.tabs(["Add", "Edit", "Delete"])
     with add_tab, st.form("destination_add"):
-        cols = st.columns(4)
+        cols: Sequence[DeltaGenerator] = st.columns(4)
         name = cols[0].text_input("Name", key="add_name", help="Orthanc's name for it, e.g. LPCHROUTER")
         aet = cols[1].text_input("AE title", key="add_aet", max_chars=64)
         host = cols[2].text_input("Host", key="add_host")
@@ -232,14 +235,14 @@ def _edit(user: dict[str, Any], current: dict[str, dict[str, Any]]) -> None:
         retrieve = st.multiselect("Query/retrieve it may use", RETRIEVE_SERVICES, key="add_retrieve",
                                   help=RETRIEVE_HELP)
         submitted = st.form_submit_button("Add destination", type="primary")
-    if submitted and can("admin"):
+    if submitted and can(Role.ADMIN):
         modality, errors = validate(name, aet, host, port, retrieve)
         if modality is not None and modality.name in current:
             errors = {"name": f"{modality.name} already exists; use Edit"}
         if errors:
             with add_tab:
                 _field_errors(errors)
-        else:
+        elif modality is not None:  # validate returns a Modality exactly when there are no errors
             _save(user, modality, None, "destination.add")
     with edit_tab:
         if not current:
@@ -256,11 +259,13 @@ def _edit(user: dict[str, Any], current: dict[str, dict[str, Any]]) -> None:
                 retrieve = st.multiselect("Query/retrieve it may use", RETRIEVE_SERVICES, default=retrieve_of(entry),
                                           key=f"edit_retrieve_{target}", help=RETRIEVE_HELP)
                 submitted = st.form_submit_button("Save changes", type="primary")
-            if submitted and can("admin"):
-                modality, errors = validate(target, aet, host, port, retrieve)
+            if submitted and can(Role.ADMIN):
+                # An edit keeps DICOM TLS as it is (a MODALITY_ line's `tls` flag sets it).
+                modality, errors = validate(target, aet, host, port, retrieve,
+                                            use_tls=bool(entry.get("UseDicomTls", False)))
                 if errors:
                     _field_errors(errors)
-                else:
+                elif modality is not None:
                     _save(user, modality, _plain(entry), "destination.edit")
     with delete_tab:
         if not current:
@@ -274,11 +279,11 @@ def _edit(user: dict[str, Any], current: dict[str, dict[str, Any]]) -> None:
                 f"Delete {confirm.armed('delete_destination')} from Orthanc? Jobs queued for it will fail "
                 "until it is added again.", "Confirm delete",
             )
-            if name and can("admin"):
+            if name and can(Role.ADMIN):
                 try:
                     get_orthanc().delete_modality(name)
                     with writing() as conn:
-                        audit(conn, actor=user["username"], source="ui", action="destination.delete",
+                        audit(conn, actor=user["username"], source=AuditSource.UI, action="destination.delete",
                               target=f"destination:{name}", before=_plain(current.get(name)))
                 except OrthancError as exc:
                     st.session_state[FLASH_KEY] = ("error", f"Orthanc refused the delete: {exc}")
@@ -309,4 +314,4 @@ def render(user: dict[str, Any]) -> None:
         _edit(user, current)
 
 
-render(require_role("viewer"))
+render(require_role(Role.VIEWER))

@@ -9,10 +9,12 @@ with the error that proved it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
+from streamlit.delta_generator import DeltaGenerator
 
 from app.components.access import require_role
 from app.components.db import describe, reading, show_error
@@ -27,6 +29,7 @@ from core.rules_status import STATUS_NAME as RULES_STATUS
 from core.rules_status import rules_problem
 from core.sender_checks import rejected_senders
 from core.settings import Settings
+from core.states import JobState, Role
 
 REJECTED_DAYS = 7  # how far back the Overview lists senders refused as AI results
 
@@ -84,7 +87,7 @@ def render() -> None:
 
     # --- health ---------------------------------------------------------------------
     st.subheader("Health")
-    cols = st.columns(4)
+    cols: Sequence[DeltaGenerator] = st.columns(4)
     with cols[0]:
         if orthanc.ok:
             stats = orthanc.statistics or {}
@@ -150,15 +153,15 @@ def render() -> None:
     st.subheader("Job backlog")
     cols = st.columns(6)
     with cols[0]:
-        metric("Queued", backlog["queued"], "Jobs waiting for their first attempt or a manual retry.")
+        metric("Queued", backlog[JobState.QUEUED], "Jobs waiting for their first attempt or a manual retry.")
     with cols[1]:
-        metric("Sending", backlog["sending"], "Jobs Orthanc is sending now.")
+        metric("Sending", backlog[JobState.SENDING], "Jobs Orthanc is sending now.")
     with cols[2]:
-        metric("Waiting to retry", backlog["failed"], "Jobs whose last attempt failed; retried automatically.")
+        metric("Waiting to retry", backlog[JobState.FAILED], "Jobs whose last attempt failed; retried automatically.")
     with cols[3]:
         metric("Due now", backlog["due_now"], "Queued or failed jobs whose next attempt time has passed.")
     with cols[4]:
-        metric("Dead", backlog["dead"], "Jobs out of attempts; they wait for an operator (Queue page).")
+        metric("Dead", backlog[JobState.DEAD], "Jobs out of attempts; they wait for an operator (Queue page).")
     with cols[5]:
         oldest = backlog["oldest_queued_at"]
         metric("Oldest queued job", age((now - oldest).total_seconds()) if oldest else "none",
@@ -212,5 +215,5 @@ def render() -> None:
     st.caption(f"Rendered in {(time.perf_counter() - started) * 1000:.0f} ms.")
 
 
-require_role("viewer")
+require_role(Role.VIEWER)
 render()

@@ -19,6 +19,7 @@ from app.components.fmt import age
 from app.components.kpi import metric, sla_metric
 from app.components.qi_filters import READ_TIMEOUT_MS, group_picker, start_page
 from core import qi
+from core.states import Purpose
 
 page = start_page("Turnaround", "From the first instance received to the last required delivery. "
                   "Studies are counted on the day (in TZ) they were first received.")
@@ -77,7 +78,7 @@ if group != "none":
         "Turnaround percentiles of the studies in each group (a study routed to several destinations "
         "or by several rules counts in each).", f"turnaround_by_{group}", zone)
 
-deliveries = per_destination[per_destination["purpose"] == "delivery"]
+deliveries = per_destination[per_destination["purpose"] == Purpose.DELIVERY]
 fig = None
 if not deliveries.empty:
     fig = px.bar(charts.minutes(deliveries.rename(columns={"turnaround_p50": "p50", "turnaround_p90": "p90",
@@ -95,4 +96,4 @@ fig = charts.stage_bars(stages, qi.STAGES)
 charts.chart_block(
     "Where the time goes", fig, overall,
     "Percentiles of each stage: wait_stable, to_ai, ai_round_trip, result_settle, to_destinations "
-    "(DESIGN.md section 4); each over the studies that reached that stage.", "turnaround_stages", zone)
+    "(docs/qi.md, 'Per study'); each over the studies that reached that stage.", "turnaround_stages", zone)

@@ -8,12 +8,13 @@ row lock, so a job that moved on in the meantime is reported, not trampled.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
+from streamlit.delta_generator import DeltaGenerator
 
 from app.components import confirm, pager
 from app.components.access import can, needs, require_role
@@ -23,17 +24,17 @@ from app.components.holds import hold_banners
 from app.context import get_settings
 from core import queries
 from core.operations import OperationError, cancel_job, retry_dead_jobs, retry_job
+from core.states import CANCELLABLE, RETRYABLE, AuditSource, JobState, Purpose, Role
 
-STATES = ("queued", "sending", "failed", "dead", "cancelled")
+# The states the page lists, in this order, each with what it means for an operator.
 STATE_HELP = {
-    "queued": "Waiting for a first attempt or a manual retry.",
-    "sending": "Orthanc is sending these now; they cannot be cancelled mid-flight.",
-    "failed": "The last attempt failed; the worker retries at the next attempt time.",
-    "dead": "Out of attempts: these wait for an operator.",
-    "cancelled": "Cancelled by an operator; they can be retried.",
+    JobState.QUEUED: "Waiting for a first attempt or a manual retry.",
+    JobState.SENDING: "Orthanc is sending these now; they cannot be cancelled mid-flight.",
+    JobState.FAILED: "The last attempt failed; the worker retries at the next attempt time.",
+    JobState.DEAD: "Out of attempts: these wait for an operator.",
+    JobState.CANCELLED: "Cancelled by an operator; they can be retried.",
 }
-RETRYABLE = {"failed", "dead", "cancelled"}
-CANCELLABLE = {"queued", "failed", "dead"}
+STATES = tuple(STATE_HELP)
 BULK_LIMIT = 10000
 FLASH_KEY = "queue_flash"
 
@@ -50,7 +51,7 @@ def _each(job_ids: list[int], action: Callable[..., Any], actor: str, verb: str)
     for job_id in job_ids:
         try:
             with writing() as conn:
-                action(conn, job_id, actor=actor, source="ui")
+                action(conn, job_id, actor=actor, source=AuditSource.UI)
             done += 1
         except OperationError as exc:
             refused.append(str(exc))
@@ -82,10 +83,10 @@ def render(user: dict[str, Any]) -> None:
         format_func=lambda s: f"{s} ({counts.get(s, 0)})",
     )
     st.caption(STATE_HELP[state])
-    cols = st.columns(3)
+    cols: Sequence[DeltaGenerator] = st.columns(3)
     destination = cols[0].selectbox("Destination", ["", *destinations], key="queue_dest",
                                     format_func=lambda d: d or "any destination")
-    purpose = cols[1].selectbox("Purpose", ["", "ai", "delivery"], key="queue_purpose",
+    purpose = cols[1].selectbox("Purpose", ["", *Purpose], key="queue_purpose",
                                 format_func=lambda p: p or "any purpose")
     page_size = cols[2].selectbox("Rows per page", (25, 50, 100, 200), index=1, key="queue_size")
     flt = queries.JobFilter(state=state, destination=destination or None, purpose=purpose or None)
@@ -98,14 +99,14 @@ def render(user: dict[str, Any]) -> None:
         return
     now = datetime.now(UTC)
     for row in page.rows:
-        row["next_in"] = age((row["next_attempt_at"] - now).total_seconds()) if state == "failed" else ""
+        row["next_in"] = age((row["next_attempt_at"] - now).total_seconds()) if state == JobState.FAILED else ""
         row["waiting"] = age((now - row["created_at"]).total_seconds())
     if page.rows:
         columns = {
             "id": "Job", "study_id": "Study #", "accession_number": "Accession", "purpose": "Purpose",
             "destination": "Destination", "attempts": "Attempts",
         }
-        if state == "failed":
+        if state == JobState.FAILED:
             columns.update({"next_attempt_at": f"Next attempt ({settings.tz})", "next_in": "Next attempt in"})
         columns.update({"last_error": "Last error", "created_at": "Created", "waiting": "Age",
                         "updated_at": "Updated", "rule_name": "Rule"})
@@ -114,24 +115,24 @@ def render(user: dict[str, Any]) -> None:
         st.info(f"No {state} jobs match these filters.")
     pager.controls("queue", page.next_cursor, len(page.rows))
 
-    operator = can("operator")
+    operator = can(Role.OPERATOR)
     if page.rows and state in RETRYABLE | CANCELLABLE:
         st.subheader("Actions")
         chosen = st.multiselect("Jobs on this page", [r["id"] for r in page.rows], key="queue_selected",
-                                format_func=lambda i: f"#{i}", disabled=not operator, help=needs("operator"))
+                                format_func=lambda i: f"#{i}", disabled=not operator, help=needs(Role.OPERATOR))
         cols = st.columns([1, 1, 4])
         if state in RETRYABLE and cols[0].button("Retry selected", key="queue_retry",
-                                                 disabled=not operator or not chosen) and can("operator"):
+                                                 disabled=not operator or not chosen) and can(Role.OPERATOR):
             _each(chosen, retry_job, user["username"], "Retry")
         if state in CANCELLABLE and cols[1].button("Cancel selected", key="queue_cancel",
-                                                   disabled=not operator or not chosen) and can("operator"):
+                                                   disabled=not operator or not chosen) and can(Role.OPERATOR):
             _each(chosen, cancel_job, user["username"], "Cancel")
 
-    if state == "dead" and counts.get("dead", 0):
+    if state == JobState.DEAD and counts.get(JobState.DEAD, 0):
         st.subheader("Bulk retry")
         label = f"Retry all dead jobs{' to ' + destination if destination else ''}" \
                 f"{' for ' + purpose if purpose else ''}…"
-        if st.button(label, key="queue_bulk", disabled=not operator, help=needs("operator")) and can("operator"):
+        if st.button(label, key="queue_bulk", disabled=not operator, help=needs(Role.OPERATOR)) and can(Role.OPERATOR):
             try:
                 with reading() as conn:
                     ids = queries.filtered_job_ids(conn, flt, limit=BULK_LIMIT)
@@ -147,10 +148,10 @@ def render(user: dict[str, Any]) -> None:
             "Each goes back to the queue with fresh attempts.",
             "Confirm bulk retry",
         )
-        if approved and can("operator"):
+        if approved and can(Role.OPERATOR):
             try:
                 with writing() as conn:
-                    done = retry_dead_jobs(conn, approved, actor=user["username"], source="ui")
+                    done = retry_dead_jobs(conn, approved, actor=user["username"], source=AuditSource.UI)
             except SQLAlchemyError as exc:
                 show_error("The bulk retry failed; nothing was changed", exc)
                 return
@@ -158,4 +159,4 @@ def render(user: dict[str, Any]) -> None:
             st.rerun()
 
 
-render(require_role("viewer"))
+render(require_role(Role.VIEWER))

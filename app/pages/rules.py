@@ -24,6 +24,7 @@ from core.orthanc_client import OrthancError
 from core.recorder import audit
 from core.rules import RulesError, RuleSet, SeriesFacts, parse_rules, series_tags
 from core.settings import Settings
+from core.states import AuditSource, Role
 
 STATUS_NAME = "routing_rules"
 FLASH_KEY = "rules_flash"
@@ -139,7 +140,7 @@ def _dry_run(settings: Settings, active: RuleSet | None, draft: RuleSet | None) 
 def _editor(settings: Settings, user: dict[str, Any], file_text: str | None) -> RuleSet | None:
     """The admin's editor; returns the draft's RuleSet when the draft is valid."""
     st.subheader("Edit the rules")
-    if not can("admin"):
+    if not can(Role.ADMIN):
         st.caption("Editing the rules needs the admin role.")
         return None
     if file_text is None:
@@ -161,7 +162,7 @@ def _editor(settings: Settings, user: dict[str, Any], file_text: str | None) -> 
         st.session_state.pop(EDITOR_BASE_KEY, None)
         st.session_state.pop("rules_draft", None)
         st.rerun()
-    if save and can("admin") and draft is not None:
+    if save and can(Role.ADMIN) and draft is not None:
         current = settings.routing_rules.read_text(encoding="utf-8")
         if checksum(current) != checksum(base):
             st.error("The file changed on disk since you opened it. Discard your edits to load the new version.")
@@ -175,7 +176,7 @@ def _editor(settings: Settings, user: dict[str, Any], file_text: str | None) -> 
             return draft
         try:
             with writing() as conn:
-                audit(conn, actor=user["username"], source="ui", action="rules.save",
+                audit(conn, actor=user["username"], source=AuditSource.UI, action="rules.save",
                       target=f"rules:{settings.routing_rules.name}",
                       before={"checksum": checksum(current)},
                       after={"checksum": checksum(draft_text), "rules": len(draft.rules), "diff": diff[:20000]})
@@ -221,4 +222,4 @@ def render(user: dict[str, Any]) -> None:
     _dry_run(settings, active, draft)
 
 
-render(require_role("viewer"))
+render(require_role(Role.VIEWER))

@@ -20,10 +20,11 @@ from app.components.db import reading, show_error
 from app.components.fmt import table
 from app.context import get_settings
 from core import queries
+from core.states import Role
 
 DETAIL_PAGE = "pages/study_detail.py"
 PAGE_SIZES = (25, 50, 100, 200)
-STATUS_LABELS = {"": "any status", **{s: s for s in queries.STUDY_STATUSES}}
+STATUS_LABELS: dict[str, str] = {"": "any status", **{s: s for s in queries.STUDY_STATUSES}}
 
 
 def _day_start(day: date, zone: ZoneInfo) -> datetime:
@@ -70,7 +71,7 @@ def _open(study_id: int) -> None:
 def render() -> None:
     settings = get_settings()
     zone = settings.zone
-    show_phi = can("operator")
+    show_phi = can(Role.OPERATOR)
     st.title("Studies")
     flt, page_size = _filters(show_phi, zone)
     cursor = pager.current_cursor("studies", (flt, page_size))
@@ -116,5 +117,5 @@ def render() -> None:
     st.caption(f"Newest arrivals first. Query took {elapsed_ms:.0f} ms.{note} Select a row to open the study.")
 
 
-require_role("viewer")
+require_role(Role.VIEWER)
 render()

@@ -24,11 +24,11 @@ from app.context import get_settings
 from core import queries
 from core.operations import OperationError, cancel_job, resend_study, retry_job
 from core.orthanc_client import OrthancError
+from core.states import CANCELLABLE, RETRYABLE, AuditSource, Role, SeriesKind
 
 STATE_KEY = "detail_study_id"
-RETRYABLE = {"failed", "dead", "cancelled"}
-CANCELLABLE = {"queued", "failed", "dead"}
-RESEND_KINDS = {"all": "every series", "original": "original series only", "ai_result": "AI results only"}
+RESEND_KINDS = {"all": "every series", SeriesKind.ORIGINAL: "original series only",
+                SeriesKind.AI_RESULT: "AI results only"}
 
 
 def _selected_study() -> int | None:
@@ -90,18 +90,20 @@ def _job_actions(user: dict, jobs: list[dict]) -> None:
         format_func=lambda i: f"#{i} · {by_id[i]['purpose']} → {by_id[i]['destination']} · {by_id[i]['state']}",
     )
     job = by_id[job_id]
-    operator = can("operator")
-    if cols[1].button("Retry", key="detail_retry", disabled=not operator or job["state"] not in RETRYABLE,
-                      help=needs("operator") or "Failed, dead or cancelled jobs can be retried.") and can("operator"):
-        _act(f"Retry of job #{job_id}", retry_job, job_id, actor=user["username"], source="ui")
-    if cols[2].button("Cancel", key="detail_cancel", disabled=not operator or job["state"] not in CANCELLABLE,
-                      help=needs("operator") or "Queued, failed or dead jobs can be cancelled.") and can("operator"):
-        _act(f"Cancel of job #{job_id}", cancel_job, job_id, actor=user["username"], source="ui")
+    operator = can(Role.OPERATOR)
+    retry = cols[1].button("Retry", key="detail_retry", disabled=not operator or job["state"] not in RETRYABLE,
+                           help=needs(Role.OPERATOR) or "Failed, dead or cancelled jobs can be retried.")
+    if retry and can(Role.OPERATOR):
+        _act(f"Retry of job #{job_id}", retry_job, job_id, actor=user["username"], source=AuditSource.UI)
+    cancel = cols[2].button("Cancel", key="detail_cancel", disabled=not operator or job["state"] not in CANCELLABLE,
+                            help=needs(Role.OPERATOR) or "Queued, failed or dead jobs can be cancelled.")
+    if cancel and can(Role.OPERATOR):
+        _act(f"Cancel of job #{job_id}", cancel_job, job_id, actor=user["username"], source=AuditSource.UI)
 
 
 def _resend(user: dict, study_id: int) -> None:
     st.markdown("**Resend**")
-    operator = can("operator")
+    operator = can(Role.OPERATOR)
     try:
         names = sorted(modalities())
     except OrthancError as exc:
@@ -114,7 +116,7 @@ def _resend(user: dict, study_id: int) -> None:
     destination = cols[0].selectbox("Destination", names, key="detail_resend_dest")
     kind = cols[1].selectbox("Series", list(RESEND_KINDS), format_func=RESEND_KINDS.__getitem__,
                              key="detail_resend_kind")
-    if cols[2].button("Resend…", key="detail_resend", disabled=not operator, help=needs("operator")):
+    if cols[2].button("Resend…", key="detail_resend", disabled=not operator, help=needs(Role.OPERATOR)):
         confirm.arm("resend", {"destination": destination, "kind": kind})
     pending = confirm.confirm_step(
         "resend",
@@ -122,17 +124,17 @@ def _resend(user: dict, study_id: int) -> None:
         f"{(confirm.armed('resend') or {}).get('destination')}? Series already delivered there are sent again.",
         "Confirm resend",
     )
-    if pending and can("operator"):
+    if pending and can(Role.OPERATOR):
         _act(
             f"Resend to {pending['destination']}", resend_study, study_id, pending["destination"],
-            actor=user["username"], source="ui", kind=None if pending["kind"] == "all" else pending["kind"],
+            actor=user["username"], source=AuditSource.UI, kind=None if pending["kind"] == "all" else pending["kind"],
         )
 
 
 def render(user: dict) -> None:
     settings = get_settings()
     zone = settings.zone
-    show_phi = can("operator")
+    show_phi = can(Role.OPERATOR)
     st.title("Study detail")
     _lookup()
     flash = st.session_state.pop("detail_flash", None)
@@ -209,4 +211,4 @@ def render(user: dict) -> None:
         }, zone, json_columns=("detail",)), hide_index=True, key="detail_events")
 
 
-render(require_role("viewer"))
+render(require_role(Role.VIEWER))

@@ -7,12 +7,13 @@ that protect the last admin live in core.auth, shared with the CLI.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
+from streamlit.delta_generator import DeltaGenerator
 
 from app.components import confirm
 from app.components.access import require_role
@@ -20,6 +21,7 @@ from app.components.db import reading, show_error, writing
 from app.components.fmt import table
 from app.context import get_settings
 from core import auth
+from core.states import AuditSource, Role
 
 FLASH_KEY = "users_flash"
 SECRET_KEY = "users_new_password"
@@ -79,14 +81,14 @@ def render(user: dict[str, Any]) -> None:
 
     st.subheader("Add a user")
     with st.form("user_add"):
-        cols = st.columns(2)
+        cols: Sequence[DeltaGenerator] = st.columns(2)
         username = cols[0].text_input("User name", key="user_add_name")
         role = cols[1].selectbox("Role", auth.ROLES, key="user_add_role")
         submitted = st.form_submit_button("Create user", type="primary")
     if submitted:
         password = auth.generate_password()
         _run(f"Create {username.strip()}", auth.create_user, username.strip(), password, role, actor=actor,
-             source="ui", secret_for=username.strip(), password=password)
+             source=AuditSource.UI, secret_for=username.strip(), password=password)
 
     names = [u.username for u in users]
     if not names:
@@ -98,19 +100,19 @@ def render(user: dict[str, Any]) -> None:
     new_role = cols[0].selectbox("Role", auth.ROLES, index=auth.ROLES.index(current.role),
                                  key=f"user_role_{target}")
     if cols[1].button("Save role", key="user_save_role", disabled=new_role == current.role):
-        _run(f"Role of {target}", auth.set_role, target, new_role, actor=actor, source="ui")
+        _run(f"Role of {target}", auth.set_role, target, new_role, actor=actor, source=AuditSource.UI)
     if cols[2].button("Reset password", key="user_reset"):
         password = auth.generate_password()
-        _run(f"Password of {target}", auth.set_password, target, password, actor=actor, source="ui",
+        _run(f"Password of {target}", auth.set_password, target, password, actor=actor, source=AuditSource.UI,
              secret_for=target, password=password)
     if cols[3].button("Unlock", key="user_unlock", disabled=not current.failed_logins and not current.locked_until):
-        _run(f"Unlock {target}", auth.unlock_user, target, actor=actor, source="ui")
+        _run(f"Unlock {target}", auth.unlock_user, target, actor=actor, source=AuditSource.UI)
     if cols[4].button("Delete…", key="user_delete", disabled=target == actor):
         confirm.arm("delete_user", target)
     doomed = confirm.confirm_step("delete_user", f"Delete the user {confirm.armed('delete_user')}?",
                                   "Confirm delete")
     if doomed:
-        _run(f"Delete {doomed}", auth.delete_user, doomed, actor=actor, source="ui")
+        _run(f"Delete {doomed}", auth.delete_user, doomed, actor=actor, source=AuditSource.UI)
 
 
-render(require_role("admin"))
+render(require_role(Role.ADMIN))

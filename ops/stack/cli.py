@@ -8,7 +8,8 @@
               a service is unhealthy (a held destination alone is not)
     logs      show (-f: follow) the services' logs
     env       create .env with generated secrets if absent
-    bootstrap roles, databases, migrations and first admin (the compose `init` service)
+    bootstrap roles, databases, migrations and first admin (the compose `init` service, which
+              also writes the Orthanc container's configuration: --orthanc-config PATH)
 
 `--mode auto` (the default) uses Docker Compose when a Docker engine answers and
 `docker compose` works, and the native stack (supervisord) otherwise.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from core.envfile import ensure_env_file
 from core.settings import DEFAULTS_FILE, Settings, SettingsError, env_file_path, load_settings
+from ops.orthanc_config import COMPOSE, write_orthanc_config
 from ops.stack import compose, native
 from ops.stack.bootstrap import BootstrapError, bootstrap_databases
 from ops.stack.layout import StackLayout
@@ -31,6 +33,7 @@ from ops.stack.packages import PrerequisiteError, ensure_packages
 from ops.stack.probes import Probe, held_destinations
 from ops.stack.supervisor import SupervisorError, supervisord_pid
 from ops.stack.supervisor_conf import probe_host
+from ops.tls import COMPILER_PACKAGES, TlsError
 from ops.tooling import exitcodes
 
 
@@ -59,7 +62,8 @@ def summary(settings: Settings, env_file: Path, mode: str, probes: list[Probe]) 
         f"  Orthanc Explorer   {orthanc}/app/explorer.html   "
         f"(user {settings.orthanc_username}, password ORTHANC_PASSWORD)",
         f"  Orthanc REST API   {orthanc}/   DICOMweb {orthanc}/dicom-web/",
-        f"  DICOM (C-STORE)    AET {settings.orthanc_aet} on port {settings.dicom_port}",
+        f"  DICOM (C-STORE)    AET {settings.orthanc_aet} on port {settings.dicom_port}"
+        + ("   (DICOM TLS only)" if settings.dicom_tls else ""),
         f"  Worker             http://{local}:{settings.routing_api_port}/health   and /metrics",
         f"  PostgreSQL         {settings.postgres_host}:{settings.postgres_port}   databases "
         f"{settings.postgres_db} (Orthanc index) and {settings.qi_db} (QI), user {settings.postgres_user}",
@@ -68,6 +72,9 @@ def summary(settings: Settings, env_file: Path, mode: str, probes: list[Probe]) 
         "POSTGRES_PASSWORD and GRAFANA_DB_PASSWORD. They are never printed.",
         f"The PostgreSQL superuser's password is in {settings.state_dir / 'postgres-superuser.secret'}.",
     ]
+    if settings.tls_in_use:
+        lines.append(f"TLS: peers and browsers trust the hub with {settings.tls_ca_path} "
+                     "(README.md, 'DICOM TLS and HTTPS').")
     if mode == "native":
         lines.append(f"Logs: {StackLayout.for_settings(settings).logs_dir}   (make logs, make status, make stop)")
     unhealthy = [p for p in probes if not p.ok]
@@ -86,6 +93,10 @@ def _cmd_run(args: argparse.Namespace, mode: str, env_file: Path) -> int:
             _out(f"installed {package}")
     ensure_env(env_file)
     settings = _settings(env_file)
+    if mode == "native" and args.command == "run" and settings.https:
+        # Debian's Orthanc 1.10.1 needs a small library built for its HTTPS (ops/tls.py).
+        for package in ensure_packages(COMPILER_PACKAGES):
+            _out(f"installed {package}")
     if mode == "compose":
         probes = compose.run(settings, env_file, _out)
     else:
@@ -132,6 +143,11 @@ def _cmd_logs(args: argparse.Namespace, mode: str, env_file: Path) -> int:
 
 def _cmd_bootstrap(args: argparse.Namespace, env_file: Path) -> int:
     settings = _settings(env_file)
+    if args.orthanc_config:
+        # The compose stack's Orthanc reads this file (stack/docker-compose.yml: the
+        # volume orthanc-config), rendered from the same template as the native one.
+        path = write_orthanc_config(settings, Path(args.orthanc_config), target=COMPOSE)
+        _out(f"wrote Orthanc's configuration {path}")
     password = Path(args.superuser_password_file).read_text().strip() if args.superuser_password_file else None
     result = bootstrap_databases(settings, password)
     _out("database ready" + ("; first app admin created" if result.admin_created else ""))
@@ -151,6 +167,8 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=50)
     boot = sub.add_parser("bootstrap")
     boot.add_argument("--superuser-password-file")
+    boot.add_argument("--orthanc-config", metavar="PATH",
+                      help="also write Orthanc's configuration for the compose stack's Orthanc container to PATH")
     return p
 
 
@@ -179,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"{exc}\n(configuration file: {env_file})", file=sys.stderr)
         return exitcodes.CONFIG
-    except (native.StackError, compose.ComposeError, SupervisorError, BootstrapError, PrerequisiteError) as exc:
+    except (native.StackError, compose.ComposeError, SupervisorError, BootstrapError, PrerequisiteError,
+            TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exitcodes.FAILED
     except KeyboardInterrupt:

@@ -5,10 +5,16 @@ values from `.env`; the storage paths are passed resolved (a relative STATE_DIR
 means relative to the project, not to stack/), and the environment given to
 `docker compose` is built from `.env` alone, so an operator's shell (a stray TZ or
 ORTHANC_PASSWORD) cannot override the site's configuration.
+
+Orthanc's configuration is not in the compose file: the `init` service renders
+stack/orthanc/orthanc.json.template (the native stack's template too) into the volume
+the Orthanc container reads. The digest of that configuration is passed to compose
+(ORTHANC_CONFIG_DIGEST), so that a change to it recreates the Orthanc container.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import subprocess
@@ -17,6 +23,7 @@ from pathlib import Path
 
 from core.settings import PROJECT_ROOT, Settings, read_config
 from ops import datadirs
+from ops.orthanc_config import COMPOSE, DEFAULT_LUA, orthanc_config_text, render_orthanc_config
 from ops.stack.probes import Probe, probe_all, wait_healthy
 
 Out = Callable[[str], None]
@@ -28,6 +35,8 @@ SECRET_FILES = ("postgres-superuser.secret", "grafana-admin.secret")
 # Passed through from the caller's environment: how to reach the engine, which profiles.
 PASSTHROUGH = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH",
                "DOCKER_TLS_VERIFY", "COMPOSE_PROFILES")
+# Variables the compose file uses that are not settings of `.env`: compose_env sets them.
+DERIVED = ("ORTHANC_CONFIG_DIGEST",)
 
 
 class ComposeError(RuntimeError):
@@ -46,6 +55,18 @@ def engine_available() -> bool:
     return True
 
 
+def orthanc_config_digest(settings: Settings) -> str:
+    """Changes whenever the configuration `init` writes for Orthanc, or its Lua hook, does.
+
+    Rendered here from the host's settings: they differ from the `init` container's only
+    by values the compose file sets for every container (POSTGRES_HOST, DICOM_STORAGE),
+    so this changes whenever `init`'s rendering does.
+    """
+    sha = hashlib.sha256(orthanc_config_text(render_orthanc_config(settings, target=COMPOSE)).encode())
+    sha.update(DEFAULT_LUA.read_bytes())
+    return sha.hexdigest()[:16]
+
+
 def compose_env(settings: Settings, env_file: Path) -> dict[str, str]:
     """The environment for `docker compose`: `.env`'s values with absolute paths."""
     env = {key: os.environ[key] for key in PASSTHROUGH if key in os.environ}
@@ -55,6 +76,7 @@ def compose_env(settings: Settings, env_file: Path) -> dict[str, str]:
         "POSTGRES_STORAGE": str(settings.postgres_storage),
         "STATE_DIR": str(settings.state_dir),
         "HUB_ENV_FILE": str(env_file.resolve()),
+        "ORTHANC_CONFIG_DIGEST": orthanc_config_digest(settings),
     })
     return env
 
@@ -92,8 +114,20 @@ def check_env_file(env_file: Path) -> None:
                            "or use STACK_MODE=native")
 
 
+def check_no_tls(settings: Settings) -> None:
+    """DICOM TLS and HTTPS are for the native stack for now: the containers would need the
+    TLS files mounted, and the hub's health checks would need https (README.md, "DICOM
+    TLS and HTTPS")."""
+    if settings.tls_in_use:
+        on = [name for name, flag in (("DICOM_TLS=on", settings.dicom_tls), ("HTTPS=on", settings.https)) if flag]
+        on += [f"MODALITY_{n} (tls)" for n, m in settings.modalities.items() if m.use_tls]
+        raise ComposeError(f"{', '.join(on)}: DICOM TLS and HTTPS are supported by the native stack only; "
+                           "run it with STACK_MODE=native, or switch them off in .env")
+
+
 def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
     check_env_file(env_file)
+    check_no_tls(settings)
     ensure_secret_files(settings.state_dir)
     datadirs.create_owned(settings.dicom_storage, "DICOM_STORAGE")
     # The postgres image's initdb wants an empty directory: mark it once the cluster exists.

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from core.envfile import write_private
 from core.settings import Settings, read_config
-from ops import datadirs, pgcluster
-from ops.orthanc_config import LOG_FILTER, render_orthanc_config
+from ops import datadirs, pgcluster, tls
+from ops.orthanc_config import LOG_FILTER, orthanc_config_text, render_orthanc_config
 from ops.stack import bootstrap, supervisor
 from ops.stack.layout import SERVICES, StackLayout
 from ops.stack.probes import PROBE_SERVICE, Probe, probe_all, wait_healthy
@@ -81,16 +80,20 @@ def _digest(*parts: str | bytes) -> str:
     return sha.hexdigest()[:16]
 
 
-def _render_files(settings: Settings, env_file: Path, layout: StackLayout) -> bool:
-    """Write orthanc.json and supervisord.conf (mode 600); True when supervisord.conf changed."""
+def _render_files(settings: Settings, env_file: Path, layout: StackLayout, tls_files: Sequence[Path] = ()) -> bool:
+    """Write orthanc.json and supervisord.conf (mode 600); True when supervisord.conf changed.
+
+    `tls_files` (ops/tls.py: certificates, key, HTTPS PEM) are part of Orthanc's
+    fingerprint: a renewed certificate restarts Orthanc.
+    """
     config = render_orthanc_config(settings)
-    orthanc_text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    orthanc_text = orthanc_config_text(config)
     _write_if_changed(layout.orthanc_config, orthanc_text)
     lua = [Path(p).read_bytes() for p in config.get("LuaScripts", []) if Path(p).is_file()]
     values = read_config(env_file)
     fingerprints = {
         # The log filter Orthanc starts through is part of it too: a new one restarts Orthanc.
-        "orthanc": _digest(orthanc_text, *lua, LOG_FILTER.read_bytes()),
+        "orthanc": _digest(orthanc_text, *lua, LOG_FILTER.read_bytes(), *(p.read_bytes() for p in tls_files)),
         "hub": _digest(*(f"{k}={values[k]}" for k in sorted(values))),
     }
     text = render_supervisord_conf(settings, env_file, layout, fingerprints)
@@ -177,7 +180,11 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
     with _locked(layout, out):
         layout.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         datadirs.create_owned(settings.dicom_storage, "DICOM_STORAGE")
-        conf_changed = _render_files(settings, env_file, layout)
+        try:
+            tls_files = tls.prepare(settings, out)  # DICOM TLS / HTTPS: generated once, checked
+        except (tls.TlsError, OSError) as exc:
+            raise StackError(str(exc)) from None
+        conf_changed = _render_files(settings, env_file, layout, tls_files)
         up = supervisor.is_up(layout)
         if up and conf_changed:
             restarted = supervisor.update(layout, SERVICES)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 import psycopg
 
+from core.orthanc_client import orthanc_verify
 from core.settings import Settings
 from ops.stack.supervisor_conf import probe_host
 
@@ -57,9 +58,12 @@ def probe_orthanc(settings: Settings) -> Probe:
     url = f"{settings.orthanc_url}/app/explorer.html"
     auth = (settings.orthanc_username, settings.orthanc_password.get_secret_value())
     try:
-        response = httpx.get(f"{settings.orthanc_url}/system", auth=auth, timeout=TIMEOUT_S)
+        response = httpx.get(f"{settings.orthanc_url}/system", auth=auth, timeout=TIMEOUT_S,
+                             verify=orthanc_verify(settings))
     except httpx.HTTPError as exc:
         return Probe("orthanc", False, url, f"REST API not answering: {_first_line(exc)}")
+    except OSError as exc:  # the CA file of HTTPS=on cannot be read
+        return Probe("orthanc", False, url, f"cannot verify Orthanc's HTTPS: {_first_line(exc)}")
     if response.status_code == 401:
         return Probe("orthanc", False, url, "REST API refused the credentials from .env (401)")
     if response.status_code != 200:
@@ -79,10 +83,15 @@ def probe_dicom(settings: Settings) -> Probe:
         except OSError as exc:
             return Probe("dicom", False, url, _first_line(exc))
     seconds = str(int(TIMEOUT_S))
+    # DICOM_TLS=on: the port speaks TLS only; echo as the hub itself (its certificate, the CA).
+    tls = (["+tls", str(settings.tls_key_path), str(settings.tls_cert_path), "+cf", str(settings.tls_ca_path)]
+           if settings.dicom_tls else [])
+    if tls:
+        url = url.replace("dicom://", "dicom+tls://")
     try:
         proc = subprocess.run(
             [echoscu, "-aet", "HUBSTATUS", "-aec", settings.orthanc_aet, "-to", seconds, "-ta", seconds,
-             "-td", seconds, host, str(settings.dicom_port)],
+             "-td", seconds, *tls, host, str(settings.dicom_port)],
             capture_output=True, text=True, timeout=TIMEOUT_S * 4, check=False,
         )
     except subprocess.TimeoutExpired:

@@ -109,7 +109,7 @@ def add_file(tar: tarfile.TarFile, manifest: Manifest, source: Path, name: str) 
     info.mode = 0o600
     with source.open("rb") as handle:
         reader = HashingReader(handle)
-        tar.addfile(info, reader)  # type: ignore[arg-type]
+        tar.addfile(info, reader)
         if reader.size != stat.st_size or handle.read(1):
             raise OSError(f"{source} changed while it was being backed up")
     manifest.members[name] = {"size": reader.size, "sha256": reader.sha256.hexdigest()}

@@ -49,6 +49,7 @@ from psycopg import sql
 
 from core.db import migrate
 from core.envfile import read_env_file, write_private
+from core.orthanc_client import orthanc_verify
 from core.settings import (
     DEFAULTS_FILE,
     PROJECT_ROOT,
@@ -147,10 +148,10 @@ def _qi_revision(settings: Settings) -> str | None:
 
 def _orthanc_version(settings: Settings) -> str | None:
     try:
-        response = httpx.get(f"{settings.orthanc_url}/system", timeout=5,
+        response = httpx.get(f"{settings.orthanc_url}/system", timeout=5, verify=orthanc_verify(settings),
                              auth=(settings.orthanc_username, settings.orthanc_password.get_secret_value()))
         return str(response.json().get("Version")) if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
+    except (httpx.HTTPError, ValueError, OSError):
         return None
 
 
@@ -377,7 +378,8 @@ def check_restored(settings: Settings, manifest: Manifest, timeout: float = 180)
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            response = httpx.get(f"{settings.orthanc_url}/statistics", auth=auth, timeout=5)
+            response = httpx.get(f"{settings.orthanc_url}/statistics", auth=auth, timeout=5,
+                                 verify=orthanc_verify(settings))
             if response.status_code == 200:
                 stats = response.json()
                 got = {"studies": int(stats["CountStudies"]), "instances": int(stats["CountInstances"])}
@@ -617,13 +619,13 @@ def main(argv: list[str] | None = None) -> int:
         entries = list_backups(directory)
         if not entries:
             print(f"no backups in {directory}")
-        for path, manifest, problem in entries:
+        for path, listed, problem in entries:
             size = _human(path.stat().st_size)
-            if manifest is None:
+            if listed is None:
                 print(f"{path}  {size}  {problem if problem == ENCRYPTED else 'UNREADABLE: ' + str(problem)}")
             else:
-                print(f"{path}  {size}  made {manifest.created_at}  hub {manifest.hub_version}  "
-                      f"{manifest.counts.get('studies', '?')} studies, {manifest.counts.get('instances', '?')} instances")
+                print(f"{path}  {size}  made {listed.created_at}  hub {listed.hub_version}  "
+                      f"{listed.counts.get('studies', '?')} studies, {listed.counts.get('instances', '?')} instances")
         return exitcodes.OK
 
     control = control_for(args.mode, env_file)

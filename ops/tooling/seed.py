@@ -64,6 +64,8 @@ def modality_lines(env_file: Path) -> list[Modality]:
 
 # Orthanc reports AllowStorageCommitment as these two flags.
 _REPORTED_AS = {"AllowStorageCommitment": ("AllowNAction", "AllowEventReport")}
+# What a key Orthanc leaves out of a modality's description means.
+_ABSENT_MEANS = {"UseDicomTls": False}
 
 
 def _same(current: dict[str, Any], wanted: Modality) -> bool:
@@ -75,7 +77,7 @@ def _same(current: dict[str, Any], wanted: Modality) -> bool:
         elif key in _REPORTED_AS:
             if any(current.get(k, value) != value for k in _REPORTED_AS[key]):
                 return False
-        elif current.get(key) != value:
+        elif current.get(key, _ABSENT_MEANS.get(key)) != value:
             return False
     return True
 
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: malformed destination line(s); nothing was applied:\n  {str(exc).replace(chr(10), chr(10) + '  ')}",
               file=sys.stderr)
         print("expected MODALITY_<NAME>=<AET>|<HOST>|<PORT>[|<SERVICES>], e.g. MODALITY_PACS=PACS|127.0.0.1|11112 "
-              "(SERVICES find, get, move or qr enables query/retrieve from that host)", file=sys.stderr)
+              "(SERVICES find, get, move or qr enables query/retrieve from that host; tls sends to it "
+              "over DICOM TLS)", file=sys.stderr)
         return exitcodes.CONFIG
     try:
         settings = load_settings(env_file)

@@ -16,12 +16,13 @@ import pwd
 import re
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from core.envfile import GENERATED_SECRETS, EnvFileError, generate_secret, read_env_file, render_env, write_private
 from core.settings import DEFAULTS_FILE, MODALITY_PREFIX, SettingsError, env_file_path, settings_from_values
-from ops import datadirs, pgcluster
+from ops import datadirs, pgcluster, tls
 from ops.tooling import answers, exitcodes
 from ops.tooling.control import ControlError, run_make
 
@@ -110,7 +111,7 @@ def interview(values: dict[str, str], existed: bool, prompt: Prompter) -> tuple[
     print("\nPorts (Enter keeps each one)")
     taken: dict[int, str] = {}
     for key, label in answers.PORT_KEYS:
-        number = prompt.ask(f"{label} ({key})", values[key], lambda v, k=key: answers.port(v, taken=taken, key=k))
+        number = prompt.ask(f"{label} ({key})", values[key], partial(answers.port, taken=taken, key=key))
         taken[number] = key
         new[key] = str(number)
         if not existed and answers.port_in_use(number):
@@ -259,6 +260,20 @@ def create_directories(values: dict[str, str]) -> list[str]:
     return done
 
 
+def tls_material(values: dict[str, str]) -> list[str]:
+    """DICOM TLS or HTTPS on in .env and no site certificates: the local CA and the hub's
+    certificate in TLS_DIR, made once (ops/tls.py; existing files are kept). Returns what
+    was done, for the operator; nothing secret."""
+    settings = settings_from_values(values)
+    if not settings.tls_in_use or settings.tls_site_files:
+        return []
+    done = tls.generate(settings)
+    if done:
+        done.append(f"give {settings.tls_ca_path} to the modalities and PACS that use DICOM TLS with the hub "
+                    "(and to browsers for HTTPS)")
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make setup", description=__doc__)
     parser.add_argument("--defaults", action="store_true", help="quick setup: no questions, defaults and kept values")
@@ -297,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for line in create_directories(new):
             print(f"  {line}")
-    except (SettingsError, OSError) as exc:
+        for line in tls_material(new):
+            print(f"  {line}")
+    except (SettingsError, OSError, tls.TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
     if args.no_start:

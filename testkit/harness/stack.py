@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -23,7 +24,7 @@ from psycopg import sql
 
 from core.envfile import generate_secret, read_env_file, render_env, write_private
 from core.settings import DEFAULTS_FILE, Settings, settings_from_values
-from ops import datadirs, pgcluster
+from ops import datadirs, pgcluster, tls
 from ops.orthanc_config import orthanc_argv, orthanc_env, render_orthanc_config, write_orthanc_config
 
 from .ports import free_port
@@ -145,12 +146,15 @@ class QiDatabase:
 
 
 class OrthancRest:
-    """Minimal authenticated REST access for tests (plain httpx, independent of hub code)."""
+    """Minimal authenticated REST access for tests (plain httpx, independent of hub code).
 
-    def __init__(self, base_url: str, username: str, password: str) -> None:
+    `ca_file`: Orthanc serves HTTPS; its certificate is verified against that CA."""
+
+    def __init__(self, base_url: str, username: str, password: str, ca_file: Path | None = None) -> None:
         self.base_url = base_url
         self.auth = (username, password)
-        self.http = httpx.Client(base_url=base_url, auth=self.auth, timeout=60)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        self.http = httpx.Client(base_url=base_url, auth=self.auth, timeout=60, verify=verify)
 
     def close(self) -> None:
         self.http.close()
@@ -245,7 +249,8 @@ class OrthancServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.orthanc_web_port}"
+        scheme = "https" if self.settings.https else "http"
+        return f"{scheme}://127.0.0.1:{self.settings.orthanc_web_port}"
 
     @property
     def auth(self) -> tuple[str, str]:
@@ -262,6 +267,7 @@ class OrthancServer:
     def start(self, timeout: float = 90) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         datadirs.create_owned(self.settings.dicom_storage, "DICOM_STORAGE")  # as `make run` does
+        tls.prepare(self.settings, out=lambda _line: None)  # DICOM TLS / HTTPS: as `make run` does
         if self.overrides:
             config = render_orthanc_config(self.settings)
             for key, value in self.overrides.items():
@@ -276,7 +282,7 @@ class OrthancServer:
         if self.tz:
             env["TZ"] = self.tz
         self.proc = spawn(orthanc_argv(self.config_path), self.logfile, env=env, cwd=self.workdir)
-        self.rest = OrthancRest(self.url, *self.auth)
+        self.rest = OrthancRest(self.url, *self.auth, ca_file=self.settings.tls_ca_path if self.settings.https else None)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

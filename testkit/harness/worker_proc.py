@@ -6,12 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, RowMapping, text
 
 from core.settings import PROJECT_ROOT
+from core.states import JobState
 from testkit.dicom_peers import send_datasets
 from testkit.harness.procs import spawn
 from testkit.harness.stack import write_env
@@ -106,7 +108,7 @@ def send(datasets, settings, calling_aet: str = "MODALITY1") -> None:
     assert statuses and all(s == 0 for s in statuses), statuses
 
 
-def jobs(engine: Engine) -> list:
+def jobs(engine: Engine) -> Sequence[RowMapping]:
     with engine.connect() as conn:
         return conn.execute(text("SELECT * FROM routing_jobs ORDER BY id")).mappings().all()
 
@@ -128,6 +130,9 @@ def study_row(engine: Engine, study_uid: str):  # noqa: ANN201 - a RowMapping or
         return conn.execute(text("SELECT * FROM studies WHERE study_uid = :u"), {"u": study_uid}).mappings().first()
 
 
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+
+
 def all_jobs_final(engine: Engine, n: int) -> bool:
     rows = jobs(engine)
-    return len(rows) >= n and all(r["state"] in ("succeeded", "dead", "cancelled") for r in rows)
+    return len(rows) >= n and all(r["state"] in FINAL_STATES for r in rows)

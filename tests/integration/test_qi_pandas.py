@@ -1,4 +1,4 @@
-"""An independent recomputation of DESIGN.md section 4 in pandas agrees with the SQL.
+"""An independent recomputation of docs/qi.md ("Per study") in pandas agrees with the SQL.
 
 The pandas side reads only the core tables (studies, series, routing_jobs,
 job_series) and implements the definitions from their text, without the views, so a
@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from bench.seed import seed
 from core import qi
 from core.qi import QiFilter
 from testkit.harness.stack import QiDatabase
+from testkit.history import seed
 from tests.integration import qi_fixture
 
 pytestmark = pytest.mark.integration

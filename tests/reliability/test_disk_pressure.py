@@ -36,7 +36,7 @@ from core import auth
 from core.disk import MIB
 from core.operations import hold_destination, release_destination
 from core.settings import PROJECT_ROOT, Settings, SettingsError, settings_from_values
-from ops.orthanc_config import render_orthanc_config
+from ops.orthanc_config import COMPOSE, render_orthanc_config
 from ops.stack.probes import probe_worker
 from testkit.dicom_peers import StorageSCP, send_datasets
 from testkit.harness.ports import free_port
@@ -420,11 +420,13 @@ def test_rendered_configuration_never_recycles(hub_values: dict[str, str]) -> No
     assert "MaximumStorageMode" not in config  # not an Orthanc 1.10.1 option (new in 1.11.2)
 
 
-def test_compose_never_recycles_and_lets_worker_and_app_measure_the_disk() -> None:
+def test_compose_never_recycles_and_lets_worker_and_app_measure_the_disk(hub_values: dict[str, str]) -> None:
     services = yaml.safe_load((PROJECT_ROOT / "stack" / "docker-compose.yml").read_text())["services"]
     orthanc = services["orthanc"]
-    assert orthanc["environment"]["ORTHANC__MAXIMUM_STORAGE_SIZE"] == "0"
-    assert orthanc["environment"]["ORTHANC__MAXIMUM_PATIENT_COUNT"] == "0"
+    # Compose's Orthanc reads the native stack's template, rendered by `init`.
+    config = render_orthanc_config(settings_from_values(hub_values), target=COMPOSE)
+    assert config["MaximumStorageSize"] == 0 and config["MaximumPatientCount"] == 0
+    assert not [k for k in orthanc["environment"] if k.startswith("ORTHANC__")]
     assert "env_file" not in orthanc, ".env must not reach Orthanc's ORTHANC__* options"
     for name in ("worker", "app"):
         assert "${DICOM_STORAGE}:/var/lib/orthanc/db:ro" in services[name]["volumes"], name

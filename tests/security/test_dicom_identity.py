@@ -33,7 +33,7 @@ from streamlit.testing.v1 import AppTest
 from core.dicom_names import parse_modality_line
 from core.orthanc_client import OrthancClient
 from core.settings import PROJECT_ROOT, Settings
-from ops.orthanc_config import render_orthanc_config
+from ops.orthanc_config import COMPOSE, render_orthanc_config
 from ops.tooling.seed import apply_modalities
 from testkit.dicom_peers import StorageSCP, send_datasets
 from testkit.harness.stack import OrthancServer
@@ -46,11 +46,11 @@ from tests.security.dicom_probe import ELSEWHERE, REGISTERED, retrieve, store_fr
 pytestmark = pytest.mark.integration
 
 DICOM_KEYS = {
-    "DicomCheckModalityHost": ("ORTHANC__DICOM_CHECK_MODALITY_HOST", True),
-    "DicomAlwaysAllowFind": ("ORTHANC__DICOM_ALWAYS_ALLOW_FIND", False),
-    "DicomAlwaysAllowFindWorklist": ("ORTHANC__DICOM_ALWAYS_ALLOW_FIND_WORKLIST", False),
-    "DicomAlwaysAllowGet": ("ORTHANC__DICOM_ALWAYS_ALLOW_GET", False),
-    "DicomAlwaysAllowMove": ("ORTHANC__DICOM_ALWAYS_ALLOW_MOVE", False),
+    "DicomCheckModalityHost": True,
+    "DicomAlwaysAllowFind": False,
+    "DicomAlwaysAllowFindWorklist": False,
+    "DicomAlwaysAllowGet": False,
+    "DicomAlwaysAllowMove": False,
 }
 
 
@@ -65,11 +65,14 @@ def _seed(settings: Settings, lines: dict[str, str]) -> None:
 def test_orthanc_checks_the_callers_host_natively_and_in_compose(hub_settings: Settings) -> None:
     """Probe: "DicomCheckModalityHost is false" (and nothing may query/retrieve without a registration)."""
     native = render_orthanc_config(hub_settings)
-    compose = yaml.safe_load((PROJECT_ROOT / "stack" / "docker-compose.yml").read_text())
-    env = compose["services"]["orthanc"]["environment"]
-    for key, (compose_key, wanted) in DICOM_KEYS.items():
+    # The compose stack's Orthanc reads the same template, rendered by `init`, and nothing
+    # in the compose file overrides it (tests/unit/test_compose.py checks that in full).
+    compose = render_orthanc_config(hub_settings, target=COMPOSE)
+    orthanc = yaml.safe_load((PROJECT_ROOT / "stack" / "docker-compose.yml").read_text())["services"]["orthanc"]
+    for key, wanted in DICOM_KEYS.items():
         assert native[key] is wanted, key
-        assert env[compose_key] == str(wanted).lower(), compose_key
+        assert compose[key] is wanted, key
+    assert not [k for k in orthanc["environment"] if k.startswith("ORTHANC__")]
 
 
 def test_destination_and_ai_aets_cannot_query_or_retrieve_from_anywhere(

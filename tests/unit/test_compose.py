@@ -5,10 +5,16 @@ ${VAR} is a documented setting, every published port is the right *_PORT variabl
 on the right service (and the service listens there inside the network), storage
 is mounted from DICOM_STORAGE and POSTGRES_STORAGE, long-running services have
 health checks, and Grafana sits behind the `grafana` profile.
+
+Orthanc's configuration is not in the compose file: `init` renders the native stack's
+template (stack/orthanc/orthanc.json.template) into the volume the Orthanc container
+reads. These tests run that rendering as `init` would and fail if Orthanc settings
+reappear in the compose file (ORTHANC__* variables and the like).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -19,8 +25,10 @@ import pytest
 import yaml
 
 from core.envfile import GENERATED_SECRETS, generate_secret, read_env_file
-from core.settings import DEFAULTS_FILE, PROJECT_ROOT, settings_from_values
-from ops.stack import compose, container
+from core.settings import DEFAULTS_FILE, PROJECT_ROOT, Settings, settings_from_values
+from ops.orthanc_config import COMPOSE, DEFAULT_LUA, NATIVE, read_template, render_orthanc_config
+from ops.stack import cli, compose, container
+from ops.stack.bootstrap import BootstrapResult
 
 COMPOSE_FILE = PROJECT_ROOT / "stack" / "docker-compose.yml"
 VAR_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
@@ -36,6 +44,11 @@ PUBLISHED = {
     "GRAFANA_PORT": ("grafana", True),
     "DICOM_PORT": ("orthanc", False),
 }
+# The Orthanc service's environment: its process's and the image's plugin switches, never
+# an Orthanc setting (those are in the template only).
+ORTHANC_ENVIRONMENT = {"TZ", "TCP_NODELAY", "VERBOSE_STARTUP", "DICOM_WEB_PLUGIN_ENABLED", "OHIF_PLUGIN_ENABLED",
+                       "HUB_CONFIG_FINGERPRINT"}
+ORTHANC_CONFIG_DIR = "/etc/orthanc"  # the orthancteam/orthanc image reads /etc/orthanc/*.json
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +105,38 @@ def rendered(raw: dict[str, Any], env_values: dict[str, str]) -> dict[str, Any]:
     return interpolate(raw, env_values)
 
 
+@pytest.fixture(scope="module")
+def init_environ(rendered: dict[str, Any], env_values: dict[str, str]) -> dict[str, str]:
+    """The `init` container's environment: `.env` (env_file) under the service's own values."""
+    return {**env_values, **rendered["services"]["init"]["environment"]}
+
+
+@pytest.fixture(scope="module")
+def init_settings(init_environ: dict[str, str]) -> Settings:
+    """The settings `init` renders Orthanc's configuration from (ops/stack/container.py)."""
+    return settings_from_values(container.settings_values(init_environ))
+
+
+@pytest.fixture(scope="module")
+def orthanc_config(init_settings: Settings) -> dict[str, Any]:
+    """What the compose stack's Orthanc reads."""
+    return render_orthanc_config(init_settings, target=COMPOSE)
+
+
 def _ports(service: dict[str, Any]) -> list[str]:
     return [str(p) for p in service.get("ports", [])]
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> `source:target[:mode]` of a service's volumes."""
+    return {str(v).split(":")[1]: str(v) for v in service.get("volumes", [])}
+
+
+def _keys(node: Any, prefix: str = "") -> set[str]:
+    """Every key path of a configuration (`PostgreSQL.Host`)."""
+    if not isinstance(node, dict):
+        return set()
+    return {path for k, v in node.items() for path in ({prefix + k} | _keys(v, prefix + k + "."))}
 
 
 def test_services(raw: dict[str, Any]) -> None:
@@ -110,7 +153,7 @@ def test_services(raw: dict[str, Any]) -> None:
 def test_every_variable_is_a_documented_setting(raw: dict[str, Any], defaults: dict[str, str]) -> None:
     used = {m.group(1) for text in strings(raw) for m in VAR_RE.finditer(text)}
     assert used, "the compose file takes its values from .env"
-    assert sorted(used - set(defaults)) == []
+    assert sorted(used - set(defaults) - set(compose.DERIVED)) == []
 
 
 def test_hub_services_override_only_known_settings(raw: dict[str, Any], defaults: dict[str, str]) -> None:
@@ -142,9 +185,10 @@ def test_published_ports_map_to_their_settings(raw: dict[str, Any]) -> None:
 
 def test_services_listen_where_their_ports_point(raw: dict[str, Any]) -> None:
     services = raw["services"]
-    orthanc = services["orthanc"]["environment"]
-    assert orthanc["ORTHANC__HTTP_PORT"] == "${ORTHANC_WEB_PORT}"
-    assert orthanc["ORTHANC__DICOM_PORT"] == "${DICOM_PORT}"
+    # Orthanc listens where the template says, from the same .env settings as compose publishes.
+    template = read_template()
+    assert template["HttpPort"] == "${ORTHANC_WEB_PORT}"
+    assert template["DicomPort"] == "${DICOM_PORT}"
     assert "port=${POSTGRES_PORT}" in services["postgres"]["command"]
     assert "--server.port=${OPERATOR_UI_PORT}" in services["app"]["command"]
     assert services["grafana"]["environment"]["GF_SERVER_HTTP_PORT"] == "3000"
@@ -152,7 +196,8 @@ def test_services_listen_where_their_ports_point(raw: dict[str, Any]) -> None:
     assert container_side == {"${DICOM_PORT}", "${ORTHANC_WEB_PORT}"}
 
 
-def test_rendered_ports_follow_the_env_file(rendered: dict[str, Any], env_values: dict[str, str]) -> None:
+def test_rendered_ports_follow_the_env_file(rendered: dict[str, Any], env_values: dict[str, str],
+                                           orthanc_config: dict[str, Any]) -> None:
     bind = env_values["BIND_ADDRESS"]
     published = {name: _ports(service) for name, service in rendered["services"].items()}
     v = env_values
@@ -165,35 +210,102 @@ def test_rendered_ports_follow_the_env_file(rendered: dict[str, Any], env_values
         f"{v['ORTHANC_WEB_PORT']}:{v['ORTHANC_WEB_PORT']}",
         f"{bind}:{v['OHIF_PORT']}:{v['ORTHANC_WEB_PORT']}",
     ]
-    orthanc = rendered["services"]["orthanc"]["environment"]
-    assert orthanc["ORTHANC__POSTGRESQL__PASSWORD"] == v["POSTGRES_PASSWORD"]
-    assert orthanc["ORTHANC__REGISTERED_USERS"] == f'{{"{v["ORTHANC_USERNAME"]}": "{v["ORTHANC_PASSWORD"]}"}}'
+    assert orthanc_config["HttpPort"] == int(v["ORTHANC_WEB_PORT"])
+    assert orthanc_config["DicomPort"] == int(v["DICOM_PORT"])
+    assert orthanc_config["DicomAet"] == v["ORTHANC_AET"]
+    assert orthanc_config["RegisteredUsers"] == {v["ORTHANC_USERNAME"]: v["ORTHANC_PASSWORD"]}
+    pg = orthanc_config["PostgreSQL"]
+    assert (pg["Host"], pg["Port"], pg["Database"], pg["Username"], pg["Password"]) == (
+        "postgres", int(v["POSTGRES_PORT"]), v["POSTGRES_DB"], v["POSTGRES_USER"], v["POSTGRES_PASSWORD"])
+    assert "postgres" in rendered["services"]  # the host name is the service's
 
 
-def test_storage_volumes(raw: dict[str, Any], rendered: dict[str, Any], env_values: dict[str, str]) -> None:
+def test_storage_volumes(raw: dict[str, Any], rendered: dict[str, Any], env_values: dict[str, str],
+                         orthanc_config: dict[str, Any]) -> None:
     orthanc, postgres = raw["services"]["orthanc"], raw["services"]["postgres"]
     assert "${DICOM_STORAGE}:/var/lib/orthanc/db" in orthanc["volumes"]
-    assert orthanc["environment"]["ORTHANC__STORAGE_DIRECTORY"] == "/var/lib/orthanc/db"
+    assert orthanc_config["StorageDirectory"] == "/var/lib/orthanc/db"
     assert "${POSTGRES_STORAGE}:/var/lib/postgresql/data" in postgres["volumes"]
     assert f"{env_values['DICOM_STORAGE']}:/var/lib/orthanc/db" in rendered["services"]["orthanc"]["volumes"]
-    lua = [v for v in orthanc["volumes"] if v.endswith(":/etc/orthanc/lua:ro")]
-    assert lua and (COMPOSE_FILE.parent / lua[0].split(":")[0] / "hub.lua").is_file()
-    assert orthanc["environment"]["ORTHANC__LUA_SCRIPTS"] == '["/etc/orthanc/lua/hub.lua"]'
+    # The Lua hook the configuration names is stack/lua, mounted read-only.
+    lua = _mounts(orthanc)[COMPOSE.lua_dir]
+    assert lua.endswith(":ro") and (COMPOSE_FILE.parent / lua.split(":")[0]).resolve() == DEFAULT_LUA.parent
+    assert orthanc_config["LuaScripts"] == [f"{COMPOSE.lua_dir}/{DEFAULT_LUA.name}"]
     for name, spec in raw["secrets"].items():
         assert spec["file"].startswith("${STATE_DIR}/"), name
 
 
-def test_orthanc_settings_match_the_native_stack(raw: dict[str, Any]) -> None:
+def test_orthanc_settings_match_the_native_stack(raw: dict[str, Any], init_settings: Settings,
+                                                 orthanc_config: dict[str, Any]) -> None:
+    """One template for both stacks: the same settings, the same values but for the paths
+    of plugins and Lua scripts (and the in-network host names and paths `init` has)."""
+    native = render_orthanc_config(init_settings, target=NATIVE)
+    assert _keys(orthanc_config) == _keys(native) and set(orthanc_config) == set(read_template())
+    differ = {k for k in native if native[k] != orthanc_config[k]}
+    assert differ == {"Plugins", "LuaScripts"}
+    assert orthanc_config["Plugins"] == ["/usr/share/orthanc/plugins/"]
+    for key, wanted in (("JobsHistorySize", init_settings.jobs_history_size), ("SaveJobs", False),
+                        ("AuthenticationEnabled", True), ("OverwriteInstances", False),
+                        ("MaximumStorageSize", 0), ("MaximumPatientCount", 0)):
+        assert orthanc_config[key] == wanted, key
+    assert orthanc_config["PostgreSQL"]["EnableIndex"] is True
     env = raw["services"]["orthanc"]["environment"]
     assert env["TCP_NODELAY"] == "1"
-    assert env["ORTHANC__JOBS_HISTORY_SIZE"] == "${JOBS_HISTORY_SIZE}"
-    assert env["ORTHANC__SAVE_JOBS"] == "false"
-    assert env["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
-    assert env["ORTHANC__POSTGRESQL__ENABLE_INDEX"] == "true"
-    assert env["ORTHANC__OVERWRITE_INSTANCES"] == "false"
     assert env["DICOM_WEB_PLUGIN_ENABLED"] == "true"
     assert env["OHIF_PLUGIN_ENABLED"] == "true"
     assert env["TZ"] == "${TZ}"
+
+
+def test_orthanc_settings_are_stated_only_in_the_template(raw: dict[str, Any]) -> None:
+    """Fails when an Orthanc setting is written by hand in the compose file again."""
+    orthanc = raw["services"]["orthanc"]
+    assert set(orthanc["environment"]) == ORTHANC_ENVIRONMENT
+    # The image turns ORTHANC__* variables, ORTHANC_JSON and *.json secrets into settings:
+    # none anywhere in the file (comments aside), no .env, secrets or configs for Orthanc.
+    for text in strings(raw):
+        assert "ORTHANC__" not in text and "ORTHANC_JSON" not in text, text
+    for key in ("env_file", "secrets", "configs", "command", "entrypoint"):
+        assert key not in orthanc, key
+    # /etc/orthanc is the volume `init` writes, and nothing else is mounted into it.
+    mounts = _mounts(orthanc)
+    assert mounts[ORTHANC_CONFIG_DIR] == f"orthanc-config:{ORTHANC_CONFIG_DIR}:ro"
+    assert [t for t in mounts if t.startswith(ORTHANC_CONFIG_DIR + "/") or t.startswith("/run/secrets")] == []
+    assert "orthanc-config" in raw["volumes"]
+    for name, service in raw["services"].items():
+        if name not in ("init", "orthanc"):
+            assert all(not str(v).startswith("orthanc-config:") for v in service.get("volumes", [])), name
+
+
+def test_init_renders_the_configuration_orthanc_reads(
+    raw: dict[str, Any], init_environ: dict[str, str], orthanc_config: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`init`'s command, run as its container runs it, writes the compose rendering of the
+    template (mode 600) where the Orthanc container reads it."""
+    init = raw["services"]["init"]
+    command = init["command"]
+    assert command[:4] == ["python", "-m", "ops.stack", "bootstrap"]
+    args = cli.parser().parse_args(command[3:])
+    target = Path(args.orthanc_config)
+    assert target.parent == Path(ORTHANC_CONFIG_DIR) and target.suffix == ".json"
+    assert _mounts(init)[ORTHANC_CONFIG_DIR] == f"orthanc-config:{ORTHANC_CONFIG_DIR}"
+    # `init` lists its volumes itself (a YAML merge does not extend lists): it keeps the hub's.
+    hub_volumes = raw["x-hub-service"]["volumes"]
+    assert [v for v in init["volumes"] if v in hub_volumes] == hub_volumes
+
+    written = tmp_path / "etc-orthanc" / target.name
+    env_file = container.write_settings(init_environ, tmp_path / "hub" / ".env")
+    monkeypatch.setenv("HUB_ENV_FILE", str(env_file))
+    monkeypatch.setattr(cli, "bootstrap_databases", lambda settings, password: BootstrapResult(admin_created=False))
+    superuser = tmp_path / "superuser.secret"
+    superuser.write_text("x\n")
+    argv = [a.replace(str(target), str(written)).replace("/run/secrets/postgres_superuser", str(superuser))
+            for a in command[3:]]
+    assert cli.main(argv) == 0
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    text = written.read_text()
+    assert "$" not in text  # the image substitutes $NAME in /etc/orthanc/*.json
+    assert json.loads(text) == orthanc_config
 
 
 def test_no_secret_is_written_in_the_file(raw: dict[str, Any]) -> None:
@@ -231,6 +343,13 @@ def test_compose_env_comes_from_the_env_file_only(
     assert env["TZ"] == env_values["TZ"]
     assert env["ORTHANC_PASSWORD"] == env_values["ORTHANC_PASSWORD"]
     assert env["STATE_DIR"] == str(PROJECT_ROOT / "var")  # resolved against the project, not stack/
+    # Orthanc's rendered configuration changes its digest, so compose recreates Orthanc.
+    digest = env["ORTHANC_CONFIG_DIGEST"]
+    assert set(compose.DERIVED) <= set(env) and len(digest) == 16
+    changed = settings_from_values({**env_values, "STATE_DIR": "./var", "ORTHANC_PASSWORD": generate_secret()})
+    assert compose.orthanc_config_digest(changed) != digest
+    unrelated = settings_from_values({**env_values, "STATE_DIR": "./var", "APP_SESSION_TIMEOUT_MIN": "7"})
+    assert compose.orthanc_config_digest(unrelated) == digest
     argv = compose.compose_argv(env_file, "ps")
     assert argv[:2] == ["docker", "compose"] and str(COMPOSE_FILE) in argv and argv[-1] == "ps"
     with pytest.raises(compose.ComposeError, match="HUB_ENV_FILE"):

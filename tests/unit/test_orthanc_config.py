@@ -1,13 +1,28 @@
-"""The Orthanc configuration rendered from Settings."""
+"""The Orthanc configuration rendered from Settings, from its one template."""
 
 from __future__ import annotations
 
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
-from core.settings import Settings
-from ops.orthanc_config import orthanc_env, render_orthanc_config, write_orthanc_config
+import pytest
+
+import ops.orthanc_config
+from core.settings import PROJECT_ROOT, Settings
+from ops.orthanc_config import (
+    COMPOSE,
+    LOG_FILTER,
+    NATIVE,
+    TEMPLATE,
+    orthanc_argv,
+    orthanc_env,
+    placeholders,
+    read_template,
+    render_orthanc_config,
+    write_orthanc_config,
+)
 
 
 def test_identity_ports_and_storage(hub_settings: Settings) -> None:
@@ -72,3 +87,52 @@ def test_written_file_is_private_json(hub_settings: Settings, tmp_path: Path) ->
 def test_environment_has_nodelay_and_site_tz(hub_settings: Settings) -> None:
     env = orthanc_env(hub_settings, base={"PATH": "/usr/bin", "TZ": "UTC"})
     assert env == {"PATH": "/usr/bin", "TZ": hub_settings.tz, "TCP_NODELAY": "1"}
+
+
+def _keys(node: Any) -> set[str]:
+    if not isinstance(node, dict):
+        return set()
+    return {key for k, v in node.items() for key in ({k} | _keys(v))}
+
+
+def test_the_template_is_the_only_place_settings_are_stated() -> None:
+    """stack/orthanc/orthanc.json.template states every Orthanc setting; the renderer
+    states none of them (a key written in Python would be a second source)."""
+    assert TEMPLATE == PROJECT_ROOT / "stack" / "orthanc" / "orthanc.json.template"
+    template = read_template()
+    source = Path(ops.orthanc_config.__file__).read_text()
+    keys = _keys(template) - {k for k in _keys(template) if "${" in k}
+    assert len(keys) > 40
+    assert sorted(k for k in keys if f'"{k}"' in source) == []
+
+
+@pytest.mark.parametrize("target", [NATIVE, COMPOSE], ids=lambda t: t.name)
+def test_every_placeholder_is_filled(hub_settings: Settings, target: Any) -> None:
+    assert {"ORTHANC_AET", "ORTHANC_PASSWORD", "POSTGRES_PASSWORD", "ORTHANC_PLUGINS"} <= placeholders(read_template())
+    config = render_orthanc_config(hub_settings, target=target)
+    assert placeholders(config) == set()
+    assert config["Name"] == f"Routing hub {hub_settings.orthanc_aet}"
+    assert config["WebViewer"]["CachePath"] == str(hub_settings.dicom_storage / "WebViewerCache")
+
+
+def test_compose_target_differs_only_in_paths(hub_settings: Settings) -> None:
+    native = render_orthanc_config(hub_settings)
+    compose = render_orthanc_config(hub_settings, target=COMPOSE)
+    assert {k for k in native if native[k] != compose[k]} == {"Plugins", "LuaScripts"}
+    assert compose["Plugins"] == ["/usr/share/orthanc/plugins/"]
+    assert compose["LuaScripts"] == [f"{COMPOSE.lua_dir}/hub.lua"]
+
+
+def test_dollar_signs_survive_the_compose_image(make_settings: Any, tmp_path: Path) -> None:
+    """The orthancteam/orthanc image substitutes $NAME in /etc/orthanc/*.json: the file has none."""
+    settings = make_settings(ORTHANC_PASSWORD="pa$HOME-${PATH}-\\$x-long")
+    path = write_orthanc_config(settings, tmp_path / "orthanc.json", target=COMPOSE)
+    assert "$" not in path.read_text()
+    config = json.loads(path.read_text())
+    assert config["RegisteredUsers"] == {settings.orthanc_username: "pa$HOME-${PATH}-\\$x-long"}
+
+
+def test_orthanc_runs_through_the_log_filter(tmp_path: Path) -> None:
+    argv = orthanc_argv(tmp_path / "orthanc.json")
+    assert argv[2:] == [str(LOG_FILTER), "--", "/usr/sbin/Orthanc", str(tmp_path / "orthanc.json")]
+    assert LOG_FILTER.is_file()

@@ -192,3 +192,15 @@ def test_ai_sends_go_one_study_per_store_job():
 
     jobs = [ClaimedJob(i, i, "MERCURE", "ai", None, 0) for i in range(1, 4)]
     assert [[j.id for j in b] for b in make_batches(jobs, 10)] == [[1], [2], [3]]
+
+
+def test_yaml_spellings_of_kind_and_payload_are_the_enum_values():
+    """When.kind and Then.payload stay Literals (their error messages), but spell core.states' values."""
+    from typing import get_args
+
+    from core.rules import Then, When
+    from core.states import Payload, SeriesKind
+
+    kinds = set(get_args(When.model_fields["kind"].annotation)) - {"any"}
+    assert kinds == {SeriesKind.ORIGINAL, SeriesKind.AI_RESULT}  # a `rejected` series is never routed
+    assert set(get_args(Then.model_fields["payload"].annotation)) == set(Payload)

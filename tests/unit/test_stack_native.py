@@ -46,7 +46,7 @@ def test_commands_and_environment(hub_settings: Settings, tmp_path: Path) -> Non
         assert conf["program:postgres"]["user"] == "postgres"
     orthanc = conf["program:orthanc"]
     # Orthanc runs through the log filter, which execs it (ops/logredact.py).
-    assert orthanc["command"] == (f"{sys.executable} -I {PROJECT_ROOT / 'hub' / 'logredact.py'} -- "
+    assert orthanc["command"] == (f"{sys.executable} -I {PROJECT_ROOT / 'ops' / 'logredact.py'} -- "
                                   f"/usr/sbin/Orthanc {s.state_dir / 'orthanc.json'}")
     assert 'TCP_NODELAY="1"' in orthanc["environment"] and f'TZ="{s.tz}"' in orthanc["environment"]
     assert 'HUB_CONFIG_FINGERPRINT="aaa"' in orthanc["environment"]

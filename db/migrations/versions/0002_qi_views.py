@@ -8,7 +8,7 @@ One definition per metric
 -------------------------
 * `qi_send` (per study, purpose and destination, over the *required* jobs) and
   `qi_study_live` / `qi_delivery_live` (per study / per study and destination) are
-  the only place where DESIGN.md section 4 is written down: stage timestamps,
+  the only place where docs/qi.md ("Per study") is written in SQL: stage timestamps,
   durations, routed / delivered / failed flags.
 * `qi_study_fact` and `qi_delivery_fact` are caches of exactly those two views
   (created `AS SELECT * FROM <view> WITH NO DATA`, so the columns cannot drift). They
@@ -43,7 +43,7 @@ Stage definitions (also in docs/qi.md)
   a study is not "delivered" before its results exist).
 * durations (seconds, double precision, UTC arithmetic so DST never shows):
   wait_stable_s, to_ai_s, ai_round_trip_s, result_settle_s, to_destinations_s,
-  turnaround_s as in DESIGN.md section 4. NULL when either end is missing. Not clamped.
+  turnaround_s as in docs/qi.md ("Per study"). NULL when either end is missing. Not clamped.
 * modality: studies.modalities (the worker keeps it as the sorted original series
   modalities joined by a backslash), else the same derived from the series.
 * routed: the study has at least one required job (any purpose, any state).
@@ -106,7 +106,7 @@ FROM routing_jobs j
 WHERE NOT EXISTS (SELECT 1 FROM job_series js WHERE js.job_id = j.id AND js.is_resend)
 GROUP BY j.study_id, j.purpose, j.destination;
 
--- One row per study (orphan AI results excluded): DESIGN.md section 4.
+-- One row per study (orphan AI results excluded): docs/qi.md ("Per study").
 CREATE VIEW qi_study_live AS
 SELECT b.study_id,
        b.study_instance_uid,

@@ -70,7 +70,7 @@ UPGRADE = r"""
 CREATE FUNCTION qi_whole_second(t timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT date_trunc('second', t AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' $$;
 
--- One row per study (orphan AI results excluded): DESIGN.md section 4, every duration
+-- One row per study (orphan AI results excluded): docs/qi.md ("Per study"), every duration
 -- from the attempt its evidence belongs to (see this revision's docstring).
 CREATE OR REPLACE VIEW qi_study_live AS
 SELECT b.study_id,
