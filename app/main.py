@@ -31,6 +31,7 @@ OPERATIONS = (
     ("queue.py", "Queue", ":material/queue:", Role.VIEWER),
     ("destinations.py", "Destinations", ":material/lan:", Role.VIEWER),
     ("rules.py", "Rules", ":material/rule:", Role.VIEWER),
+    ("alerts.py", "Alerts", ":material/notifications:", Role.VIEWER),
     ("audit.py", "Audit log", ":material/history:", Role.VIEWER),
 )
 QI = (
@@ -40,7 +41,10 @@ QI = (
     ("qi_volumes.py", "Volumes", ":material/bar_chart:"),
     ("qi_sla.py", "SLA", ":material/verified:"),
 )
-ADMIN = (("users.py", "Users", ":material/group:", Role.ADMIN),)
+ADMIN = (
+    ("users.py", "Users", ":material/group:", Role.ADMIN),
+    ("api_tokens.py", "API tokens", ":material/key:", Role.ADMIN),
+)
 
 
 def _pages(role: str) -> dict[str, list[st.Page]]:

@@ -93,9 +93,15 @@ def apptest_timings(runs: int, destination: str) -> dict[str, dict[str, float]]:
     from streamlit.testing.v1 import AppTest
 
     _navigation_mode()
+    from core.auth import start_session
+    from core.settings import load_settings
+
     at = AppTest.from_file(str(PROJECT_ROOT / "app" / "main.py"), default_timeout=120)
-    at.session_state["user"] = {"username": ADMIN[0], "role": "admin"}
-    at.session_state["last_activity"] = time.time()
+    settings = load_settings()  # HUB_ENV_FILE, as the app reads it
+    engine = create_engine(settings.pg_url())
+    with engine.begin() as conn:  # a real app session; AppTest has no cookie to carry it
+        at.session_state["_session_id"] = start_session(conn, ADMIN[0], ttl_s=settings.app_session_ttl)
+    engine.dispose()
 
     def render(page: str, before: Callable[[AppTest], None] | None = None) -> float:
         at.switch_page(f"pages/{page}.py")
@@ -105,7 +111,6 @@ def apptest_timings(runs: int, destination: str) -> dict[str, dict[str, float]]:
         at.run()
         elapsed = time.perf_counter() - start
         assert not at.exception, [e.value for e in at.exception]
-        at.session_state["last_activity"] = time.time()
         return elapsed
 
     blank = {"from": None, "to": None, "acc": "", "pid": "", "mod": "", "aet": "", "status": "", "dest": ""}
@@ -176,7 +181,7 @@ def browser_timings(env_file: Path, runs: int, base: Path) -> dict[str, dict[str
     port = free_port()
     log = open(base / "streamlit.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.address", "127.0.0.1",
+        [sys.executable, "-m", "streamlit", "run", "app/server.py", "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true"],
         cwd=PROJECT_ROOT, env={**os.environ, "HUB_ENV_FILE": str(env_file)}, stdout=log, stderr=subprocess.STDOUT,
     )

@@ -22,7 +22,10 @@ GENERATED_SECRETS = (
     "POSTGRES_PASSWORD",
     "GRAFANA_DB_PASSWORD",
     "APP_ADMIN_PASSWORD",
+    "ALERT_WEBHOOK_SECRET",
 )
+# Secrets the site supplies (its mail server's login): empty by default, never generated.
+SITE_SECRETS = ("ALERT_SMTP_PASSWORD",)
 
 
 class EnvFileError(ValueError):

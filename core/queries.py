@@ -398,7 +398,51 @@ def study_stages(
     ]
 
 
+def stages_of_studies(
+    conn: Connection, studies: Sequence[dict[str, Any]], ai_name: str
+) -> dict[int, list[Stage]]:
+    """study_stages for a page of studies (the API's study list), in two queries.
+
+    Reads only what study_stages looks at: the AI events and each job's purpose, state,
+    finish time and resend flag. The stages are study_stages', so they are the same as
+    on the Study detail page.
+    """
+    ids = [int(s["id"]) for s in studies]
+    if not ids:
+        return {}
+    events: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    for row in _rows(
+        conn,
+        "SELECT study_id, type, at, job_id FROM events WHERE study_id = ANY(:ids) AND type = ANY(:types)",
+        {"ids": ids, "types": [EventType.AI_SENT, EventType.AI_RESULT_RECEIVED]},
+    ):
+        events[row["study_id"]].append(row)
+    jobs: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    for row in _rows(
+        conn,
+        "SELECT j.id, j.study_id, j.purpose, j.state, j.finished_at, "
+        "EXISTS (SELECT 1 FROM job_series js WHERE js.job_id = j.id AND js.is_resend) AS resend "
+        "FROM routing_jobs j WHERE j.study_id = ANY(:ids)",
+        {"ids": ids},
+    ):
+        jobs[row["study_id"]].append(row)
+    return {int(s["id"]): study_stages(s, events[int(s["id"])], jobs[int(s["id"])], ai_name) for s in studies}
+
+
 # --- queue ------------------------------------------------------------------------------
+
+
+def get_job(conn: Connection, job_id: int) -> dict[str, Any] | None:
+    """One routing job by id (the API's job endpoints), without its study's PHI."""
+    rows = _rows(
+        conn,
+        "SELECT j.id, j.study_id, s.accession_number, j.purpose, j.destination, j.rule_name, j.payload, j.state, "
+        "j.attempts, j.next_attempt_at, j.last_error, j.last_error_code, j.instances_sent, j.created_at, "
+        "j.started_at, j.finished_at, j.updated_at "
+        "FROM routing_jobs j JOIN studies s ON s.id = j.study_id WHERE j.id = :id",
+        {"id": job_id},
+    )
+    return rows[0] if rows else None
 
 
 @dataclass(frozen=True)
@@ -692,3 +736,22 @@ def recent_studies(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
         {"lim": limit},
     )
 
+
+
+def studies_of_targets(conn: Connection, targets: Iterable[str | None]) -> dict[str, int]:
+    """The study each audit target ("study:12", "job:40") concerns, for links from the Audit page."""
+    studies: dict[str, int] = {}
+    jobs: dict[int, str] = {}
+    for target in targets:
+        kind, _, number = (target or "").partition(":")
+        if not number.isdigit():
+            continue
+        if kind == "study":
+            studies[target or ""] = int(number)
+        elif kind == "job":
+            jobs[int(number)] = target or ""
+    if jobs:
+        rows = conn.execute(text("SELECT id, study_id FROM routing_jobs WHERE id = ANY(:ids)"),
+                            {"ids": list(jobs)}).all()
+        studies.update({jobs[row.id]: row.study_id for row in rows})
+    return studies

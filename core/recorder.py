@@ -898,3 +898,89 @@ def jobs_failed(
             dead.append(job_id)
         job_failed(conn, job_id, at=at, error=error, error_code=error_code, retry_at=when)
     return dead
+
+
+# --- incidents and alerts ---
+# The worker's alerter (worker/alerter.py) and the test alert (core/alerts.py) write these.
+# One open incident per (kind, key) (the partial unique index incidents_open_idx): a burst
+# of dead jobs for one destination updates the open incident instead of opening another.
+
+
+@dataclass(frozen=True)
+class IncidentSeen:
+    """The open incident a condition was folded into; `opened` when this call opened it."""
+
+    id: int
+    opened: bool
+    opened_at: datetime
+    last_notified_at: datetime | None
+
+
+def incident_seen(
+    conn: Connection, kind: str, key: str, *, at: datetime, summary: str, detail: dict[str, Any], occurrences: int,
+) -> IncidentSeen:
+    """Open an incident for (kind, key), or refresh the open one (summary, detail, occurrences, last seen).
+
+    `occurrences` is how many things the incident covers at this look (dead jobs,
+    overdue studies, refused series; 1 for a state such as low disk).
+    """
+    row = conn.execute(
+        text(
+            """
+            INSERT INTO incidents (kind, key, opened_at, last_seen_at, occurrences, summary, detail)
+            VALUES (:kind, :key, :at, :at, :n, :summary, CAST(:detail AS jsonb))
+            ON CONFLICT (kind, key) WHERE resolved_at IS NULL DO UPDATE SET
+                last_seen_at = EXCLUDED.last_seen_at, occurrences = EXCLUDED.occurrences,
+                summary = EXCLUDED.summary, detail = EXCLUDED.detail
+            RETURNING id, (xmax = 0) AS opened, opened_at, last_notified_at
+            """
+        ),
+        {"kind": kind, "key": key, "at": at, "n": occurrences, "summary": summary[:1000], "detail": jsonable(detail)},
+    ).one()
+    return IncidentSeen(row.id, bool(row.opened), row.opened_at, row.last_notified_at)
+
+
+def incident_resolved(conn: Connection, incident_id: int, *, at: datetime) -> bool:
+    """The condition is gone: resolve the incident; False when it was resolved already."""
+    return conn.execute(
+        text("UPDATE incidents SET resolved_at = :at WHERE id = :id AND resolved_at IS NULL"),
+        {"id": incident_id, "at": at},
+    ).rowcount == 1
+
+
+def incident_notified(conn: Connection, incident_id: int, *, at: datetime) -> None:
+    """A message about the incident went out (or was tried on every channel) at `at`."""
+    conn.execute(text("UPDATE incidents SET last_notified_at = :at WHERE id = :id"), {"id": incident_id, "at": at})
+
+
+def incident_recorded(
+    conn: Connection, kind: str, key: str, *, opened_at: datetime, last_seen_at: datetime,
+    resolved_at: datetime | None, summary: str, detail: dict[str, Any], last_notified_at: datetime | None,
+) -> int:
+    """Record an incident the alerter kept in memory (the database itself was unreachable); returns its id."""
+    return int(conn.execute(
+        text(
+            """
+            INSERT INTO incidents (kind, key, opened_at, last_seen_at, resolved_at, summary, detail, last_notified_at)
+            VALUES (:kind, :key, :opened, :seen, :resolved, :summary, CAST(:detail AS jsonb), :notified)
+            RETURNING id
+            """
+        ),
+        {"kind": kind, "key": key, "opened": opened_at, "seen": last_seen_at, "resolved": resolved_at,
+         "summary": summary[:1000], "detail": jsonable(detail), "notified": last_notified_at},
+    ).scalar_one())
+
+
+def alert_delivered(
+    conn: Connection, incident_id: int, *, channel: str, message: str, attempt: int, at: datetime, ok: bool,
+    error: str | None,
+) -> None:
+    """One attempt to send one message about an incident on one channel, and how it went."""
+    conn.execute(
+        text(
+            "INSERT INTO alert_deliveries (incident_id, channel, message, attempt, at, ok, error) "
+            "VALUES (:id, :channel, :message, :attempt, :at, :ok, :error)"
+        ),
+        {"id": incident_id, "channel": channel, "message": message, "attempt": attempt, "at": at, "ok": ok,
+         "error": None if error is None else error[:1000]},
+    )

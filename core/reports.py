@@ -63,14 +63,36 @@ def format_rows(rows: Iterable[dict[str, Any]], columns: tuple[str, ...], zone: 
         yield [format_value(row.get(column), zone) for column in columns]
 
 
+def csv_chunks(columns: tuple[str, ...], rows: Iterable[list[Any]], *, batch: int = 1000) -> Iterator[str]:
+    """The CSV text (header plus rows; empty cells for NULL), `batch` rows at a time.
+
+    The one CSV writer of the exports: write_csv writes it to a file, the workflow API
+    streams it as an HTTP response (api/qi_routes.py).
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for count, row in enumerate(rows, start=1):
+        writer.writerow(["" if v is None else v for v in row])
+        if count % batch == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
 def write_csv(out: IO[str], columns: tuple[str, ...], rows: Iterable[list[Any]]) -> int:
     """Header plus rows; empty cells for NULL. Returns the number of data rows."""
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
     count = 0
-    for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
-        count += 1
+
+    def counted() -> Iterator[list[Any]]:
+        nonlocal count
+        for row in rows:
+            count += 1
+            yield row
+
+    for chunk in csv_chunks(columns, counted()):
+        out.write(chunk)
     return count
 
 

@@ -9,6 +9,7 @@ operator's shell `TZ` must not silently override the site's `.env`. Only
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import ssl
 from functools import cached_property
@@ -47,6 +48,11 @@ TLS_HTTPS_PEM = "orthanc-https.pem"
 TLS_SITE_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
 Port = Field(ge=1, le=65535)
+# Before issue 16 the app's idle timeout was APP_SESSION_TIMEOUT_MIN, in minutes. A .env that
+# still has it (and no APP_IDLE_TIMEOUT) keeps its value, converted to seconds.
+LEGACY_IDLE_KEY = "APP_SESSION_TIMEOUT_MIN"
+_URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?", re.IGNORECASE)
+_EMAIL = re.compile(r"[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+")
 
 
 class SettingsError(ValueError):
@@ -63,9 +69,13 @@ class Settings(BaseSettings):
     ohif_port: int = Port
     postgres_port: int = Port
     routing_api_port: int = Port
+    # The worker's own /health and /metrics, which the API on ROUTING_API_PORT proxies
+    # (docs/architecture.md, "Processes"): loopback natively; compose overrides the host.
+    worker_health_port: int = Port
     grafana_port: int = Port
     dicom_port: int = Port
     bind_address: str
+    worker_health_host: str
     orthanc_host: str
     postgres_host: str
 
@@ -97,7 +107,13 @@ class Settings(BaseSettings):
     grafana_db_password: SecretStr
     app_admin_username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     app_admin_password: SecretStr
-    app_session_timeout_min: int = Field(ge=1, le=24 * 60)
+    # App login sessions (core/auth.py, app/auth_routes.py): a session ends APP_SESSION_TTL
+    # seconds after login, or after APP_IDLE_TIMEOUT seconds without the user's activity.
+    app_session_ttl: int = Field(ge=60, le=30 * 86400)
+    app_idle_timeout: int = Field(ge=60, le=86400)
+    # Seconds between two refreshes of the app's live pages (Overview, Queue, Destinations,
+    # an unfinished study); each page has a toggle to pause it.
+    app_refresh_s: int = Field(ge=2, le=3600)
 
     modalities: dict[str, Modality] = Field(default_factory=dict)
     ai_modality: str
@@ -130,6 +146,22 @@ class Settings(BaseSettings):
     sla_ai_round_trip_s: int = Field(ge=1)
     sla_to_destinations_s: int = Field(ge=1)
 
+    # Alerts (worker/alerter.py, core/alerts.py; docs/operations.md, "Alerts"). Each channel
+    # is off while its address is empty: ALERT_WEBHOOK_URL, ALERT_SMTP_HOST.
+    alert_check_s: float = Field(ge=1, le=3600)
+    alert_repeat: float = Field(ge=1)
+    alert_outage_min: float = Field(ge=0)
+    alert_webhook_url: str
+    alert_webhook_secret: SecretStr
+    alert_smtp_host: str
+    alert_smtp_port: int = Port
+    alert_smtp_user: str
+    alert_smtp_password: SecretStr
+    alert_smtp_from: str
+    alert_smtp_to: tuple[str, ...]
+    alert_smtp_starttls: bool
+    alert_smtp_ca_file: Path | None
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *_: Any, **__: Any
@@ -141,7 +173,7 @@ class Settings(BaseSettings):
     def _aet(cls, value: str) -> str:
         return check_aet(value)
 
-    @field_validator("bind_address", "orthanc_host", "postgres_host")
+    @field_validator("bind_address", "orthanc_host", "postgres_host", "worker_health_host")
     @classmethod
     def _host(cls, value: str) -> str:
         return check_host(value)
@@ -174,7 +206,7 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value if value.is_absolute() else (PROJECT_ROOT / value).resolve()
 
-    @field_validator("dicom_tls", "dicom_tls_remote_cert_required", "https", mode="before")
+    @field_validator("dicom_tls", "dicom_tls_remote_cert_required", "https", "alert_smtp_starttls", mode="before")
     @classmethod
     def _on_off(cls, value: Any) -> Any:
         if not isinstance(value, str):
@@ -193,12 +225,12 @@ class Settings(BaseSettings):
             return info.data["state_dir"] / "tls"
         return value
 
-    @field_validator(*TLS_SITE_FILES, mode="before")
+    @field_validator(*TLS_SITE_FILES, "alert_smtp_ca_file", mode="before")
     @classmethod
     def _optional_file(cls, value: Any) -> Any:
         return None if value in ("", None) else value
 
-    @field_validator(*TLS_SITE_FILES)
+    @field_validator(*TLS_SITE_FILES, "alert_smtp_ca_file")
     @classmethod
     def _optional_absolute(cls, value: Path | None) -> Path | None:
         if value is None or value.is_absolute():
@@ -210,6 +242,36 @@ class Settings(BaseSettings):
     def _server_names(cls, value: Any) -> tuple[str, ...]:
         items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
         return tuple(check_host(v) for v in items if v)
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not _URL.fullmatch(value):
+            raise ValueError("must be an http:// or https:// URL without spaces (or empty: no webhook)")
+        return value
+
+    @field_validator("alert_smtp_host")
+    @classmethod
+    def _optional_host(cls, value: str) -> str:
+        return check_host(value) if value.strip() else ""
+
+    @field_validator("alert_smtp_from")
+    @classmethod
+    def _mail_from(cls, value: str) -> str:
+        value = value.strip()
+        if value and not _EMAIL.fullmatch(value):
+            raise ValueError(f"{value[:80]!r} is not an e-mail address such as hub@hospital.example")
+        return value
+
+    @field_validator("alert_smtp_to", mode="before")
+    @classmethod
+    def _mail_to(cls, value: Any) -> tuple[str, ...]:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+        bad = [v for v in items if v and not _EMAIL.fullmatch(v)]
+        if bad:
+            raise ValueError(f"{bad[0][:80]!r} is not an e-mail address (list them comma-separated)")
+        return tuple(v for v in items if v)
 
     @field_validator("orthanc_password", "postgres_password", "grafana_db_password", "app_admin_password")
     @classmethod
@@ -227,7 +289,7 @@ class Settings(BaseSettings):
             name: getattr(self, name)
             for name in (
                 "operator_ui_port", "orthanc_web_port", "ohif_port", "postgres_port",
-                "routing_api_port", "grafana_port", "dicom_port",
+                "routing_api_port", "worker_health_port", "grafana_port", "dicom_port",
             )
         }
         seen: dict[int, str] = {}
@@ -239,7 +301,7 @@ class Settings(BaseSettings):
             raise ValueError("RETRY_CAP must not be smaller than RETRY_BASE")
         if self.qi_db == self.postgres_db:
             raise ValueError("QI_DB must differ from POSTGRES_DB (Orthanc owns its index database)")
-        problems = _tls_problems(self)
+        problems = _tls_problems(self) + _alert_problems(self)
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
@@ -393,6 +455,31 @@ def _tls_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def _alert_problems(settings: Settings) -> list[str]:
+    """What is missing or unsafe in the alert channels' settings, one line each naming the variable."""
+    problems = []
+    secret = settings.alert_webhook_secret.get_secret_value()
+    if settings.alert_webhook_url and not secret:
+        problems.append("ALERT_WEBHOOK_SECRET: is empty: run `make setup` or `make run` to generate it "
+                        "(the webhook's messages are signed with it)")
+    elif secret and len(secret) < 12:
+        problems.append("ALERT_WEBHOOK_SECRET: must have at least 12 characters")
+    if settings.alert_smtp_host:
+        if not settings.alert_smtp_from:
+            problems.append("ALERT_SMTP_FROM: set the sender address of the alert e-mails (ALERT_SMTP_HOST is set)")
+        if not settings.alert_smtp_to:
+            problems.append("ALERT_SMTP_TO: list at least one recipient, comma-separated (ALERT_SMTP_HOST is set)")
+    if bool(settings.alert_smtp_user) != bool(settings.alert_smtp_password.get_secret_value()):
+        problems.append("ALERT_SMTP_USER, ALERT_SMTP_PASSWORD: give both (the mail server's login) or neither")
+    if settings.alert_smtp_user and not settings.alert_smtp_starttls:
+        problems.append("ALERT_SMTP_STARTTLS: must be on when ALERT_SMTP_USER is set: the password must not cross "
+                        "the network in clear")
+    ca = settings.alert_smtp_ca_file
+    if ca is not None and not ca.is_file():
+        problems.append(f"ALERT_SMTP_CA_FILE: {ca} does not exist or is not a file")
+    return problems
+
+
 def _writable_problem(path: Path) -> str | None:
     """Why `path` cannot be used as a writable directory, or None when it can."""
     probe = path
@@ -419,7 +506,10 @@ def read_config(env_file: Path | None = None, defaults_file: Path = DEFAULTS_FIL
     try:
         values = read_env_file(defaults_file)
         if env_file.exists():
-            values.update(read_env_file(env_file))
+            site = read_env_file(env_file)
+            values.update(site)
+            if LEGACY_IDLE_KEY in site and "APP_IDLE_TIMEOUT" not in site:
+                values.pop("APP_IDLE_TIMEOUT", None)  # the site's old setting, not the default, applies
     except EnvFileError as exc:
         raise SettingsError("invalid configuration:\n  " + str(exc).replace("\n", "\n  ")) from None
     return values
@@ -430,6 +520,14 @@ def settings_from_values(values: dict[str, str]) -> Settings:
     errors: list[str] = []
     modalities: dict[str, Modality] = {}
     plain: dict[str, Any] = {}
+    values = dict(values)
+    legacy_idle = values.pop(LEGACY_IDLE_KEY, None)
+    if legacy_idle is not None and "APP_IDLE_TIMEOUT" not in values:
+        if legacy_idle.strip().isdigit():
+            values["APP_IDLE_TIMEOUT"] = str(int(legacy_idle) * 60)
+        else:
+            errors.append(f"{LEGACY_IDLE_KEY}: minutes, a whole number (better: replace it with APP_IDLE_TIMEOUT "
+                          "in seconds)")
     for key, value in values.items():
         if key.upper().removeprefix("ORTHANC__") in RECYCLING_KEYS:
             errors.append(f"{key}: Orthanc's recycling is never enabled by the hub, because it deletes "

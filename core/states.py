@@ -112,6 +112,8 @@ class AuditSource(StrEnum):
     CLI = "cli"
     WORKER = "worker"
     SETUP = "setup"
+    API = "api"  # the workflow API on ROUTING_API_PORT
+    VIEWER = "viewer"  # the OHIF gateway on OHIF_PORT
 
 
 class Role(StrEnum):
@@ -120,3 +122,34 @@ class Role(StrEnum):
     VIEWER = "viewer"
     OPERATOR = "operator"
     ADMIN = "admin"
+
+
+class IncidentKind(StrEnum):
+    """incidents.kind: what the alerter watches for; one open incident per kind and key."""
+
+    JOB_DEAD = "job_dead"
+    AI_OVERDUE = "ai_overdue"
+    DESTINATION_OUTAGE = "destination_outage"
+    DISK_LOW = "disk_low"
+    NO_LIVE_WORKER = "no_live_worker"
+    ORTHANC_UNREACHABLE = "orthanc_unreachable"
+    DATABASE_UNREACHABLE = "database_unreachable"
+    RULES_REFUSED = "rules_refused"
+    SENDER_REJECTED = "sender_rejected"
+    TEST = "test"
+
+
+class AlertChannel(StrEnum):
+    """alert_deliveries.channel."""
+
+    WEBHOOK = "webhook"
+    EMAIL = "email"
+
+
+class AlertMessage(StrEnum):
+    """alert_deliveries.message: which message about an incident was sent."""
+
+    OPEN = "open"
+    REPEAT = "repeat"
+    RESOLVE = "resolve"
+    TEST = "test"

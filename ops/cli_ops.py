@@ -1,5 +1,5 @@
 """Operations commands of `./orthanc`: status, studies, study, destinations, test, queue,
-retry, cancel, hold, release, logs, shell, db. Registered onto ops.cli's typer app by `register(app)`.
+retry, cancel, hold, release, alerts, logs, shell, db. Registered onto ops.cli's typer app by `register(app)`.
 
 Exit codes (ops.tooling.exitcodes, documented in docs/operations.md) are the contract
 scripts and monitoring rely on: 0 ok, 1 the operation failed, 2 usage, 3 configuration,
@@ -34,7 +34,7 @@ from rich.table import Table
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from core import operations, queries
+from core import alerts, operations, queries
 from core.states import AuditSource, HoldKind, JobState
 from ops.tooling import exitcodes
 
@@ -49,7 +49,7 @@ EnvFile = Annotated[
     Path | None,
     typer.Option("--env-file", help="the .env to read (default: HUB_ENV_FILE or ./.env)", show_default=False),
 ]
-SERVICES = ("postgres", "orthanc", "worker", "app")
+SERVICES = ("postgres", "orthanc", "worker", "api", "app")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -158,7 +158,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         result["database"] = {"ok": False, "error": str(detail).strip().splitlines()[0]}
     finally:
         engine.dispose()
-    url = f"http://{_local_host(settings.bind_address)}:{settings.routing_api_port}/health"
+    # The worker's own /health (the API on ROUTING_API_PORT proxies the same document).
+    url = f"http://{_local_host(settings.worker_health_host)}:{settings.worker_health_port}/health"
     try:
         response = httpx.get(url, timeout=5)
         body = response.json()
@@ -495,6 +496,58 @@ def _existing_job(conn: Connection, job: int) -> None:
         raise _fail(f"job {job} does not exist", exitcodes.NOT_FOUND)
 
 
+# --- alerts ------------------------------------------------------------------------------
+
+
+def alerts_cmd(
+    send_test: Annotated[bool, typer.Option("--test", help="send a test alert on every configured channel "
+                                                           "(audited)")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many past incidents to list")] = 20,
+    env_file: EnvFile = None,
+) -> None:
+    """Open incidents and the latest past ones (docs/operations.md, "Alerts"); --test sends a test alert.
+
+    --test exits 0 when every channel took the message, 1 when one failed (each attempt
+    is listed and recorded), 3 when no channel is configured.
+    """
+    settings = _settings(env_file)
+    if send_test:
+        engine = _engine(settings)
+        try:
+            incident, attempts = alerts.send_test(engine, settings, actor=_actor(), source=AuditSource.CLI)
+        except alerts.AlertError as exc:
+            raise _fail(str(exc), exitcodes.CONFIG) from None
+        except OperationalError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise _fail(f"the QI database is unreachable: {first}", exitcodes.UNAVAILABLE) from None
+        finally:
+            engine.dispose()
+        lines = alerts.outcome_lines(attempts)
+        failed = any(not any(a.ok for a in attempts if a.channel == c) for c in {a.channel for a in attempts})
+        (err if failed else out).print(f"test alert #{incident}: " + "; ".join(lines), markup=False)
+        if failed:
+            raise typer.Exit(exitcodes.FAILED)
+        return
+    with _db(settings) as conn:
+        current = alerts.open_incidents(conn)
+        past = alerts.past_incidents(conn, limit=limit)
+    for line in alerts.describe_channels(settings):
+        out.print(line, markup=False)
+    for title, rows in (("open incidents", current), ("past incidents", past)):
+        if not rows:
+            out.print(f"no {title}", markup=False)
+            continue
+        table = Table("#", "kind", "for", "opened", "resolved", "count", "last message", "last delivery", "what",
+                      title=title)
+        for r in rows:
+            delivery = "" if r["last_ok"] is None else \
+                f"{r['last_channel']}: {'ok' if r['last_ok'] else 'FAILED ' + (r['last_error'] or '')}"
+            table.add_row(str(r["id"]), r["kind"], *_data(r["key"]), _local(r["opened_at"], settings),
+                          _local(r["resolved_at"], settings), str(r["occurrences"]),
+                          _local(r["last_notified_at"], settings), *_data(delivery[:80], r["summary"][:120]))
+        out.print(table)
+
+
 # --- logs, shell, db --------------------------------------------------------------------
 
 
@@ -625,6 +678,7 @@ def register(app: typer.Typer) -> None:
     app.command("cancel")(cancel)
     app.command("hold")(hold)
     app.command("release")(release)
+    app.command("alerts")(alerts_cmd)
     app.command("logs")(logs)
     app.command("shell")(shell)
     app.command("db")(db)

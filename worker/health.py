@@ -1,7 +1,9 @@
-"""The worker's HTTP surface on ROUTING_API_PORT: /health (JSON) and /metrics (Prometheus).
+"""The worker's HTTP surface on WORKER_HEALTH_PORT: /health (JSON) and /metrics (Prometheus).
 
-It binds to BIND_ADDRESS (loopback by default) and exposes no PHI: only counts,
-states and sequence numbers.
+It binds to WORKER_HEALTH_HOST (loopback natively) and exposes no PHI: only counts,
+states and sequence numbers. The workflow API (api/, on ROUTING_API_PORT) proxies
+both to everyone else: /health open, /metrics with a token (docs/architecture.md,
+"Processes").
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine, text
 
-from core import queries
-from core.states import HoldKind, JobState
+from core import alerts, queries
+from core.states import HoldKind, IncidentKind, JobState
 from worker.metrics import (
     DESTINATION_HELD,
     DESTINATION_HELD_SINCE,
     DESTINATION_JOBS_WAITING,
+    INCIDENTS_OPEN,
     JOBS_BY_STATE,
     REGISTRY,
 )
@@ -35,6 +38,15 @@ def refresh_job_gauges(engine: Engine) -> None:
         counts: dict[str, int] = dict(conn.execute(text("SELECT state, count(*) FROM routing_jobs GROUP BY state")).all())
     for state in JobState:
         JOBS_BY_STATE.labels(state).set(counts.get(state, 0))
+
+
+def refresh_incident_gauges(engine: Engine) -> None:
+    """hub_incidents_open{kind}: every kind but test alerts, 0 when none is open."""
+    with engine.connect() as conn:
+        counts = alerts.open_counts(conn)
+    for kind in IncidentKind:
+        if kind is not IncidentKind.TEST:
+            INCIDENTS_OPEN.labels(kind.value).set(counts.get(kind, 0))
 
 
 def refresh_destination_gauges(engine: Engine) -> None:
@@ -69,6 +81,7 @@ def serve(host: str, port: int, engine: Engine, health: Callable[[], dict[str, A
                     try:
                         refresh_job_gauges(engine)
                         refresh_destination_gauges(engine)
+                        refresh_incident_gauges(engine)
                     except Exception:  # metrics must still answer while the database is down
                         log.warning("job and destination gauges not refreshed: database unavailable")
                     metrics = generate_latest(REGISTRY)

@@ -29,6 +29,7 @@ from core.logs import setup_logging
 from core.orthanc_client import OrthancClient, OrthancError
 from core.settings import Settings, SettingsError, load_settings
 from worker import health
+from worker.alerter import ALERTER_LOCK_KEY, Alerter
 from worker.dispatcher import LIVENESS_LOCK_NS, Dispatcher
 from worker.outages import OutageProber
 from worker.rules_watch import RulesHolder, watch
@@ -94,6 +95,9 @@ class Worker:
         self.liveness = SessionLock(self.engine, LIVENESS_LOCK_NS, self.lock_key)
         self.prober = OutageProber(settings, self.engine, self.orthanc, self.dispatcher.wake.set)
         self.storage = StorageWatch(settings.dicom_storage, settings.disk_free_warn_mb)
+        # Every worker runs an alerter; the one holding ALERTER_LOCK_KEY sends (worker/alerter.py).
+        self.alerter = Alerter(settings, self.engine, self.orthanc, SessionLock(self.engine, ALERTER_LOCK_KEY),
+                               self.storage.check)
         self.tailer.on_commit = self.dispatcher.wake.set
         self.stop = threading.Event()
         self.started_at = datetime.now(UTC)
@@ -162,13 +166,17 @@ class Worker:
     # --- main loop -------------------------------------------------------------
 
     def run(self) -> None:
-        server = health.serve(self.settings.bind_address, self.settings.routing_api_port, self.engine, self.health)
+        # Loopback natively: the API (api/, on ROUTING_API_PORT) serves /health and /metrics to others.
+        server = health.serve(self.settings.worker_health_host, self.settings.worker_health_port, self.engine,
+                              self.health)
         beats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beats.start()
         sender = threading.Thread(target=self._dispatch_after_first_heartbeat, name="dispatcher", daemon=True)
         sender.start()
         prober = threading.Thread(target=self.prober.run_forever, args=(self.stop,), name="outages", daemon=True)
         prober.start()
+        alerter = threading.Thread(target=self.alerter.run_forever, args=(self.stop,), name="alerter", daemon=True)
+        alerter.start()
         observer = None
         backoff = 1.0
         last_overdue = 0.0
@@ -234,6 +242,7 @@ class Worker:
             observer.stop()
         server.shutdown()
         prober.join(10)
+        alerter.join(10)
         self.cursor_lock.release()
         self.liveness.release()
         try:

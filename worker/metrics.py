@@ -1,4 +1,4 @@
-"""Prometheus metrics of the worker, served on ROUTING_API_PORT at /metrics."""
+"""Prometheus metrics of the worker, served on WORKER_HEALTH_PORT at /metrics (and through the API's)."""
 
 from __future__ import annotations
 
@@ -55,5 +55,11 @@ SENDER_REJECTED = Counter(
 )
 RULES_REFUSED = Gauge(
     "hub_rules_refused", "1 while the saved routing.yml is refused and the worker runs on older rules",
+    registry=REGISTRY,
+)
+# Issue 18. Open incidents per kind (worker/alerter.py), refreshed from the database on each
+# scrape (worker/health.py): every kind has a series, 0 when none is open.
+INCIDENTS_OPEN = Gauge(
+    "hub_incidents_open", "Open alert incidents by kind (the app's Alerts page, ./orthanc alerts)", ["kind"],
     registry=REGISTRY,
 )

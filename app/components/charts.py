@@ -8,7 +8,8 @@ x axes are plain dates and need no conversion.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -19,16 +20,18 @@ import streamlit as st
 from core.reports import frame_bytes
 
 PERCENTILES: tuple[str, ...] = ("p50", "p90", "p95")
+TICK_FORMATS = {"day": "%Y-%m-%d", "week": "%Y-%m-%d", "month": "%b %Y"}
+MAX_STEPPED_TICKS = 12  # over a span of up to this many buckets, one tick per bucket
 WEEKDAYS: tuple[str, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "legend": {"orientation": "h", "y": -0.2}}
 
 
 def chart_block(title: str, fig: go.Figure | None, data: pd.DataFrame, definition: str, key: str,
-                zone: ZoneInfo) -> None:
-    """Title, the chart (or a plain "no data" note), its one-line definition and its data."""
+                zone: ZoneInfo, *, empty: str = "No data for these filters.") -> None:
+    """Title, the chart (or a plain note: `empty`), its one-line definition and its data."""
     st.markdown(f"**{title}**")
     if fig is None or data.empty:
-        st.info("No data for these filters.")
+        st.info(empty)
     else:
         fig.update_layout(**_LAYOUT)
         st.plotly_chart(fig, key=f"chart_{key}", width="stretch")
@@ -44,6 +47,42 @@ def download_data(data: pd.DataFrame, key: str, zone: ZoneInfo, label: str = "Do
     )
 
 
+def all_zero(frame: pd.DataFrame, columns: Sequence[str]) -> bool:
+    """No row, or nothing but zeros in `columns` (a chart of it would be an empty -1..1 axis)."""
+    return frame.empty or not any(frame[c].fillna(0).astype(float).abs().sum() for c in columns)
+
+
+def time_axis(fig: go.Figure, buckets: Iterable[Any], grain: str | None = None) -> go.Figure:
+    """An x axis of whole buckets (day, week or month, in TZ).
+
+    Plotly picks its ticks from the data's span; one bucket has no span, so it labels
+    milliseconds around it. Here ticks step by the bucket while there are few of them,
+    are written as dates, and a lone bucket gets a bucket's width of room on each side.
+    """
+    values = sorted({pd.Timestamp(b) for b in buckets if pd.notna(b)})
+    if not values:
+        return fig
+    grain = grain if grain in TICK_FORMATS else _grain_of(values)
+    step = pd.DateOffset(months=1) if grain == "month" else pd.Timedelta(days=7 if grain == "week" else 1)
+    axis: dict[str, Any] = {"type": "date", "tickformat": TICK_FORMATS[grain], "title": None}
+    if values[-1] <= values[0] + step * MAX_STEPPED_TICKS:  # (a longer span: plotly's ticks, days apart at least)
+        axis["dtick"] = "M1" if grain == "month" else int(pd.Timedelta(step).total_seconds() * 1000)
+        axis["tick0"] = values[0].strftime("%Y-%m-%d")
+    if len(values) == 1:
+        axis["range"] = [(values[0] - step).strftime("%Y-%m-%d"), (values[0] + step).strftime("%Y-%m-%d")]
+    fig.update_xaxes(**axis)
+    width_ms = (values[0] + step - values[0]).total_seconds() * 1000 * 0.8
+    fig.update_traces(width=width_ms, selector={"type": "bar"})
+    return fig
+
+
+def _grain_of(values: Sequence[pd.Timestamp]) -> str:
+    if len(values) < 2:
+        return "day"
+    gap = min(b - a for a, b in zip(values, values[1:], strict=False)).days
+    return "month" if gap >= 28 else "week" if gap >= 7 else "day"
+
+
 def minutes(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """A copy with the given second columns converted to minutes (for readable axes)."""
     out = frame.copy()
@@ -53,7 +92,7 @@ def minutes(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def percentile_trend(stats: pd.DataFrame, *, sla_s: float | None = None, title_y: str = "minutes",
-                     color: str | None = None) -> go.Figure | None:
+                     color: str | None = None, grain: str | None = None) -> go.Figure | None:
     """p50, p90 and p95 per bucket (one line each), with the SLA threshold as a line."""
     if stats.empty:
         return None
@@ -68,8 +107,7 @@ def percentile_trend(stats: pd.DataFrame, *, sla_s: float | None = None, title_y
     if sla_s is not None:
         fig.add_hline(y=sla_s / 60.0, line_dash="dash", line_color="red",
                       annotation_text=f"SLA {sla_s / 60:g} min", annotation_position="top left")
-    fig.update_xaxes(title=None)
-    return fig
+    return time_axis(fig, stats["bucket"], grain)
 
 
 def histogram(hist: pd.DataFrame, *, bin_s: float, sla_s: float | None = None) -> go.Figure | None:
@@ -91,27 +129,33 @@ def histogram(hist: pd.DataFrame, *, bin_s: float, sla_s: float | None = None) -
 
 
 def rate_trend(frame: pd.DataFrame, rate: str, *, color: str | None = None, target: float | None = None,
-               y_title: str = "share") -> go.Figure | None:
-    """A rate (0..1) per bucket as percentages, optionally one line per group."""
+               y_title: str = "share", grain: str | None = None) -> go.Figure | None:
+    """A rate (0..1) per bucket as percentages, optionally one line per group.
+
+    The y axis starts at 0 % and ends at 105 % for rates above one half, else a little above
+    the highest (at least 5 %), so a flat 0 % line sits on a readable axis, not on -1..1.
+    """
     if frame.empty:
         return None
     data = frame.copy()
     data[y_title] = data[rate].astype(float) * 100.0
     fig = px.line(data, x="bucket", y=y_title, color=color, markers=True)
-    fig.update_yaxes(ticksuffix=" %", rangemode="tozero")
+    peak = float(data[y_title].max()) if data[y_title].notna().any() else 0.0
+    upper = 105.0 if peak > 50 else max(5.0, peak * 1.2)
+    fig.update_yaxes(ticksuffix=" %", range=[0, upper])
     if target is not None:
         fig.add_hline(y=target * 100.0, line_dash="dot", line_color="grey")
-    fig.update_xaxes(title=None)
-    return fig
+    return time_axis(fig, data["bucket"], grain)
 
 
-def stacked_bars(frame: pd.DataFrame, x: str, columns: Sequence[str], *, y_title: str = "count") -> go.Figure | None:
-    if frame.empty:
+def stacked_bars(frame: pd.DataFrame, x: str, columns: Sequence[str], *, y_title: str = "count",
+                 grain: str | None = None) -> go.Figure | None:
+    if all_zero(frame, columns):
         return None
     long = frame.melt(id_vars=[x], value_vars=list(columns), var_name="kind", value_name=y_title)
     fig = px.bar(long, x=x, y=y_title, color="kind")
     fig.update_xaxes(title=None)
-    return fig
+    return time_axis(fig, frame[x], grain) if x == "bucket" else fig
 
 
 def stage_bars(stages: pd.DataFrame, order: Sequence[str]) -> go.Figure | None:
@@ -125,12 +169,13 @@ def stage_bars(stages: pd.DataFrame, order: Sequence[str]) -> go.Figure | None:
     return px.bar(long, x="stage", y="minutes", color="percentile", barmode="group", hover_data=["n"])
 
 
-def grouped_bars(frame: pd.DataFrame, x: str, y: str, color: str | None = None) -> go.Figure | None:
-    if frame.empty:
+def grouped_bars(frame: pd.DataFrame, x: str, y: str, color: str | None = None,
+                 grain: str | None = None) -> go.Figure | None:
+    if all_zero(frame, [y]):
         return None
     fig = px.bar(frame, x=x, y=y, color=color, barmode="stack")
     fig.update_xaxes(title=None)
-    return fig
+    return time_axis(fig, frame[x], grain) if x == "bucket" else fig
 
 
 def weekday_hour_heatmap(heat: pd.DataFrame) -> go.Figure | None:

@@ -63,15 +63,22 @@ def table(
     *,
     json_columns: Iterable[str] = (),
 ) -> pd.DataFrame:
-    """A DataFrame with `columns` (key -> header), datetimes rendered in `zone`."""
+    """A DataFrame with `columns` (key -> header), datetimes rendered in `zone`.
+
+    A column that holds times gets the zone in its header ("Created (America/Los_Angeles)")
+    unless the header already names it, so that no time on a page is without its zone.
+    """
     json_cols = set(json_columns)
     data: dict[str, list[Any]] = {header: [] for header in columns.values()}
+    timed: set[str] = set()
     for row in rows:
         for key, header in columns.items():
             value = row.get(key)
             if isinstance(value, datetime):
                 value = local(value, zone)
+                timed.add(header)
             elif key in json_cols:
                 value = compact_json(value)
             data[header].append(value)
-    return pd.DataFrame(data)
+    frame = pd.DataFrame(data)
+    return frame.rename(columns={h: f"{h} ({zone.key})" for h in timed if zone.key not in h})

@@ -24,7 +24,7 @@ WHAT_HAPPENS = {
 def hold_line(state: DestinationState, zone: ZoneInfo, now: datetime | None = None) -> str:
     """'PACS: outage since 14:05, 3 jobs waiting; it stopped answering ...' for a held destination."""
     assert state.kind is not None
-    return f"{state.destination}: {state.summary(zone, now)}; {WHAT_HAPPENS[state.kind]}."
+    return f"{state.destination}: {state.summary(zone, now)}; {WHAT_HAPPENS[state.kind]} (times in {zone.key})."
 
 
 def hold_banners(states: Iterable[DestinationState], zone: ZoneInfo, now: datetime | None = None) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import streamlit as st
+from streamlit.elements.lib.column_types import ColumnConfig
 
 from app.components.orthanc import plugins, port_open
 from core.settings import Settings
@@ -79,3 +80,19 @@ def viewer_links(
     if orthanc_id:
         links.append(Link("Open in Orthanc Explorer", orthanc_study_url(settings, orthanc_id)))
     return links
+
+
+# --- links to a study inside the app (issue 16: drill down from a job or an audit entry) --
+
+STUDY_PAGE = "study_detail"
+
+
+def study_link(study_id: int | None) -> str | None:
+    """The app's own study page for `study_id` (relative, so it works under any base path)."""
+    return f"{STUDY_PAGE}?study={int(study_id)}" if study_id is not None else None
+
+
+def study_link_column(label: str = "Study #") -> ColumnConfig:
+    """A table column of study_link values, shown as the study number; a click opens the study."""
+    return st.column_config.LinkColumn(label, display_text=r"study=(\d+)$",
+                                       help="Open the study (in a new tab, still logged in).")

@@ -1,44 +1,44 @@
-"""The login form: the only thing an anonymous session can see.
+"""What an anonymous browser session sees: a pointer to the login form, and a redirect to it.
 
-Failed attempts are counted and audited by core.auth.authenticate inside a committed
-transaction, so the lockout holds across sessions and browsers.
+The form itself is app/auth_routes.py's /login (an HTTP form, so that the server can
+set the HttpOnly session cookie; failed attempts are counted and audited there by
+core.auth.authenticate). This page sends the browser to it, with the page and query it
+was on, or, right after a logout, to /logout, which clears the cookie.
 """
 
 from __future__ import annotations
 
 import streamlit as st
-from sqlalchemy.exc import SQLAlchemyError
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from app.components.access import MESSAGE_KEY, login
-from app.components.db import show_error, writing
-from core.auth import authenticate
-from core.states import AuditSource
+from app.auth_routes import LOGIN_PATH, login_url, mounted
+from app.components.access import MESSAGE_KEY, REDIRECT_KEY, requested_url
+
+
+def send_browser_to(path: str) -> None:
+    """Make the browser load `path` (a path of this site), as st.login and st.logout do.
+
+    Streamlit 1.67 has no public call for it; its frontend answers this message with
+    `window.location.href = url`. (st.html with a script would also do, but no page of
+    the app renders HTML: tests/badinput/test_hostile_forms.py.)
+    """
+    ctx = get_script_run_ctx()
+    if ctx is None or not path.startswith("/") or path.startswith("//"):  # never another site
+        return
+    message = ForwardMsg()
+    message.auth_redirect.url = path
+    ctx.enqueue(message)
 
 
 def login_page() -> None:
     st.title("Routing hub")
-    st.caption("Log in to the operations app.")
     message = st.session_state.get(MESSAGE_KEY)
-    if message:
-        st.info(message)
-    with st.form("login_form"):
-        username = st.text_input("User name", key="login_username", autocomplete="username")
-        password = st.text_input("Password", type="password", key="login_password",
-                                 autocomplete="current-password")
-        submitted = st.form_submit_button("Log in", type="primary")
-    if not submitted:
+    st.info(message or "Please log in to use the routing hub.")
+    target = st.session_state.get(REDIRECT_KEY) or login_url(requested_url())
+    if not mounted():
+        st.error("This process does not serve the login form: start the app with "
+                 "`streamlit run app/server.py` (as `make run` does), not app/main.py.")
         return
-    if not username or not password:
-        st.error("Enter your user name and password.")
-        return
-    try:
-        with writing() as conn:
-            result = authenticate(conn, username.strip(), password, source=AuditSource.UI)
-    except SQLAlchemyError as exc:
-        show_error("Login is unavailable", exc)
-        return
-    if result.user is None:
-        st.error(result.message)
-        return
-    login(result.user.username, result.user.role)
-    st.rerun()
+    st.markdown(f"[{'Log in' if target.startswith(LOGIN_PATH) else 'Continue'}]({target})")
+    send_browser_to(target)

@@ -15,6 +15,7 @@ from app.components import pager
 from app.components.access import require_role
 from app.components.db import reading, show_error
 from app.components.fmt import table
+from app.components.links import study_link, study_link_column
 from app.context import get_settings
 from core import queries
 from core.states import AuditSource, Role
@@ -56,14 +57,18 @@ def render() -> None:
     try:
         with reading() as conn:
             page = queries.search_audit(conn, flt, cursor=cursor, limit=50)
+            studies = queries.studies_of_targets(conn, (r["target"] for r in page.rows))
     except SQLAlchemyError as exc:
         show_error("The audit search failed", exc)
         return
+    for row in page.rows:  # an entry about a study or one of its jobs links to the study
+        row["study"] = study_link(studies.get(row["target"] or ""))
     if page.rows:
         st.dataframe(table(page.rows, {
             "at": f"When ({settings.tz})", "actor": "Who", "source": "Source", "action": "Action",
-            "target": "Target", "before": "Before", "after": "After",
-        }, zone, json_columns=("before", "after")), hide_index=True, key="audit_table")
+            "target": "Target", "study": "Study #", "before": "Before", "after": "After",
+        }, zone, json_columns=("before", "after")), hide_index=True, key="audit_table",
+            column_config={"Study #": study_link_column()})
     else:
         st.info("No audit entry matches these filters.")
     pager.controls("audit", page.next_cursor, len(page.rows))

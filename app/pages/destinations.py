@@ -23,8 +23,10 @@ from app.components import confirm
 from app.components.access import can, needs, require_role
 from app.components.db import reading, show_error, writing
 from app.components.destination_form import retrieve_of, validate
+from app.components.errors import readable_error
 from app.components.fmt import local, table
 from app.components.holds import hold_banners
+from app.components.live import live_section
 from app.components.orthanc import health_client, modalities
 from app.context import get_orthanc, get_settings
 from core import queries
@@ -38,6 +40,8 @@ from core.states import AuditSource, HoldKind, Role
 STATS_DAYS = 7
 ECHO_KEY = "destination_echo"
 FLASH_KEY = "destination_flash"
+CLEAR_ADD_KEY = "_destination_add_clear"
+ADD_FIELDS = ("add_name", "add_aet", "add_host", "add_port", "add_retrieve")
 RETRIEVE_HELP = ("Every destination may echo and store to the hub. C-FIND, C-GET and C-MOVE read studies back "
                  "out of it: allow them only to a peer that needs them, and give its host as an IP address "
                  "(Orthanc accepts them only from that address).")
@@ -101,6 +105,15 @@ def _overview(settings: Settings, current: dict[str, dict[str, Any]]) -> dict[st
     return states
 
 
+def _states(settings: Settings, current: dict[str, dict[str, Any]]) -> dict[str, queries.DestinationState]:
+    """Each destination's hold, for the hold controls (the table above says when this fails)."""
+    try:
+        with reading() as conn:
+            return queries.destination_states(conn, set(current) | set(settings.modalities))
+    except SQLAlchemyError:
+        return {}
+
+
 def _holds(user: dict[str, Any], names: list[str], states: dict[str, queries.DestinationState]) -> None:
     """Hold or release one destination (operator role), through core.operations, audited as `user`.
 
@@ -122,7 +135,8 @@ def _holds(user: dict[str, Any], names: list[str], states: dict[str, queries.Des
     if state is not None and state.held:
         detail = state.summary(get_settings().zone)
         if kind is HoldKind.OUTAGE:
-            nxt = local(state.next_probe_at, get_settings().zone, "%H:%M:%S") if state.next_probe_at else "soon"
+            zone = get_settings().zone
+            nxt = f"{local(state.next_probe_at, zone, '%H:%M:%S')} {zone.key}" if state.next_probe_at else "soon"
             detail = f"{detail}; next C-ECHO probe at {nxt}"
             detail += f"; last error: {state.last_error}" if state.last_error else ""
         st.caption(f"{target}: {detail}.")
@@ -173,14 +187,20 @@ def _echo(names: list[str]) -> None:
         with st.spinner("Echoing…"), ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
             results = list(pool.map(run, chosen))
         st.session_state[ECHO_KEY] = [
-            {"name": n, "ok": "ok" if r.ok else "FAILED", "latency": round(r.latency_ms, 1), "error": r.error or ""}
+            {"name": n, "ok": "ok" if r.ok else "FAILED", "latency": round(r.latency_ms, 1),
+             "error": readable_error(r.error)}
             for n, r in results
         ]
     shown = st.session_state.get(ECHO_KEY)
     if shown:
         st.dataframe(table(shown, {"name": "Destination", "ok": "Result", "latency": "Latency (ms)",
                                      "error": "Error"}, get_settings().zone),
-                     hide_index=True, key="echo_results")
+                     hide_index=True, key="echo_results",
+                     column_config={"Error": st.column_config.TextColumn("Error", width="large")})
+        for row in shown:  # each failure in full: a table cell cuts a long error off
+            if row["ok"] != "ok":
+                st.error(f"**{row['name']}** did not answer C-ECHO: {row['error'] or 'no reason given'}",
+                         icon=":material/link_off:")
 
 
 def _flash() -> None:
@@ -206,6 +226,8 @@ def _save(user: dict[str, Any], modality: Modality, before: dict[str, Any] | Non
         return
     st.session_state[FLASH_KEY] = ("success", f"{modality.name} saved: {modality.aet} at {modality.host}:"
                                               f"{modality.port}. It is in effect now.")
+    if action == "destination.add":
+        st.session_state[CLEAR_ADD_KEY] = True  # an empty form for the next one (a refused add keeps it)
     st.rerun()
 
 
@@ -226,6 +248,9 @@ def _edit(user: dict[str, Any], current: dict[str, dict[str, Any]]) -> None:
         st.caption("Adding, editing and deleting destinations needs the admin role.")
         return
     add_tab, edit_tab, delete_tab = st.tabs(["Add", "Edit", "Delete"])
+    if st.session_state.pop(CLEAR_ADD_KEY, False):
+        for key in ADD_FIELDS:  # before the widgets exist in this run: they start from their defaults
+            st.session_state.pop(key, None)
     with add_tab, st.form("destination_add"):
         cols: Sequence[DeltaGenerator] = st.columns(4)
         name = cols[0].text_input("Name", key="add_name", help="Orthanc's name for it, e.g. LPCHROUTER")
@@ -307,7 +332,17 @@ def render(user: dict[str, Any]) -> None:
         orthanc_up = False
     else:
         orthanc_up = True
-    states = _overview(settings, current)
+
+    def table() -> None:
+        """The destinations table and hold banners, read again at each refresh."""
+        try:
+            fresh = modalities() if orthanc_up else current
+        except OrthancError:
+            fresh = current  # (Orthanc went away since the page was drawn; the table says what it can)
+        _overview(settings, fresh)
+
+    live_section("destinations", table)
+    states = _states(settings, current)
     _holds(user, sorted(set(current) | set(settings.modalities) | {n for n, s in states.items() if s.held}), states)
     if orthanc_up:
         _echo(sorted(current))

@@ -1,4 +1,4 @@
-"""Overview: the real health of the hub, measured on every render.
+"""Overview: the real health of the hub, measured on every render and every APP_REFRESH_S seconds.
 
 Orthanc is asked for /system, PostgreSQL answers a query, and each worker's health
 comes from its own heartbeat row; the counts come from indexed queries over the
@@ -21,6 +21,7 @@ from app.components.db import describe, reading, show_error
 from app.components.fmt import age, local, table
 from app.components.holds import hold_banners
 from app.components.kpi import health_card, metric
+from app.components.live import live_section
 from app.components.orthanc import orthanc_health
 from app.context import get_settings
 from core import queries
@@ -57,14 +58,18 @@ def _storage_card(settings: Settings) -> StorageStatus:
 
 
 def render() -> None:
+    st.title("Overview")
+    live_section("overview", measure)
+
+
+def measure() -> None:
+    """Everything below the title: measured now, and again at each refresh (app/components/live.py)."""
     settings = get_settings()
     zone = settings.zone
     now = datetime.now(UTC)
     started = time.perf_counter()
 
-    st.title("Overview")
-    st.caption(f"Measured at {local(now, zone)} ({settings.tz}). Reload or press Refresh for new figures.")
-    st.button("Refresh", key="overview_refresh")
+    st.button("Refresh now", key="overview_refresh")
 
     orthanc = orthanc_health()
     db_error: BaseException | None = None
@@ -139,7 +144,7 @@ def render() -> None:
         st.warning(
             "Series sent with an AI result AE title from an address other than the one registered for it. "
             "They are kept unrouted (see each study's timeline and the Audit page):\n\n"
-            + "\n".join(f"- {r['text']} (last {local(r['last_at'], zone)})" for r in data["rejected"]),
+            + "\n".join(f"- {r['text']} (last {local(r['last_at'], zone)} {settings.tz})" for r in data["rejected"]),
             icon=":material/gpp_bad:",
         )
 

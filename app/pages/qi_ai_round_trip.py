@@ -66,7 +66,7 @@ charts.chart_block(
     + qi.DEFINITIONS["ai_round_trip"], "ai_round_trip_distribution", zone)
 
 charts.chart_block(
-    "Trend of p50, p90 and p95", charts.percentile_trend(trend, sla_s=sla_s), trend,
+    "Trend of p50, p90 and p95", charts.percentile_trend(trend, sla_s=sla_s, grain=grain), trend,
     f"Percentiles of the AI round trip per {grain}; dashed line: SLA_AI_ROUND_TRIP_S.", "ai_round_trip_trend", zone)
 
 rate_long = pd.DataFrame()
@@ -74,7 +74,7 @@ if not rates.empty:
     rate_long = rates.melt(id_vars=["bucket", "sent"], value_vars=["overdue_rate", "no_result_rate"],
                            var_name="rate", value_name="share")
 charts.chart_block(
-    "Overdue and no-result rates", charts.rate_trend(rate_long, "share", color="rate"), rates,
+    "Overdue and no-result rates", charts.rate_trend(rate_long, "share", color="rate", grain=grain), rates,
     "Over the studies sent to the AI in each bucket: overdue = result later than AI_RESULT_TIMEOUT or "
     "missing past it; no result = nothing back yet.", "ai_rates", zone)
 
@@ -92,7 +92,8 @@ else:
         ai_sent_at=[local(v, zone) for v in overdue["ai_sent_at"]],
         ai_result_at=[local(v, zone) if pd.notna(v) else "" for v in overdue["ai_result_at"]],
         waited=[age(v) for v in overdue["waited_s"]],
-    ).drop(columns=["waited_s", "ai_round_trip_s"])
+    ).drop(columns=["waited_s", "ai_round_trip_s"]).rename(
+        columns={"ai_sent_at": f"ai_sent_at ({zone.key})", "ai_result_at": f"ai_result_at ({zone.key})"})
     st.dataframe(shown, hide_index=True, width="stretch")
 st.caption(f"Sent to the AI and late (result after {age(timeout_s)}) or still without a result past it; "
            "newest send first, at most 200.")

@@ -43,12 +43,13 @@ with cols[3]:
            help="Failed or dead attempts, over attempts that ended.")
 
 charts.chart_block(
-    "Study failure rate", charts.rate_trend(studies, "failure_rate"), studies,
+    "Study failure rate", charts.rate_trend(studies, "failure_rate", grain=grain) if failed else None, studies,
     f"Per {grain}: routed studies with a dead job / routed studies (hover the data for both counts).",
-    "failures_study_rate", zone)
+    "failures_study_rate", zone,
+    empty=f"No failed study for these filters (0 of {routed} routed)." if routed else "No routed study for these filters.")
 
 fig = None
-if not destinations.empty:
+if not charts.all_zero(destinations, ["failed"]):
     data = destinations.assign(
         percent=destinations["failure_rate"].astype(float) * 100,
         label=[f"{f} / {n}" for f, n in zip(destinations["failed"], destinations["sends"], strict=True)])
@@ -59,16 +60,18 @@ if not destinations.empty:
 charts.chart_block(
     "By destination", fig, destinations,
     "Share of the required sends of studies to each destination (cancelled ones excluded) with a dead job: "
-    "failed / sends, labelled on each bar.", "failures_by_destination", zone)
+    "failed / sends, labelled on each bar.", "failures_by_destination", zone,
+    empty="No failed send for these filters." if not destinations.empty else "No data for these filters.")
 
 fig = None
-if not attempts.empty:
+if not charts.all_zero(attempts, ["failed"]):
     fig = px.bar(attempts, x="bucket", y="failed", color="destination", hover_data=["attempts", "failure_rate"])
-    fig.update_xaxes(title=None)
+    charts.time_axis(fig, attempts["bucket"], grain)
 charts.chart_block(
     "Failed attempts over time", fig, attempts,
     f"Per {grain} of the attempt's end and destination: failed or dead attempts; "
-    "failure_rate = failed / attempts that ended.", "failures_attempts", zone)
+    "failure_rate = failed / attempts that ended.", "failures_attempts", zone,
+    empty=f"No failed attempt for these filters (0 of {n_attempts})." if n_attempts else "No data for these filters.")
 
 st.markdown("**Top errors**")
 if errors.empty:
@@ -79,7 +82,7 @@ else:
         destinations=[", ".join(v) for v in errors["destinations"]],
         first_at=[local(v, zone) for v in errors["first_at"]],
         last_at=[local(v, zone) for v in errors["last_at"]],
-    )
+    ).rename(columns={"first_at": f"first_at ({zone.key})", "last_at": f"last_at ({zone.key})"})
     st.dataframe(shown, hide_index=True, width="stretch")
 st.caption("First line of each failed attempt's error, most frequent first; share = of all failed attempts "
            "in the range.")

@@ -45,7 +45,7 @@ for col, name in zip(cols, qi.SLA_METRICS, strict=True):
 
 charts.chart_block(
     "Compliance over time", charts.rate_trend(trend.assign(metric=trend["metric"].map(LABELS)), "compliance",
-                                              color="metric"), trend,
+                                              color="metric", grain=grain), trend,
     f"Per {grain}: met / (met + breached) for each threshold; n_due in the data is the denominator.",
     "sla_trend", zone)
 

@@ -62,7 +62,7 @@ charts.chart_block(
     + qi.DEFINITIONS["turnaround"], "turnaround_distribution", zone)
 
 charts.chart_block(
-    "Trend of p50, p90 and p95", charts.percentile_trend(trend, sla_s=sla_s), trend,
+    "Trend of p50, p90 and p95", charts.percentile_trend(trend, sla_s=sla_s, grain=grain), trend,
     f"Percentiles (percentile_cont) of turnaround per {grain}, dashed line: SLA_TURNAROUND_S.",
     "turnaround_trend", zone)
 

@@ -21,17 +21,23 @@ try:
         by_modality = qi.volume(conn, flt, zone, grain=grain, group="modality")
         by_source = qi.volume(conn, flt, zone, grain=grain, group="source_aet")
         outcomes = qi.study_outcomes(conn, flt, zone, grain=grain)
+        daily = qi.volume(conn, flt, zone, grain="day")
 except SQLAlchemyError as exc:
     show_error("Volumes could not be read", exc)
     st.stop()
 
 total = int(heat["studies"].sum()) if len(heat) else 0
 days = (flt.end - flt.start).days + 1
+active_days = int((daily["studies"] > 0).sum()) if len(daily) else 0
 cols = st.columns(3)
 with cols[0]:
     metric("Studies received", total)
 with cols[1]:
-    metric("Per day", f"{total / days:.1f}", help=f"Over {days} calendar days.")
+    # Over the days that received studies: a range reaching into the future, or a site that
+    # is closed at weekends, does not dilute it. The calendar-day figure is in the help.
+    metric("Per day (days with studies)", f"{total / active_days:.1f}" if active_days else None,
+           help=f"{total} studies over the {active_days} day(s) in TZ that received any, of {days} calendar "
+                f"day(s) in the range ({total / days:.1f} per calendar day).")
 with cols[2]:
     metric("Routed", int(outcomes["routed"].sum()) if len(outcomes) else 0)
 
@@ -41,16 +47,16 @@ charts.chart_block(
     "in the repeated autumn hour both passes count in that hour.", "volumes_heatmap", zone)
 
 charts.chart_block(
-    "By modality", charts.grouped_bars(by_modality, "bucket", "studies", "grp"), by_modality,
+    "By modality", charts.grouped_bars(by_modality, "bucket", "studies", "grp", grain=grain), by_modality,
     f"Studies per {grain} and modality (the study's original series modalities).", "volumes_modality", zone)
 
 charts.chart_block(
-    "By source AET", charts.grouped_bars(by_source, "bucket", "studies", "grp"), by_source,
+    "By source AET", charts.grouped_bars(by_source, "bucket", "studies", "grp", grain=grain), by_source,
     f"Studies per {grain} and sending AE title.", "volumes_source", zone)
 
 charts.chart_block(
     "By outcome", charts.stacked_bars(outcomes, "bucket", ["delivered", "failed", "in_progress", "no_delivery",
-                                                           "unrouted"], y_title="studies"),
+                                                           "unrouted"], y_title="studies", grain=grain),
     outcomes,
     f"Studies per {grain} by where they are now: delivered, failed (a dead job), in progress, "
     "routed without a delivery, unrouted.", "volumes_outcome", zone)

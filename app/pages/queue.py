@@ -19,8 +19,11 @@ from streamlit.delta_generator import DeltaGenerator
 from app.components import confirm, pager
 from app.components.access import can, needs, require_role
 from app.components.db import reading, show_error, writing
+from app.components.errors import errors_in_full, one_line
 from app.components.fmt import age, table
 from app.components.holds import hold_banners
+from app.components.links import study_link, study_link_column
+from app.components.live import live_section
 from app.context import get_settings
 from core import queries
 from core.operations import OperationError, cancel_job, retry_dead_jobs, retry_job
@@ -64,9 +67,15 @@ def _each(job_ids: list[int], action: Callable[..., Any], actor: str, verb: str)
 
 
 def render(user: dict[str, Any]) -> None:
+    st.title("Queue")
+    live_section("queue", lambda: jobs_view(user))
+
+
+def jobs_view(user: dict[str, Any]) -> None:
+    """The filters, the jobs and the actions; refreshed every APP_REFRESH_S seconds (the filters,
+    the page and the selection are keyed widgets: a refresh keeps them)."""
     settings = get_settings()
     zone = settings.zone
-    st.title("Queue")
     _flash()
     try:
         with reading() as conn:
@@ -101,19 +110,24 @@ def render(user: dict[str, Any]) -> None:
     for row in page.rows:
         row["next_in"] = age((row["next_attempt_at"] - now).total_seconds()) if state == JobState.FAILED else ""
         row["waiting"] = age((now - row["created_at"]).total_seconds())
+        row["study_link"] = study_link(row["study_id"])
+        row["error_line"] = one_line(row["last_error"])
     if page.rows:
         columns = {
-            "id": "Job", "study_id": "Study #", "accession_number": "Accession", "purpose": "Purpose",
+            "id": "Job", "study_link": "Study #", "accession_number": "Accession", "purpose": "Purpose",
             "destination": "Destination", "attempts": "Attempts",
         }
         if state == JobState.FAILED:
             columns.update({"next_attempt_at": f"Next attempt ({settings.tz})", "next_in": "Next attempt in"})
-        columns.update({"last_error": "Last error", "created_at": "Created", "waiting": "Age",
+        columns.update({"error_line": "Last error", "created_at": "Created", "waiting": "Age",
                         "updated_at": "Updated", "rule_name": "Rule"})
-        st.dataframe(table(page.rows, columns, zone), hide_index=True, key="queue_table")
+        st.dataframe(table(page.rows, columns, zone), hide_index=True, key="queue_table",
+                     column_config={"Study #": study_link_column(),
+                                    "Last error": st.column_config.TextColumn("Last error", width="large")})
     else:
         st.info(f"No {state} jobs match these filters.")
     pager.controls("queue", page.next_cursor, len(page.rows))
+    errors_in_full(page.rows)
 
     operator = can(Role.OPERATOR)
     if page.rows and state in RETRYABLE | CANCELLABLE:

@@ -137,6 +137,18 @@ def _dry_run(settings: Settings, active: RuleSet | None, draft: RuleSet | None) 
         hide_index=True, key="dry_plan")
 
 
+def _draft_diff(settings: Settings, file_text: str, draft_text: str) -> None:
+    """What Save would change: the draft against the file the worker reads, as a unified diff."""
+    name = settings.routing_rules.name
+    diff = "".join(difflib.unified_diff(file_text.splitlines(True), draft_text.splitlines(True),
+                                        f"{name} (active file)", f"{name} (your draft)"))
+    st.markdown("**Changes against the active file**")
+    if not diff:
+        st.caption("None yet: the draft is the file as it is on disk.")
+        return
+    st.code(diff, language="diff", wrap_lines=True)
+
+
 def _editor(settings: Settings, user: dict[str, Any], file_text: str | None) -> RuleSet | None:
     """The admin's editor; returns the draft's RuleSet when the draft is valid."""
     st.subheader("Edit the rules")
@@ -156,6 +168,7 @@ def _editor(settings: Settings, user: dict[str, Any], file_text: str | None) -> 
         st.error(f"Not valid, so it cannot be saved:\n\n```\n{exc}\n```")
     else:
         st.success(f"Valid: {len(draft.rules)} rule(s), {len(draft.active())} enabled.")
+    _draft_diff(settings, file_text, draft_text)
     cols = st.columns([1, 1, 4])
     save = cols[0].button("Save", key="rules_save", type="primary", disabled=draft is None or draft_text == file_text)
     if cols[1].button("Discard edits", key="rules_reload"):

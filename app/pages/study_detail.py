@@ -18,17 +18,20 @@ from app.components.access import can, needs, require_role
 from app.components.db import reading, show_error, writing
 from app.components.fmt import dicom_datetime, local, table
 from app.components.links import viewer_links, web_viewer_loaded, web_viewer_url
+from app.components.live import live_section
 from app.components.orthanc import modalities
 from app.components.timeline import timeline_figure
 from app.context import get_settings
 from core import queries
 from core.operations import OperationError, cancel_job, resend_study, retry_job
 from core.orthanc_client import OrthancError
-from core.states import CANCELLABLE, RETRYABLE, AuditSource, Role, SeriesKind
+from core.states import CANCELLABLE, RETRYABLE, AuditSource, Role, SeriesKind, StudyStatus
 
 STATE_KEY = "detail_study_id"
 RESEND_KINDS = {"all": "every series", SeriesKind.ORIGINAL: "original series only",
                 SeriesKind.AI_RESULT: "AI results only"}
+# Statuses in which the worker still changes the study by itself: its page refreshes itself.
+UNFINISHED = {StudyStatus.RECEIVED, StudyStatus.AI_PENDING, StudyStatus.AI_OVERDUE, StudyStatus.DELIVERING}
 
 
 def _selected_study() -> int | None:
@@ -132,8 +135,6 @@ def _resend(user: dict, study_id: int) -> None:
 
 
 def render(user: dict) -> None:
-    settings = get_settings()
-    zone = settings.zone
     show_phi = can(Role.OPERATOR)
     st.title("Study detail")
     _lookup()
@@ -144,6 +145,23 @@ def render(user: dict) -> None:
     if study_id is None:
         st.info("Open a study from the Studies page, or find one above.")
         return
+    try:
+        with reading() as conn:
+            first = queries.get_study(conn, study_id)
+    except SQLAlchemyError as exc:
+        show_error("The study could not be read", exc)
+        return
+    if first is None:
+        st.warning(f"Study #{study_id} does not exist.")
+        return
+    # A study still on its way refreshes itself; a finished one changes only by an action here.
+    live_section("detail", lambda: study_view(user, study_id, show_phi), live=first["status"] in UNFINISHED)
+
+
+def study_view(user: dict, study_id: int, show_phi: bool) -> None:
+    """The study, its timeline, jobs, series and events, and the actions on them."""
+    settings = get_settings()
+    zone = settings.zone
     try:
         with reading() as conn:
             study = queries.get_study(conn, study_id, show_phi=show_phi)
@@ -162,7 +180,9 @@ def render(user: dict) -> None:
     cols[0].markdown(f"**Status**  \n{study['status']}" + (" (orphan AI result)" if study["orphan_ai_result"] else ""))
     cols[1].markdown(f"**Patient**  \n{study['patient_name'] or '–'} · {study['patient_id'] or '–'}")
     cols[2].markdown(f"**Source AET**  \n{study['source_aet'] or '–'}")
-    cols[3].markdown(f"**Study date**  \n{dicom_datetime(study['study_date'], study['study_time'])}")
+    cols[3].markdown(f"**Study date** (modality's clock)  \n{dicom_datetime(study['study_date'], study['study_time'])}",
+                     help="StudyDate and StudyTime as the modality wrote them: its local wall-clock time. "
+                          "DICOM records no time zone with them.")
     st.caption(f"StudyInstanceUID {study['study_uid']} · Orthanc id {study['orthanc_id'] or '–'} · "
                f"received {local(study['first_received_at'], zone)} {settings.tz}")
 
@@ -180,7 +200,7 @@ def render(user: dict) -> None:
     ), hide_index=True, key="detail_stages")
 
     tab_jobs, tab_series, tab_events = st.tabs([f"Routing jobs ({len(jobs)})", f"Series ({len(series)})",
-                                                f"Events ({len(events)})"])
+                                                f"Events ({len(events)})"], key="detail_tabs")
     with tab_jobs:
         st.dataframe(table(jobs, {
             "id": "Job", "purpose": "Purpose", "destination": "Destination", "state": "State",

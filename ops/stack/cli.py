@@ -64,7 +64,9 @@ def summary(settings: Settings, env_file: Path, mode: str, probes: list[Probe]) 
         f"  Orthanc REST API   {orthanc}/   DICOMweb {orthanc}/dicom-web/",
         f"  DICOM (C-STORE)    AET {settings.orthanc_aet} on port {settings.dicom_port}"
         + ("   (DICOM TLS only)" if settings.dicom_tls else ""),
-        f"  Worker             http://{local}:{settings.routing_api_port}/health   and /metrics",
+        f"  Workflow API       http://{local}:{settings.routing_api_port}/v1/   (bearer tokens: app, Admin > "
+        f"API tokens; schema /openapi.json)",
+        f"  Health, metrics    http://{local}:{settings.routing_api_port}/health   and /metrics (token)",
         f"  PostgreSQL         {settings.postgres_host}:{settings.postgres_port}   databases "
         f"{settings.postgres_db} (Orthanc index) and {settings.qi_db} (QI), user {settings.postgres_user}",
         "",

@@ -108,6 +108,7 @@ def _port_ports(settings: Settings) -> list[tuple[str, str, int]]:
         ("ORTHANC_WEB_PORT", "0.0.0.0", settings.orthanc_web_port),
         ("DICOM_PORT", "0.0.0.0", settings.dicom_port),
         ("ROUTING_API_PORT", bind, settings.routing_api_port),
+        ("WORKER_HEALTH_PORT", settings.worker_health_host, settings.worker_health_port),
         ("OPERATOR_UI_PORT", bind, settings.operator_ui_port),
     ]
 
@@ -216,16 +217,16 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
         _start(layout, "orthanc")
         _wait_healthy(settings, layout, ["orthanc", "dicom"])
         out("Orthanc ready")
-        for name in ("worker", "app"):
+        for name in ("worker", "api", "app"):
             _start(layout, name)
-        probes = _wait_healthy(settings, layout, ["postgres", "orthanc", "dicom", "worker", "app"])
-        out("Worker and app ready")
+        probes = _wait_healthy(settings, layout, ["postgres", "orthanc", "dicom", "worker", "api", "app"])
+        out("Worker, API and app ready")
         return probes
 
 
 def _stop_locked(settings: Settings, env_file: Path, layout: StackLayout, out: Out) -> None:
     if supervisor.is_up(layout):
-        out("Stopping the app, the worker, Orthanc and PostgreSQL")
+        out("Stopping the app, the API, the worker, Orthanc and PostgreSQL")
         supervisor.shutdown(layout)
     leftovers = stack_processes(settings, layout, env_file)
     if leftovers:

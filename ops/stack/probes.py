@@ -1,8 +1,9 @@
 """Real health checks of the running services, shared by `run` (waiting) and `status`.
 
 Each probe talks to the service the way its users do: a password login to
-PostgreSQL, an authenticated Orthanc REST call, a DICOM C-ECHO, the worker's /health
-and the app's HTTP port. Nothing here is inferred from process states alone.
+PostgreSQL, an authenticated Orthanc REST call, a DICOM C-ECHO, the worker's own
+/health (WORKER_HEALTH_PORT), the API's /health (ROUTING_API_PORT, which proxies the
+worker's) and the app's HTTP port. Nothing here is inferred from process states alone.
 """
 
 from __future__ import annotations
@@ -101,8 +102,13 @@ def probe_dicom(settings: Settings) -> Probe:
     return Probe("dicom", False, url, f"C-ECHO failed: {(proc.stderr or proc.stdout).strip()[:200]}")
 
 
+def worker_health_url(settings: Settings) -> str:
+    """The worker's own /health (loopback natively; compose publishes it on the host's loopback)."""
+    return f"http://{probe_host(settings.worker_health_host)}:{settings.worker_health_port}/health"
+
+
 def probe_worker(settings: Settings) -> Probe:
-    url = f"http://{probe_host(settings.bind_address)}:{settings.routing_api_port}/health"
+    url = worker_health_url(settings)
     try:
         response = httpx.get(url, timeout=TIMEOUT_S)
     except httpx.HTTPError as exc:
@@ -120,6 +126,20 @@ def probe_worker(settings: Settings) -> Probe:
         detail += f"; {storage.get('message')}"
     degraded = bool(problems) and bool(body.get("orthanc")) and bool(body.get("database"))
     return Probe("worker", response.status_code == 200, url, f"HTTP {response.status_code}: {detail}", degraded)
+
+
+def probe_api(settings: Settings) -> Probe:
+    """The workflow API answers on ROUTING_API_PORT: its /health (open, no token) is the worker's,
+    proxied; the API is up when it answers with the worker's status, whatever that status is."""
+    base = f"http://{probe_host(settings.bind_address)}:{settings.routing_api_port}"
+    try:
+        response = httpx.get(f"{base}/health", timeout=TIMEOUT_S * 2)
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return Probe("api", False, f"{base}/v1/", f"not answering: {_first_line(exc)}")
+    status = body.get("status", "?") if isinstance(body, dict) else "?"
+    return Probe("api", response.status_code in (200, 503) and status != "?", f"{base}/v1/",
+                 f"answers; /health proxies the worker's: {status} (HTTP {response.status_code})")
 
 
 def probe_app(settings: Settings) -> Probe:
@@ -161,10 +181,12 @@ PROBES: dict[str, Callable[[Settings], Probe]] = {
     "orthanc": probe_orthanc,
     "dicom": probe_dicom,
     "worker": probe_worker,
+    "api": probe_api,
     "app": probe_app,
 }
 # Which supervisord program each probe belongs to.
-PROBE_SERVICE = {"postgres": "postgres", "orthanc": "orthanc", "dicom": "orthanc", "worker": "worker", "app": "app"}
+PROBE_SERVICE = {"postgres": "postgres", "orthanc": "orthanc", "dicom": "orthanc", "worker": "worker", "api": "api",
+                 "app": "app"}
 
 
 def probe_all(settings: Settings) -> list[Probe]:

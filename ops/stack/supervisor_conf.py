@@ -1,7 +1,9 @@
 """supervisord's configuration for the native stack, rendered from Settings.
 
-Four programs: PostgreSQL (in the foreground, as the `postgres` user when we are
-root), Orthanc, the worker and the Streamlit app. Only PostgreSQL starts on its own:
+Five programs: PostgreSQL (in the foreground, as the `postgres` user when we are
+root), Orthanc, the worker, the workflow API (uvicorn, `python -m api`, on
+ROUTING_API_PORT; it proxies the worker's /health and /metrics from
+WORKER_HEALTH_PORT) and the Streamlit app. Only PostgreSQL starts on its own:
 the others need the roles, migrations and first admin that `ops.stack.bootstrap`
 creates once PostgreSQL answers, so `ops.stack.native` starts them in order. No
 secret is written here: the worker and the app read `.env` (HUB_ENV_FILE) and
@@ -137,9 +139,21 @@ def render_supervisord_conf(
             "stdout_logfile": layout.log_file("worker"),
             **common,
         }),
+        _section("program:api", {
+            "command": _command([python_executable(), "-m", "api"]),
+            "environment": _environment(hub_env),
+            "directory": PROJECT_ROOT,
+            "priority": "35",
+            "autostart": "false",
+            "startsecs": "3",
+            "stopsignal": "TERM",
+            "stopwaitsecs": "20",
+            "stdout_logfile": layout.log_file("api"),
+            **common,
+        }),
         _section("program:app", {
             "command": _command([
-                python_executable(), "-m", "streamlit", "run", str(PROJECT_ROOT / "app" / "main.py"),
+                python_executable(), "-m", "streamlit", "run", str(PROJECT_ROOT / "app" / "server.py"),
                 "--server.address", settings.bind_address,
                 "--server.port", str(settings.operator_ui_port),
                 "--server.headless", "true",

@@ -23,7 +23,7 @@ PORT_KEYS: tuple[tuple[str, str], ...] = (
     ("OPERATOR_UI_PORT", "operations app port"),
     ("OHIF_PORT", "viewer port"),
     ("POSTGRES_PORT", "PostgreSQL port"),
-    ("ROUTING_API_PORT", "worker health/metrics port"),
+    ("ROUTING_API_PORT", "workflow API port (/v1, /health, /metrics)"),
     ("GRAFANA_PORT", "Grafana port (optional extra)"),
 )
 

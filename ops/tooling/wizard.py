@@ -33,6 +33,7 @@ SECRET_LABELS = {
     "POSTGRES_PASSWORD": "PostgreSQL password",
     "GRAFANA_DB_PASSWORD": "Grafana read-only database password",
     "APP_ADMIN_PASSWORD": "operations app first admin password",
+    "ALERT_WEBHOOK_SECRET": "alert webhook signing secret",
 }
 
 

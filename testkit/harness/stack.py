@@ -32,7 +32,7 @@ from .procs import spawn, tail, terminate
 
 PORT_KEYS = (
     "OPERATOR_UI_PORT", "ORTHANC_WEB_PORT", "OHIF_PORT", "POSTGRES_PORT",
-    "ROUTING_API_PORT", "GRAFANA_PORT", "DICOM_PORT",
+    "ROUTING_API_PORT", "WORKER_HEALTH_PORT", "GRAFANA_PORT", "DICOM_PORT",
 )
 # Fast timings for tests: Stable* about 2 s after the last instance, quick retries.
 TEST_OVERRIDES = {
@@ -56,6 +56,7 @@ def make_values(base_dir: Path, pg_storage: Path, **overrides: str) -> dict[str,
         "POSTGRES_PASSWORD": generate_secret(),
         "GRAFANA_DB_PASSWORD": generate_secret(),
         "APP_ADMIN_PASSWORD": generate_secret(),
+        "ALERT_WEBHOOK_SECRET": generate_secret(),
     })
     values.update(TEST_OVERRIDES)
     values.update(overrides)

@@ -15,16 +15,27 @@ from sqlalchemy import Engine, RowMapping, text
 from core.settings import PROJECT_ROOT
 from core.states import JobState
 from testkit.dicom_peers import send_datasets
+from testkit.harness.ports import free_port
 from testkit.harness.procs import spawn
 from testkit.harness.stack import write_env
 from testkit.harness.waiting import wait_until
 
 
 class WorkerProcess:
-    """One worker process reading `values` (raw settings) from its own .env file."""
+    """One worker process reading `values` (raw settings) from its own .env file.
+
+    The worker serves /health and /metrics on WORKER_HEALTH_PORT; on a stack, the API
+    (api/, ROUTING_API_PORT) serves them to others. A worker run alone, as most tests run
+    it, has no API in front: it then serves them on the port the test chose as
+    ROUTING_API_PORT (and gets an unused one as its ROUTING_API_PORT), so a test that
+    starts a second worker with a fresh ROUTING_API_PORT gets a second health port too.
+    `behind_api=True` keeps the values as given (a test that runs the API as well).
+    """
 
     def __init__(self, values: dict[str, str], directory: Path, name: str = "worker",
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, *, behind_api: bool = False):
+        if not behind_api:
+            values = {**values, "WORKER_HEALTH_PORT": values["ROUTING_API_PORT"], "ROUTING_API_PORT": str(free_port())}
         self.values = values
         self.extra_env = extra_env or {}  # process environment, e.g. HUB_FAILPOINT (settings come from .env)
         self.env_file = write_env(values, directory / f"{name}.env")
@@ -33,7 +44,7 @@ class WorkerProcess:
 
     @property
     def health_url(self) -> str:
-        return f"http://127.0.0.1:{self.values['ROUTING_API_PORT']}/health"
+        return f"http://127.0.0.1:{self.values['WORKER_HEALTH_PORT']}/health"
 
     def start(self) -> WorkerProcess:
         self.start_nowait()

@@ -1,15 +1,17 @@
 """The operations app in a real browser: Debian's chromium driven by playwright.
 
-The app runs exactly as the stack runs it (`streamlit run app/main.py` bound to
+The app runs exactly as the stack runs it (`streamlit run app/server.py` bound to
 127.0.0.1 on a free port, HUB_ENV_FILE pointing at the harness's .env), against the
 harness's PostgreSQL and Orthanc with data recorded by core.recorder. The test logs
 in through the real form, visits every page from the sidebar, checks that each page
 renders its main element without a Streamlit exception, and saves screenshots under
-test-artifacts/browser/.
+test-artifacts/browser/. Other tests check the session cookie across reloads, logout
+and refused sessions, and the live pages' refresh and its pause.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -19,14 +21,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from core import auth
 from core.db import make_engine
+from core.envfile import read_env_file
 from core.settings import PROJECT_ROOT
 from testkit import app_flows
 from testkit.harness.ports import free_port
 from testkit.harness.procs import spawn, tail, terminate
-from testkit.harness.stack import OrthancServer, QiDatabase
+from testkit.harness.stack import OrthancServer, QiDatabase, write_env
 from testkit.harness.waiting import wait_until
 from worker.rules_watch import RulesHolder
 
@@ -52,21 +56,39 @@ PAGES = {
 
 
 @pytest.fixture
-def app_server(qi_db: QiDatabase, clean_orthanc: OrthancServer, tmp_path: Path) -> Iterator[str]:
-    """The app on a free loopback port, with the admin from .env and a study in each state."""
+def app_overrides() -> dict[str, str]:
+    """Settings that differ from the harness's .env for this test's app (none by default)."""
+    return {}
+
+
+@pytest.fixture
+def seeded(qi_db: QiDatabase) -> dict[str, app_flows.Flow]:
+    """The admin from .env and a study in each workflow state, recorded with core.recorder."""
     engine = make_engine(qi_db.url)
     with engine.begin() as conn:
         auth.ensure_admin(conn, qi_db.settings)
-        app_flows.standard_set(conn, datetime.now(UTC))
+        flows = app_flows.standard_set(conn, datetime.now(UTC))
     RulesHolder(qi_db.settings.routing_rules, engine).reload()  # config_status, as the worker writes it
     engine.dispose()
+    return flows
+
+
+@pytest.fixture
+def app_server(
+    qi_db: QiDatabase, clean_orthanc: OrthancServer, tmp_path: Path, seeded: dict[str, app_flows.Flow],
+    app_overrides: dict[str, str],
+) -> Iterator[str]:
+    """The app on a free loopback port, served as the stack serves it (app/server.py)."""
     clean_orthanc.rest.put_modality("LPCHROUTER", "LPCHROUTER", free_port())  # type: ignore[union-attr]
+    env_file = qi_db.env_file
+    if app_overrides:
+        env_file = write_env({**read_env_file(qi_db.env_file), **app_overrides}, tmp_path / "app.env")
     port = free_port()
     log = tmp_path / "streamlit.log"
     proc = spawn(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.address", "127.0.0.1",
+        [sys.executable, "-m", "streamlit", "run", "app/server.py", "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        log, env={**os.environ, "HUB_ENV_FILE": str(qi_db.env_file)}, cwd=PROJECT_ROOT,
+        log, env={**os.environ, "HUB_ENV_FILE": str(env_file)}, cwd=PROJECT_ROOT,
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -130,7 +152,8 @@ def test_every_page_in_chromium(app_server: str, qi_db: QiDatabase) -> None:
 
             page.get_by_label("Password", exact=True).fill(settings.app_admin_password.get_secret_value())
             page.get_by_role("button", name="Log in").click()
-            expect(page.get_by_role("heading", name="Overview")).to_be_visible(timeout=30000)
+            # Back on the page that was asked for before the login.
+            expect(page.get_by_role("heading", name="Queue", exact=True)).to_be_visible(timeout=30000)
             _settle(page)
             nav = page.locator('[data-testid="stSidebarNav"]')
             for index, (title, main_element) in enumerate(PAGES.items(), start=1):
@@ -174,3 +197,190 @@ def _qi_titles() -> list[str]:
 
 def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def _log_in(page, settings) -> None:  # noqa: ANN001 - playwright Page, Settings
+    """Fill and send the login form (app/auth_routes.py) the browser is on."""
+    page.get_by_label("User name", exact=True).fill(settings.app_admin_username)
+    page.get_by_label("Password", exact=True).fill(settings.app_admin_password.get_secret_value())
+    page.get_by_role("button", name="Log in").click()
+
+
+def _study_header(page, study_id: int):  # noqa: ANN001, ANN202 - playwright Page and Locator
+    return page.get_by_role("heading", name=re.compile(rf"^#{study_id} ·"))
+
+
+def test_session_survives_a_reload_keeps_the_url_and_ends_for_good(
+    app_server: str, qi_db: QiDatabase, seeded: dict[str, app_flows.Flow]
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import expect, sync_playwright
+
+    settings = qi_db.settings
+    study_id = seeded["delivered"].study_id
+    wanted = f"{app_server}/study_detail?study={study_id}"
+    engine = make_engine(qi_db.url)
+
+    def sessions() -> list:  # noqa: ANN401
+        with engine.connect() as conn:
+            return list(conn.execute(text(
+                "SELECT id_hash, username, revoked_at, expires_at FROM app_sessions ORDER BY created_at")))
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 1000})
+            page = context.new_page()
+            # A study link opened without a session: the login form, remembering the study.
+            page.goto(wanted)
+            expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=30000)
+            assert page.url.startswith(f"{app_server}/login?next=")
+            _log_in(page, settings)
+            expect(page.get_by_role("heading", name="Study detail", exact=True)).to_be_visible(timeout=30000)
+            expect(_study_header(page, study_id)).to_be_visible(timeout=30000)
+            assert page.url == wanted
+
+            # The cookie: opaque, HttpOnly, SameSite=Strict; the database holds only its SHA-256.
+            [cookie] = [c for c in context.cookies() if c["name"] == "hub_session"]
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+            assert page.evaluate("document.cookie").find("hub_session") == -1
+            [row] = sessions()
+            assert row.username == settings.app_admin_username and row.revoked_at is None
+            assert row.id_hash == hashlib.sha256(cookie["value"].encode()).hexdigest() != cookie["value"]
+
+            # A reload lands on the same study, still logged in.
+            page.reload()
+            expect(_study_header(page, study_id)).to_be_visible(timeout=30000)
+            expect(page.get_by_role("button", name="Log out")).to_be_visible()
+            assert page.url == wanted
+            _settle(page)
+            _assert_no_exception(page, "Study detail after a reload")
+
+            # Log out: the session ends in the database; a reload shows the login form.
+            page.get_by_role("button", name="Log out").click()
+            page.wait_for_url(f"{app_server}/login?reason=logged_out", timeout=30000)  # through /logout
+            expect(page.get_by_text("You have logged out.")).to_be_visible(timeout=30000)
+            assert sessions()[0].revoked_at is not None
+            assert not [c for c in context.cookies() if c["name"] == "hub_session"]
+            page.goto(wanted)
+            expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=30000)
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT count(*) FROM audit_log WHERE action = 'auth.logout'")).scalar() == 1
+
+            # A stolen copy of the ended session's cookie opens nothing.
+            context.add_cookies([{"name": "hub_session", "value": cookie["value"], "url": app_server,
+                                  "httpOnly": True, "sameSite": "Strict"}])
+            page.goto(wanted)
+            expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=30000)
+            expect(page.get_by_text("Your session has ended")).to_be_visible()
+
+            # A session that expired is refused on the next page load.
+            _log_in(page, settings)
+            expect(_study_header(page, study_id)).to_be_visible(timeout=30000)
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE app_sessions SET expires_at = now() - interval '1 second' "
+                                  "WHERE revoked_at IS NULL"))
+            page.reload()
+            expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=30000)
+            expect(page.get_by_text("Your session has ended")).to_be_visible()
+
+            # A session revoked while its page is open is refused at the next click.
+            _log_in(page, settings)
+            expect(_study_header(page, study_id)).to_be_visible(timeout=30000)
+            _settle(page)
+            [live] = [c for c in context.cookies() if c["name"] == "hub_session"]
+            with engine.begin() as conn:
+                auth.end_session(conn, live["value"])
+            page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Queue", exact=True).click()
+            expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=30000)
+            expect(page.locator('[data-testid="stRadio"]')).to_have_count(0)
+            expect(page.get_by_text("Your session has ended")).to_be_visible()
+            _shot(page, "40-session-refused")
+            # Logging in again lands where the refused click was going.
+            assert page.url == f"{app_server}/login?next=%2Fqueue&reason=expired"
+            _log_in(page, settings)
+            expect(page.get_by_role("heading", name="Queue", exact=True)).to_be_visible(timeout=30000)
+        finally:
+            browser.close()
+            engine.dispose()
+
+
+@pytest.mark.parametrize("app_overrides", [{"APP_REFRESH_S": "2"}])
+def test_live_pages_follow_new_data_keep_filters_and_pause(
+    app_server: str, qi_db: QiDatabase, seeded: dict[str, app_flows.Flow]
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import expect, sync_playwright
+
+    engine = make_engine(qi_db.url)
+    numbers = iter(range(900, 1000))
+
+    def last_seen() -> datetime:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT max(last_seen_at) FROM app_sessions WHERE revoked_at IS NULL")).scalar_one()
+
+    def new_queued_job() -> None:
+        """A study arrives and is routed, as the worker records it; nobody touches the page."""
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            app_flows.route(conn, app_flows.arrive(conn, next(numbers), now), now, "LPCHROUTER")
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+            page.goto(app_server)
+            _log_in(page, qi_db.settings)
+            expect(page.get_by_role("heading", name="Overview")).to_be_visible(timeout=30000)
+            queued = page.locator('[data-testid="stMetric"]').filter(
+                has=page.get_by_text("Queued", exact=True)).locator('[data-testid="stMetricValue"]')
+            measured = page.get_by_text(re.compile(r"^Measured at "))
+            expect(queued).to_have_text("1", timeout=30000)
+            first = measured.inner_text()
+
+            # The page follows new data by itself, and its measured time advances.
+            new_queued_job()
+            expect(queued).to_have_text("2", timeout=30000)
+            expect(measured).not_to_have_text(first, timeout=30000)
+
+            # Paused: new data stays off the page, and the time stands still.
+            page.get_by_text("Auto-refresh every 2 s").click()
+            expect(measured).to_contain_text("auto-refresh paused", timeout=30000)
+            _settle(page)
+            still = measured.inner_text()
+            new_queued_job()
+            page.wait_for_timeout(3 * 2000)  # three refresh intervals
+            expect(queued).to_have_text("2")
+            expect(measured).to_have_text(still)
+            _shot(page, "41-overview-paused")
+
+            # Resumed, it refreshes again.
+            page.get_by_text("Auto-refresh every 2 s").click()
+            expect(queued).to_have_text("3", timeout=30000)
+            new_queued_job()
+            expect(queued).to_have_text("4", timeout=30000)
+
+            # The Queue keeps its filter across refreshes.
+            page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Queue", exact=True).click()
+            expect(page.get_by_role("heading", name="Queue", exact=True)).to_be_visible(timeout=30000)
+            _settle(page)
+            seen = last_seen()
+            # Refreshes are not the user's activity: the session's idle clock does not move.
+            for _ in range(2):
+                before = measured.inner_text()
+                expect(measured).not_to_have_text(before, timeout=30000)  # a refresh happened
+            assert last_seen() == seen
+            # A filter changed inside the refreshing part is: it moves.
+            page.locator('[data-testid="stRadio"]').get_by_text(re.compile(r"^dead \(")).click()
+            expect(page.get_by_text("Out of attempts: these wait for an operator.")).to_be_visible(timeout=30000)
+            _settle(page)
+            assert last_seen() > seen
+            before = measured.inner_text()
+            expect(measured).not_to_have_text(before, timeout=30000)  # a refresh happened
+            expect(page.get_by_text("Out of attempts: these wait for an operator.")).to_be_visible()
+            _assert_no_exception(page, "Queue after refreshes")
+        finally:
+            browser.close()
+            engine.dispose()

@@ -85,6 +85,7 @@ def test_run_store_status_stop(native_stack: NativeStack, tmp_path: Path) -> Non
     assert started.returncode == 0, output
     stack.assert_no_secret(output)
     assert f"http://127.0.0.1:{s.operator_ui_port}/" in started.stdout
+    assert f"http://127.0.0.1:{s.routing_api_port}/v1/" in started.stdout  # the workflow API
     assert str(stack.env_file) in started.stdout  # says where the passwords are
 
     # Every program runs under supervisord; Orthanc has TCP_NODELAY=1 and the site's TZ.
@@ -130,7 +131,7 @@ def test_run_store_status_stop(native_stack: NativeStack, tmp_path: Path) -> Non
     assert status.returncode == 0, status.stdout + status.stderr
     assert "All services healthy" in status.stdout
     stack.assert_no_secret(status.stdout + status.stderr)
-    for name in ("postgres", "orthanc", "dicom", "worker", "app"):
+    for name in ("postgres", "orthanc", "dicom", "worker", "api", "app"):
         assert any(line.startswith("ok") and f" {name} " in line for line in status.stdout.splitlines()), name
 
     # stop leaves nothing behind: every pid seen above is gone, nothing else of ours runs.

@@ -1,14 +1,13 @@
 """The five QI pages render headlessly (AppTest) against a real database with the fixture.
 
-Each page is run as the app's navigation runs it: a logged-in session (the shell puts
-the user in st.session_state), HUB_ENV_FILE pointing at the test's database. The
-shared filters are pre-set to the fixture's days, so the numbers on the page are the
+Each page is run as the app's navigation runs it: a logged-in session (its raw session
+id in st.session_state, where the app looks when there is no cookie), HUB_ENV_FILE
+pointing at the test's database. The shared filters are pre-set to the fixture's days, so the numbers on the page are the
 hand-computed ones.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import date
 
@@ -56,9 +55,11 @@ def app_db(qi_db: QiDatabase, monkeypatch: pytest.MonkeyPatch) -> Iterator[QiDat
 
 
 def open_page(name: str, start: date = date(2026, 3, 7), end: date = date(2026, 3, 8), **store: object) -> AppTest:
+    from app.context import get_engine, get_settings
+
     at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
-    at.session_state["user"] = {"username": "vera", "role": "viewer"}
-    at.session_state["last_activity"] = time.time()
+    with get_engine().begin() as conn:  # a real app session, as /login opens one (no browser: no cookie)
+        at.session_state["_session_id"] = auth.start_session(conn, "vera", ttl_s=get_settings().app_session_ttl)
     at.session_state["_qi_filters"] = {"start": start, "end": end, "grain": "day", "modalities": [], "sources": [],
                                        "destinations": [], "rules": [], **store}
     at.run()

@@ -14,9 +14,12 @@ import pytest
 from sqlalchemy import Engine, text
 
 from core.states import (
+    AlertChannel,
+    AlertMessage,
     AuditSource,
     EventType,
     HoldKind,
+    IncidentKind,
     JobState,
     LinkedBy,
     Payload,
@@ -40,6 +43,10 @@ MIRRORS: dict[tuple[str, str], type[StrEnum]] = {
     ("destination_holds", "kind"): HoldKind,
     ("audit_log", "source"): AuditSource,
     ("app_users", "role"): Role,
+    ("api_tokens", "role"): Role,
+    ("incidents", "kind"): IncidentKind,
+    ("alert_deliveries", "channel"): AlertChannel,
+    ("alert_deliveries", "message"): AlertMessage,
 }
 
 # pg_get_constraintdef renders `col IN ('a', 'b')` as `CHECK ((col = ANY (ARRAY['a'::text, 'b'::text])))`.

@@ -70,6 +70,7 @@ def cli_stack(pg_server: PostgresServer, qi_db: QiDatabase, hub_values: dict[str
         "ORTHANC_WEB_PORT": str(free_port()),
         "DICOM_PORT": str(free_port()),
         "ROUTING_API_PORT": str(free_port()),
+        "WORKER_HEALTH_PORT": str(free_port()),
         "ROUTING_RULES": str(rules),
         "RETRY_BASE": "0.2",
         "RETRY_CAP": "0.5",
@@ -96,7 +97,8 @@ def cli_stack(pg_server: PostgresServer, qi_db: QiDatabase, hub_values: dict[str
         refusing = make_pacs("REFUSEPACS", mode="refuse")
         orthanc.rest.put_modality("REFUSEPACS", "REFUSEPACS", refusing.port)
         (state / "logs").mkdir(parents=True)
-        worker = WorkerProcess(values, state / "logs", "worker").start()
+        # `./orthanc status` reads the worker's own /health on WORKER_HEALTH_PORT, as on a stack.
+        worker = WorkerProcess(values, state / "logs", "worker", behind_api=True).start()
         chest = make_study(1, 2, "CHEST PA")
         hand = make_study(1, 1, "HAND LEFT")
         for study in (chest, hand):

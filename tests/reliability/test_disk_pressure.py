@@ -293,7 +293,7 @@ def test_a_full_disk_refuses_new_data_reports_it_and_loses_nothing(
     assert "is low" in storage["message"] and "Orthanc refuses new studies" in storage["message"]
     assert stack.worker.health()["status"] == "ok", "the worker itself still works"
     wait_until(lambda: stack.free_gauge() == shutil.disk_usage(small_disk).free, timeout=10, what="free gauge")
-    probe = probe_worker(stack.settings)
+    probe = probe_worker(settings_from_values(stack.worker.values))  # the worker's own health port
     assert probe.ok and "is low" in probe.detail, probe
 
     # 5. The app shows it on the Overview.

@@ -13,7 +13,6 @@ CLI runs as the OS user, so an actor name passed in could not be verified anyway
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -21,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from testkit import app_flows
 from testkit.harness.ports import free_port
-from tests.integration.app.conftest import MAIN, USERS, AppEnv, assert_clean
+from tests.integration.app.conftest import MAIN, USERS, AppEnv, assert_clean, open_session
 
 pytestmark = pytest.mark.integration
 
@@ -94,14 +93,12 @@ def test_a_viewer_has_no_enabled_action_on_any_page(
 def test_user_management_is_out_of_reach_below_admin(app_env: AppEnv) -> None:
     for role in ("viewer", "operator"):
         at = AppTest.from_file(str(MAIN), default_timeout=60)
-        at.session_state["user"] = {"username": USERS[role], "role": role}
-        at.session_state["last_activity"] = time.time()
+        at.session_state["_session_id"] = open_session(USERS[role])
         at.run()
         with pytest.raises(ValueError):  # the Users page is not registered for this role
             at.switch_page("pages/users.py")
         page = AppTest.from_file(str(MAIN.parent / "pages" / "users.py"), default_timeout=60)
-        page.session_state["user"] = {"username": USERS[role], "role": role}
-        page.session_state["last_activity"] = time.time()
+        page.session_state["_session_id"] = open_session(USERS[role])
         page.run()
         assert "needs the admin role" in page.error[0].value
         assert not page.text_input and not page.button and not page.dataframe

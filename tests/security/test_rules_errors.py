@@ -84,7 +84,7 @@ def _compose_healthcheck(port: str) -> int:
     compose = yaml.safe_load((PROJECT_ROOT / "stack" / "docker-compose.yml").read_text())
     command = compose["services"]["worker"]["healthcheck"]["test"]
     assert command[:3] == ["CMD", "python", "-c"]
-    code = command[3].replace("${ROUTING_API_PORT}", port)
+    code = command[3].replace("${WORKER_HEALTH_PORT}", port)
     return subprocess.run([sys.executable, "-c", code], timeout=30, check=False).returncode
 
 
@@ -132,7 +132,7 @@ def test_a_broken_rules_file_is_loud_once_and_shown_as_degraded_everywhere(
     probe = probe_worker(settings)  # what `make status` (and `make run`'s summary) prints for the worker
     assert not probe.ok and probe.degraded and f"degraded: {expected}" in probe.detail
     # The compose healthcheck keeps the container up (as `make run` does natively): degraded, not dead.
-    assert _compose_healthcheck(values["ROUTING_API_PORT"]) == 0
+    assert _compose_healthcheck(worker.values["WORKER_HEALTH_PORT"]) == 0
 
     as_json, as_table = _orthanc_status(worker.env_file)
     assert as_json.returncode == 4, as_json.stdout + as_json.stderr

@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from core import auth
-from core.envfile import GENERATED_SECRETS, ensure_env_file, generate_secret, read_env_file, write_private
+from core.envfile import (
+    GENERATED_SECRETS,
+    SITE_SECRETS,
+    ensure_env_file,
+    generate_secret,
+    read_env_file,
+    write_private,
+)
 from core.settings import DEFAULTS_FILE, settings_from_values
 from ops import pgcluster
 from ops.stack import compose
@@ -63,10 +70,12 @@ def test_app_and_superuser_passwords_are_strong(tmp_path: Path) -> None:
 
 
 def test_every_password_setting_is_generated() -> None:
-    """A new secret in env.defaults must be generated, never left empty or shipped with a value."""
+    """A new secret in env.defaults must be generated (or be the site's own: SITE_SECRETS), never shipped
+    with a value."""
     defaults = read_env_file(DEFAULTS_FILE)
     secret_keys = {k for k in defaults if re.search(r"PASSWORD|SECRET|TOKEN|_KEY$", k)}
-    assert secret_keys == set(GENERATED_SECRETS)
+    assert secret_keys == set(GENERATED_SECRETS) | set(SITE_SECRETS)
+    assert not set(GENERATED_SECRETS) & set(SITE_SECRETS)
     assert all(defaults[k] == "" for k in secret_keys)
 
 

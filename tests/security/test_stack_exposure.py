@@ -84,8 +84,9 @@ def test_no_secret_leaks_from_a_running_stack(native_stack: NativeStack) -> None
 
     # Listening sockets: BIND_ADDRESS for the app, the worker and PostgreSQL; Orthanc 1.10.1
     # listens everywhere (documented) and must therefore refuse the unauthenticated.
-    for key, port in (("app", s.operator_ui_port), ("worker", s.routing_api_port), ("postgres", s.postgres_port)):
+    for key, port in (("app", s.operator_ui_port), ("api", s.routing_api_port), ("postgres", s.postgres_port)):
         assert listening_addresses(port) == {s.bind_address}, key
+    assert listening_addresses(s.worker_health_port) == {"127.0.0.1"}  # the worker's own, behind the API
     with httpx.Client(base_url=s.orthanc_url, timeout=10) as http:
         for method, path in ORTHANC_ENDPOINTS:
             assert http.request(method, path).status_code == 401, path
@@ -95,7 +96,11 @@ def test_no_secret_leaks_from_a_running_stack(native_stack: NativeStack) -> None
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(host="127.0.0.1", port=s.postgres_port, user=user, password="not-the-password",
                             dbname=s.postgres_db, connect_timeout=5)
-    assert httpx.get(f"http://127.0.0.1:{s.routing_api_port}/metrics", timeout=10).status_code == 200
+    # The API: /health open, /metrics and everything else only with a token; the worker's own on loopback.
+    assert httpx.get(f"http://127.0.0.1:{s.routing_api_port}/health", timeout=10).status_code == 200
+    assert httpx.get(f"http://127.0.0.1:{s.routing_api_port}/metrics", timeout=10).status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{s.routing_api_port}/v1/studies", timeout=10).status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{s.worker_health_port}/metrics", timeout=10).status_code == 200
     assert httpx.get(f"http://127.0.0.1:{s.operator_ui_port}/", timeout=10).status_code == 200
 
     # A backup, with every command line sampled while it runs (pg_dump included).

@@ -32,15 +32,17 @@ from ops.stack.bootstrap import BootstrapResult
 
 COMPOSE_FILE = PROJECT_ROOT / "stack" / "docker-compose.yml"
 VAR_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
-HUB_SERVICES = ("init", "worker", "app")
-LONG_RUNNING = ("postgres", "orthanc", "worker", "app", "grafana")
-# Which service publishes each port setting, and whether it is bound to BIND_ADDRESS.
-PUBLISHED = {
+HUB_SERVICES = ("init", "worker", "api", "app")
+LONG_RUNNING = ("postgres", "orthanc", "worker", "api", "app", "grafana")
+# Which service publishes each port setting, and whether it is bound to BIND_ADDRESS
+# (True), to every interface (False) or to the host's loopback only ("loopback").
+PUBLISHED: dict[str, tuple[str, bool | str]] = {
     "OPERATOR_UI_PORT": ("app", True),
     "ORTHANC_WEB_PORT": ("orthanc", False),
     "OHIF_PORT": ("orthanc", True),
     "POSTGRES_PORT": ("postgres", True),
-    "ROUTING_API_PORT": ("worker", True),
+    "ROUTING_API_PORT": ("api", True),
+    "WORKER_HEALTH_PORT": ("worker", "loopback"),
     "GRAFANA_PORT": ("grafana", True),
     "DICOM_PORT": ("orthanc", False),
 }
@@ -140,7 +142,7 @@ def _keys(node: Any, prefix: str = "") -> set[str]:
 
 
 def test_services(raw: dict[str, Any]) -> None:
-    assert set(raw["services"]) == {"postgres", "init", "orthanc", "worker", "app", "grafana"}
+    assert set(raw["services"]) == {"postgres", "init", "orthanc", "worker", "api", "app", "grafana"}
     for name in HUB_SERVICES:
         build = raw["services"][name]["build"]
         assert (COMPOSE_FILE.parent / build["context"] / build["dockerfile"]).resolve() == (
@@ -171,7 +173,7 @@ def test_published_ports_map_to_their_settings(raw: dict[str, Any]) -> None:
     seen: dict[str, str] = {}
     for name, service in raw["services"].items():
         for spec in _ports(service):
-            match = re.fullmatch(r"(?:\$\{BIND_ADDRESS\}:)?\$\{([A-Z_]+_PORT)\}:(.+)", spec)
+            match = re.fullmatch(r"(?:\$\{BIND_ADDRESS\}:|127\.0\.0\.1:)?\$\{([A-Z_]+_PORT)\}:(.+)", spec)
             assert match, f"{name}: published port {spec!r} is not a *_PORT setting"
             var = match.group(1)
             assert var in PUBLISHED, f"{name}: unknown port setting {var}"
@@ -179,7 +181,8 @@ def test_published_ports_map_to_their_settings(raw: dict[str, Any]) -> None:
             seen[var] = name
             expected_service, loopback = PUBLISHED[var]
             assert name == expected_service, f"{var} is published by {name}, expected {expected_service}"
-            assert spec.startswith("${BIND_ADDRESS}:") == loopback, f"{var}: BIND_ADDRESS binding"
+            assert spec.startswith("${BIND_ADDRESS}:") == (loopback is True), f"{var}: BIND_ADDRESS binding"
+            assert spec.startswith("127.0.0.1:") == (loopback == "loopback"), f"{var}: loopback binding"
     assert sorted(seen) == sorted(PUBLISHED)
 
 
@@ -202,7 +205,12 @@ def test_rendered_ports_follow_the_env_file(rendered: dict[str, Any], env_values
     published = {name: _ports(service) for name, service in rendered["services"].items()}
     v = env_values
     assert published["app"] == [f"{bind}:{v['OPERATOR_UI_PORT']}:{v['OPERATOR_UI_PORT']}"]
-    assert published["worker"] == [f"{bind}:{v['ROUTING_API_PORT']}:{v['ROUTING_API_PORT']}"]
+    assert published["api"] == [f"{bind}:{v['ROUTING_API_PORT']}:{v['ROUTING_API_PORT']}"]
+    assert published["worker"] == [f"127.0.0.1:{v['WORKER_HEALTH_PORT']}:{v['WORKER_HEALTH_PORT']}"]
+    # The API reaches the worker's health server over the compose network; the worker listens on it.
+    assert rendered["services"]["api"]["environment"]["WORKER_HEALTH_HOST"] == "worker"
+    assert rendered["services"]["worker"]["environment"]["WORKER_HEALTH_HOST"] == "0.0.0.0"
+    assert rendered["services"]["api"]["command"] == ["python", "-m", "api"]
     assert published["postgres"] == [f"{bind}:{v['POSTGRES_PORT']}:{v['POSTGRES_PORT']}"]
     assert published["grafana"] == [f"{bind}:{v['GRAFANA_PORT']}:3000"]
     assert published["orthanc"] == [
@@ -321,9 +329,10 @@ def test_healthchecks_and_startup_order(raw: dict[str, Any]) -> None:
         check = services[name].get("healthcheck")
         assert check and check.get("test"), f"{name} has no healthcheck"
     assert services["init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("orthanc", "worker", "app"):
+    for name in ("orthanc", "worker", "api", "app"):
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
     assert services["worker"]["depends_on"]["orthanc"]["condition"] == "service_healthy"
+    assert services["api"]["depends_on"]["worker"]["condition"] == "service_started"
 
 
 def test_grafana_is_optional(raw: dict[str, Any]) -> None:
@@ -348,7 +357,7 @@ def test_compose_env_comes_from_the_env_file_only(
     assert set(compose.DERIVED) <= set(env) and len(digest) == 16
     changed = settings_from_values({**env_values, "STATE_DIR": "./var", "ORTHANC_PASSWORD": generate_secret()})
     assert compose.orthanc_config_digest(changed) != digest
-    unrelated = settings_from_values({**env_values, "STATE_DIR": "./var", "APP_SESSION_TIMEOUT_MIN": "7"})
+    unrelated = settings_from_values({**env_values, "STATE_DIR": "./var", "APP_IDLE_TIMEOUT": "420"})
     assert compose.orthanc_config_digest(unrelated) == digest
     argv = compose.compose_argv(env_file, "ps")
     assert argv[:2] == ["docker", "compose"] and str(COMPOSE_FILE) in argv and argv[-1] == "ps"

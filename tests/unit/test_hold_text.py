@@ -46,7 +46,8 @@ def test_app_banner_says_what_happens_next() -> None:
     outage = state(HoldKind.OUTAGE, datetime(2026, 12, 6, 17, 5, tzinfo=UTC), 3)
     assert hold_line(outage, LA, NOW) == (
         "PACS: outage since 09:05, 3 jobs waiting; it stopped answering C-ECHO; "
-        "sending resumes by itself when it answers again.")
+        "sending resumes by itself when it answers again (times in America/Los_Angeles).")
     operator = state(HoldKind.OPERATOR, datetime(2026, 12, 6, 17, 5, tzinfo=UTC), 0, by="ana")
     assert hold_line(operator, LA, NOW).endswith("sending resumes when an operator releases it "
-                                                 "(Destinations page or `./orthanc release`).")
+                                                 "(Destinations page or `./orthanc release`) "
+                                                 "(times in America/Los_Angeles).")

@@ -18,18 +18,20 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_IMPORTS: dict[str, set[str]] = {
     "core": set(),
     "worker": {"core"},
+    "api": {"core"},
     "app": {"core"},
     "ops": {"core"},
     "testkit": {"core", "ops"},
     "bench": {"core", "ops", "testkit"},
 }
-FIRST_PARTY = {"core", "worker", "app", "ops", "testkit", "bench", "tests"}
+FIRST_PARTY = {"core", "worker", "api", "app", "ops", "testkit", "bench", "tests"}
 
 # The core tables: what the worker records and operators change. core/recorder.py is their
 # only writer. app_users belongs to core/auth.py and qi_settings to core/qi.py (see
 # docs/architecture.md, "One writer").
 CORE_TABLES = ("studies", "series", "events", "routing_jobs", "job_series", "destination_holds",
-               "destination_outages", "worker_state", "worker_heartbeats", "config_status", "audit_log")
+               "destination_outages", "worker_state", "worker_heartbeats", "config_status", "audit_log",
+               "incidents", "alert_deliveries")
 WRITER = "core/recorder.py"
 # Writes that are not records of the pipeline, each with its reason.
 WRITE_EXCEPTIONS = {

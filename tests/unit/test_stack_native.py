@@ -50,9 +50,10 @@ def test_commands_and_environment(hub_settings: Settings, tmp_path: Path) -> Non
                                   f"/usr/sbin/Orthanc {s.state_dir / 'orthanc.json'}")
     assert 'TCP_NODELAY="1"' in orthanc["environment"] and f'TZ="{s.tz}"' in orthanc["environment"]
     assert 'HUB_CONFIG_FINGERPRINT="aaa"' in orthanc["environment"]
-    for name in ("worker", "app"):
+    for name in ("worker", "api", "app"):
         assert f'HUB_ENV_FILE="{env_file.resolve()}"' in conf[f"program:{name}"]["environment"]
         assert 'HUB_CONFIG_FINGERPRINT="bbb"' in conf[f"program:{name}"]["environment"]
+    assert conf["program:api"]["command"] == f"{sys.executable} -m api"
     app = conf["program:app"]["command"]
     assert f"--server.address {s.bind_address}" in app and f"--server.port {s.operator_ui_port}" in app
     assert conf["unix_http_server"]["chmod"] == "0700"
@@ -85,6 +86,8 @@ def test_busy_ports_names_the_setting(make_settings: Callable[..., Settings]) ->
         port = sock.getsockname()[1]
         settings = make_settings(ROUTING_API_PORT=str(port))
         assert f"ROUTING_API_PORT={port}" in native.busy_ports(settings)
+        settings = make_settings(WORKER_HEALTH_PORT=str(port))
+        assert f"WORKER_HEALTH_PORT={port}" in native.busy_ports(settings)
 
 
 @pytest.mark.parametrize("args", [["logs", "nonsense"]])

@@ -135,12 +135,24 @@ def flows(app_env: AppEnv) -> dict[str, app_flows.Flow]:
         return app_flows.standard_set(conn, datetime.now(UTC))
 
 
+def open_session(username: str, **kwargs: Any) -> str:
+    """A real app session for `username` (core.auth.start_session), as /login opens one; the raw id."""
+    from app.context import get_engine, get_settings
+
+    with get_engine().begin() as conn:
+        return auth.start_session(conn, username, ttl_s=get_settings().app_session_ttl, **kwargs)
+
+
 def new_app(role: str | None = None) -> AppTest:
-    """The app from app/main.py, optionally with a session of that role's user logged in."""
+    """The app from app/main.py, optionally with a session of that role's user logged in.
+
+    AppTest has no browser to hold the cookie, so the raw session id goes where
+    app.components.access.session_id looks when there is none; the session is checked
+    against app_sessions exactly as the cookie's is.
+    """
     at = AppTest.from_file(str(MAIN), default_timeout=60)
     if role:
-        at.session_state["user"] = {"username": USERS[role], "role": role}
-        at.session_state["last_activity"] = time.time()
+        at.session_state["_session_id"] = open_session(USERS[role])
     return at
 
 
@@ -174,8 +186,12 @@ def frame_text(at: AppTest) -> str:
 
 
 def table_rows(at: AppTest, column: str) -> list[dict[str, Any]]:
-    """Rows of the first table that has `column` (AppTest does not expose dataframe keys)."""
+    """Rows of the first table that has `column` (AppTest does not expose dataframe keys).
+
+    A column of times is found by its name alone too: app.components.fmt.table adds the
+    zone to its header ("Last used (America/Los_Angeles)"); the rows keep the full header.
+    """
     for df in at.dataframe:
-        if column in df.value.columns:
+        if any(c == column or str(c).startswith(f"{column} (") for c in df.value.columns):
             return df.value.to_dict("records")
     raise AssertionError(f"no table with a {column!r} column; tables: {[list(d.value.columns) for d in at.dataframe]}")
