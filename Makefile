@@ -22,7 +22,7 @@ LINES ?= 100
 # make test PYTEST_ARGS="-k compose -x"
 PYTEST_ARGS ?=
 
-.PHONY: help venv env run start stop restart status logs lint typecheck audit test test-long
+.PHONY: help venv ohif env run start stop restart status logs lint typecheck audit test test-long
 
 help: ## list the targets
 	@echo "Routing hub. Quick start: make run (start everything), make test (all checks)."
@@ -44,6 +44,9 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt
 
 venv: $(VENV_STAMP) ## create or update the Python virtual environment (.venv)
 
+ohif: $(VENV_STAMP) ## install the pinned OHIF viewer into var/ohif if missing (checksum-verified; run does it too)
+	@$(VENV_PY) -m ops.stack.ohif
+
 env: $(VENV_STAMP) ## create .env from config/env.defaults with generated passwords, if absent
 	@$(STACK) env
 
@@ -62,7 +65,7 @@ restart: $(VENV_STAMP) ## stop, then start the stack (applies changes to .env)
 status: $(VENV_STAMP) ## each service's state and a real health probe (exit code 1 if unhealthy)
 	@$(STACK) status
 
-logs: $(VENV_STAMP) ## show the logs (SERVICE=postgres|orthanc|worker|app, FOLLOW=1, LINES=N)
+logs: $(VENV_STAMP) ## show the logs (SERVICE=postgres|orthanc|worker|api|app|viewer, FOLLOW=1, LINES=N)
 	@$(STACK) logs -n $(LINES) $(if $(FOLLOW),--follow) $(SERVICE)
 
 lint: $(VENV_STAMP) ## ruff on the whole project

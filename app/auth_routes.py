@@ -42,13 +42,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.context import get_engine, get_settings
-from core.auth import authenticate, end_session, session_user, start_session
+from core.auth import SESSION_COOKIE, authenticate, end_session, session_user, start_session
 from core.recorder import audit
 from core.states import AuditSource
 
 log = logging.getLogger("hub.app.auth")
 
-COOKIE = "hub_session"
+COOKIE = SESSION_COOKIE  # shared with the OHIF gateway on OHIF_PORT (viewer/login.py)
 CSRF_COOKIE = "hub_login_csrf"
 LOGIN_PATH = "/login"
 LOGOUT_PATH = "/logout"

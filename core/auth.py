@@ -459,6 +459,9 @@ def verify_token(conn: Connection, raw: str, *, now: datetime | None = None) -> 
 # activity, end_session (logout), the account being deleted (ON DELETE CASCADE) or locked.
 # The OHIF gateway calls the same three functions.
 
+# The cookie holding the raw session id. Browsers send a host's cookies to every port of it, so
+# the app (OPERATOR_UI_PORT) and the OHIF gateway (OHIF_PORT, viewer/) share one login.
+SESSION_COOKIE = "hub_session"
 SESSION_ID_MAX_CHARS = 128  # a presented id longer than this is refused unread
 _SESSION_PURGE_AFTER = timedelta(days=1)  # ended sessions are deleted this long after they ended
 _SESSION_USER_COLUMNS = ", ".join(f"u.{name}" for name in User.__dataclass_fields__)  # constant list

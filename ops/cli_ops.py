@@ -49,7 +49,7 @@ EnvFile = Annotated[
     Path | None,
     typer.Option("--env-file", help="the .env to read (default: HUB_ENV_FILE or ./.env)", show_default=False),
 ]
-SERVICES = ("postgres", "orthanc", "worker", "api", "app")
+SERVICES = ("postgres", "orthanc", "worker", "api", "app", "viewer")
 
 
 # --- helpers ---------------------------------------------------------------------------

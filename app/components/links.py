@@ -2,8 +2,12 @@
 
 The links are followed by the operator's browser, not by the app, so they use the
 host name the browser used to reach the app (the Host header) with the viewer's and
-Orthanc's ports from .env. OHIF is linked when its server answers; otherwise (native
-mode without OHIF) the Orthanc web viewer plugin, or Orthanc Explorer without it.
+Orthanc's ports from .env. The study opens in OHIF, on the viewer gateway (viewer/,
+OHIF_PORT), directly by its StudyInstanceUID: the gateway reads the app's session cookie
+(the browser sends it to every port of the host), so every role opens it without
+logging in again, and the open is audited there. Orthanc's own pages (Explorer, the web
+viewer plugin) ask for Orthanc's password, which only admins have (.env): they are
+linked for admins only, the web viewer as a fallback when the gateway does not answer.
 """
 
 from __future__ import annotations
@@ -69,15 +73,15 @@ def web_viewer_loaded() -> bool:
 
 
 def viewer_links(
-    settings: Settings, study_uid: str, orthanc_id: str | None, series_orthanc_ids: list[str]
+    settings: Settings, study_uid: str, orthanc_id: str | None, series_orthanc_ids: list[str], *, admin: bool,
 ) -> list[Link]:
-    """The viewer link(s) for a study, best available first, then Orthanc's UI."""
+    """The viewer link(s) for a study, best available first, then (admins) Orthanc's UI."""
     links: list[Link] = []
     if ohif_running(settings):
         links.append(Link("Open in OHIF viewer", ohif_url(settings, study_uid)))
-    elif series_orthanc_ids and web_viewer_loaded():
+    elif admin and series_orthanc_ids and web_viewer_loaded():
         links.append(Link("Open in Orthanc web viewer", web_viewer_url(settings, series_orthanc_ids[0])))
-    if orthanc_id:
+    if admin and orthanc_id:
         links.append(Link("Open in Orthanc Explorer", orthanc_study_url(settings, orthanc_id)))
     return links
 

@@ -1,4 +1,5 @@
-"""Audit log: who changed what and when, from the UI, the CLI, the worker or setup.
+"""Audit log: who changed what and when, from the UI, the CLI, the worker, setup, the API, and
+which studies were opened in the viewer (source `viewer`, action `viewer.study_open`, viewer/audit.py).
 
 Read-only for everyone; entries are written only by the audited operations
 themselves (core.operations, core.auth, destination and rule changes).
@@ -21,7 +22,7 @@ from core import queries
 from core.states import AuditSource, Role
 
 SOURCES = ("", *AuditSource)
-ACTIONS = ("", "auth.", "user.", "job.", "study.", "destination.", "rules.")
+ACTIONS = ("", "auth.", "user.", "job.", "study.", "destination.", "rules.", "viewer.")
 
 
 def render() -> None:

@@ -187,7 +187,7 @@ def study_view(user: dict, study_id: int, show_phi: bool) -> None:
                f"received {local(study['first_received_at'], zone)} {settings.tz}")
 
     series_ids = [s["orthanc_id"] for s in series if s["orthanc_id"]]
-    links = viewer_links(settings, study["study_uid"], study["orthanc_id"], series_ids)
+    links = viewer_links(settings, study["study_uid"], study["orthanc_id"], series_ids, admin=can(Role.ADMIN))
     if links:
         for col, link in zip(st.columns(len(links) + 2), links, strict=False):
             col.link_button(link.label, link.url)
@@ -211,7 +211,7 @@ def study_view(user: dict, study_id: int, show_phi: bool) -> None:
         _job_actions(user, jobs)
         _resend(user, study_id)
     with tab_series:
-        viewer = web_viewer_loaded()
+        viewer = can(Role.ADMIN) and web_viewer_loaded()  # Orthanc's page: Orthanc's password (admins)
         for s in series:
             s["viewer"] = web_viewer_url(settings, s["orthanc_id"]) if viewer and s["orthanc_id"] else None
         st.dataframe(

@@ -67,6 +67,8 @@ def summary(settings: Settings, env_file: Path, mode: str, probes: list[Probe]) 
         f"  Workflow API       http://{local}:{settings.routing_api_port}/v1/   (bearer tokens: app, Admin > "
         f"API tokens; schema /openapi.json)",
         f"  Health, metrics    http://{local}:{settings.routing_api_port}/health   and /metrics (token)",
+        f"  Study viewer       http://{local}:{settings.ohif_port}/   (OHIF; log in with an app account, or "
+        f"open a study from the app's study page)",
         f"  PostgreSQL         {settings.postgres_host}:{settings.postgres_port}   databases "
         f"{settings.postgres_db} (Orthanc index) and {settings.qi_db} (QI), user {settings.postgres_user}",
         "",
@@ -164,7 +166,8 @@ def parser() -> argparse.ArgumentParser:
     for name in ("run", "start", "stop", "restart", "status", "env"):
         sub.add_parser(name)
     logs = sub.add_parser("logs")
-    logs.add_argument("services", nargs="*", help="postgres, orthanc, worker, app, supervisord (default: all)")
+    logs.add_argument("services", nargs="*",
+                      help="postgres, orthanc, worker, api, app, viewer, supervisord (default: all)")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("-n", "--lines", type=int, default=50)
     boot = sub.add_parser("bootstrap")

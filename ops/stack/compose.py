@@ -29,7 +29,7 @@ from ops.stack.probes import Probe, probe_all, wait_healthy
 Out = Callable[[str], None]
 COMPOSE_FILE = PROJECT_ROOT / "stack" / "docker-compose.yml"
 PROJECT_NAME = "routing-hub"
-SERVICES: tuple[str, ...] = ("postgres", "init", "orthanc", "worker", "api", "app", "grafana")
+SERVICES: tuple[str, ...] = ("postgres", "init", "orthanc", "worker", "api", "app", "viewer", "grafana")
 # Files in STATE_DIR that compose mounts as secrets (generated here, mode 600).
 SECRET_FILES = ("postgres-superuser.secret", "grafana-admin.secret")
 # Passed through from the caller's environment: how to reach the engine, which profiles.
@@ -142,7 +142,7 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
             out(f"warning: could not mark {settings.postgres_storage} as the hub's ({exc}); "
                 f"run `{datadirs.MARK_COMMAND}` as root before `make uninstall`")
     try:
-        return wait_healthy(settings, ["postgres", "orthanc", "dicom", "worker", "api", "app"], 120)
+        return wait_healthy(settings, ["postgres", "orthanc", "dicom", "worker", "api", "app", "viewer"], 120)
     except TimeoutError as exc:
         raise ComposeError(f"{exc}\nsee `make logs`") from None
 

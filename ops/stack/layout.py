@@ -17,7 +17,7 @@ from core.settings import Settings
 # AF_UNIX paths are limited to 107 bytes (108 with the NUL); leave some margin.
 _MAX_SOCKET_PATH = 100
 
-SERVICES: tuple[str, ...] = ("postgres", "orthanc", "worker", "api", "app")
+SERVICES: tuple[str, ...] = ("postgres", "orthanc", "worker", "api", "app", "viewer")
 
 
 @dataclass(frozen=True)

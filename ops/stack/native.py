@@ -22,7 +22,7 @@ from core.envfile import write_private
 from core.settings import Settings, read_config
 from ops import datadirs, pgcluster, tls
 from ops.orthanc_config import LOG_FILTER, orthanc_config_text, render_orthanc_config
-from ops.stack import bootstrap, supervisor
+from ops.stack import bootstrap, ohif, supervisor
 from ops.stack.layout import SERVICES, StackLayout
 from ops.stack.probes import PROBE_SERVICE, Probe, probe_all, wait_healthy
 from ops.stack.procscan import stack_processes, terminate_in_order
@@ -110,6 +110,7 @@ def _port_ports(settings: Settings) -> list[tuple[str, str, int]]:
         ("ROUTING_API_PORT", bind, settings.routing_api_port),
         ("WORKER_HEALTH_PORT", settings.worker_health_host, settings.worker_health_port),
         ("OPERATOR_UI_PORT", bind, settings.operator_ui_port),
+        ("OHIF_PORT", bind, settings.ohif_port),
     ]
 
 
@@ -185,6 +186,10 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
             tls_files = tls.prepare(settings, out)  # DICOM TLS / HTTPS: generated once, checked
         except (tls.TlsError, OSError) as exc:
             raise StackError(str(exc)) from None
+        try:
+            ohif.ensure_ohif(out=out)  # the viewer's files: pinned, checksum-verified, once (ops/stack/ohif.py)
+        except (ohif.OhifError, OSError) as exc:
+            raise StackError(f"the OHIF viewer could not be installed: {exc}") from None
         conf_changed = _render_files(settings, env_file, layout, tls_files)
         up = supervisor.is_up(layout)
         if up and conf_changed:
@@ -217,16 +222,16 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
         _start(layout, "orthanc")
         _wait_healthy(settings, layout, ["orthanc", "dicom"])
         out("Orthanc ready")
-        for name in ("worker", "api", "app"):
+        for name in ("worker", "api", "app", "viewer"):
             _start(layout, name)
-        probes = _wait_healthy(settings, layout, ["postgres", "orthanc", "dicom", "worker", "api", "app"])
-        out("Worker, API and app ready")
+        probes = _wait_healthy(settings, layout, ["postgres", "orthanc", "dicom", "worker", "api", "app", "viewer"])
+        out("Worker, API, app and viewer ready")
         return probes
 
 
 def _stop_locked(settings: Settings, env_file: Path, layout: StackLayout, out: Out) -> None:
     if supervisor.is_up(layout):
-        out("Stopping the app, the API, the worker, Orthanc and PostgreSQL")
+        out("Stopping the viewer, the app, the API, the worker, Orthanc and PostgreSQL")
         supervisor.shutdown(layout)
     leftovers = stack_processes(settings, layout, env_file)
     if leftovers:

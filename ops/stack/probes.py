@@ -3,7 +3,8 @@
 Each probe talks to the service the way its users do: a password login to
 PostgreSQL, an authenticated Orthanc REST call, a DICOM C-ECHO, the worker's own
 /health (WORKER_HEALTH_PORT), the API's /health (ROUTING_API_PORT, which proxies the
-worker's) and the app's HTTP port. Nothing here is inferred from process states alone.
+worker's), the app's HTTP port and the viewer gateway (OHIF_PORT: its login form, and a
+401 for DICOMweb without a session). Nothing here is inferred from process states alone.
 """
 
 from __future__ import annotations
@@ -153,6 +154,19 @@ def probe_app(settings: Settings) -> Probe:
     return Probe("app", ok, base + "/", f"health HTTP {health.status_code}, page HTTP {page.status_code}")
 
 
+def probe_viewer(settings: Settings) -> Probe:
+    """The OHIF gateway on OHIF_PORT answers its login form and refuses DICOMweb without a session."""
+    base = f"http://{probe_host(settings.bind_address)}:{settings.ohif_port}"
+    try:
+        login = httpx.get(f"{base}/login", timeout=TIMEOUT_S)
+        refused = httpx.get(f"{base}/dicom-web/studies", timeout=TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return Probe("viewer", False, base + "/", f"not answering: {_first_line(exc)}")
+    ok = login.status_code == 200 and refused.status_code == 401
+    return Probe("viewer", ok, base + "/", f"login page HTTP {login.status_code}, DICOMweb without a session "
+                                           f"HTTP {refused.status_code} (401 expected)")
+
+
 def held_destinations(settings: Settings) -> list[str]:
     """One line per held destination: "LPCHROUTER  outage since 14:05, 3 jobs waiting".
 
@@ -183,10 +197,11 @@ PROBES: dict[str, Callable[[Settings], Probe]] = {
     "worker": probe_worker,
     "api": probe_api,
     "app": probe_app,
+    "viewer": probe_viewer,
 }
 # Which supervisord program each probe belongs to.
 PROBE_SERVICE = {"postgres": "postgres", "orthanc": "orthanc", "dicom": "orthanc", "worker": "worker", "api": "api",
-                 "app": "app"}
+                 "app": "app", "viewer": "viewer"}
 
 
 def probe_all(settings: Settings) -> list[Probe]:

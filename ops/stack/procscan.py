@@ -4,7 +4,7 @@
 machine (a developer's next to a test's) or an unrelated Orthanc. A process belongs
 to this stack when its command line names this stack's supervisord.conf,
 orthanc.json or PostgreSQL data directory, or when its environment points
-HUB_ENV_FILE at this stack's .env (the worker, the API and the app).
+HUB_ENV_FILE at this stack's .env (the worker, the API, the app and the viewer gateway).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ops.stack.supervisor import pid_alive
 @dataclass(frozen=True)
 class StackProcess:
     pid: int
-    role: str  # supervisord, postgres, orthanc, hub (worker, api or app)
+    role: str  # supervisord, postgres, orthanc, hub (worker, api, app or viewer)
     cmdline: tuple[str, ...]
 
 
@@ -56,7 +56,7 @@ def _role(cmdline: tuple[str, ...], pid: int, settings: Settings, layout: StackL
         return "orthanc"
     if cmdline and cmdline[0].endswith("/postgres") and datadir in cmdline:
         return "postgres"
-    if any(part in ("worker", "api", "streamlit") for part in cmdline):
+    if any(part in ("worker", "api", "streamlit", "viewer") for part in cmdline):
         target = _hub_env_file(pid)
         if target is not None and Path(target).resolve() == env_file.resolve():
             return "hub"

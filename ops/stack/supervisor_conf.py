@@ -1,9 +1,11 @@
 """supervisord's configuration for the native stack, rendered from Settings.
 
-Five programs: PostgreSQL (in the foreground, as the `postgres` user when we are
+Six programs: PostgreSQL (in the foreground, as the `postgres` user when we are
 root), Orthanc, the worker, the workflow API (uvicorn, `python -m api`, on
 ROUTING_API_PORT; it proxies the worker's /health and /metrics from
-WORKER_HEALTH_PORT) and the Streamlit app. Only PostgreSQL starts on its own:
+WORKER_HEALTH_PORT), the Streamlit app and the viewer gateway (uvicorn, `python -m
+viewer`, on OHIF_PORT: OHIF's files from ops/stack/ohif.py's install, and DICOMweb
+reads forwarded to Orthanc). Only PostgreSQL starts on its own:
 the others need the roles, migrations and first admin that `ops.stack.bootstrap`
 creates once PostgreSQL answers, so `ops.stack.native` starts them in order. No
 secret is written here: the worker and the app read `.env` (HUB_ENV_FILE) and
@@ -23,6 +25,7 @@ from core.settings import PROJECT_ROOT, Settings
 from ops import pgcluster
 from ops.orthanc_config import orthanc_argv, orthanc_env
 from ops.stack.layout import StackLayout
+from ops.stack.ohif import dist_dir
 
 
 def probe_host(bind_address: str) -> str:
@@ -167,6 +170,18 @@ def render_supervisord_conf(
             "stopsignal": "TERM",
             "stopwaitsecs": "20",
             "stdout_logfile": layout.log_file("app"),
+            **common,
+        }),
+        _section("program:viewer", {
+            "command": _command([python_executable(), "-m", "viewer", "--dist", str(dist_dir())]),
+            "environment": _environment(hub_env),
+            "directory": PROJECT_ROOT,
+            "priority": "45",
+            "autostart": "false",
+            "startsecs": "3",
+            "stopsignal": "TERM",
+            "stopwaitsecs": "20",
+            "stdout_logfile": layout.log_file("viewer"),
             **common,
         }),
     ]

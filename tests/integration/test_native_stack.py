@@ -1,14 +1,16 @@
 """End to end: the native stack's own commands (`python -m ops.stack`, what `make run`,
 `make status` and `make stop` call) on free ports with a temporary `.env`.
 
-It starts the real supervisord with PostgreSQL, Orthanc, the worker and the app,
-sends a study with DCMTK's storescu, reads it back through Orthanc's REST API with
-the credentials from `.env`, and checks that `stop` leaves no process behind.
+It starts the real supervisord with PostgreSQL, Orthanc, the worker, the API, the app
+and the viewer gateway, sends a study with DCMTK's storescu, reads it back through
+Orthanc's REST API with the credentials from `.env` and through the viewer gateway with
+an app login, and checks that `stop` leaves no process behind.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -86,6 +88,7 @@ def test_run_store_status_stop(native_stack: NativeStack, tmp_path: Path) -> Non
     stack.assert_no_secret(output)
     assert f"http://127.0.0.1:{s.operator_ui_port}/" in started.stdout
     assert f"http://127.0.0.1:{s.routing_api_port}/v1/" in started.stdout  # the workflow API
+    assert f"http://127.0.0.1:{s.ohif_port}/" in started.stdout  # the study viewer
     assert str(stack.env_file) in started.stdout  # says where the passwords are
 
     # Every program runs under supervisord; Orthanc has TCP_NODELAY=1 and the site's TZ.
@@ -119,6 +122,20 @@ def test_run_store_status_stop(native_stack: NativeStack, tmp_path: Path) -> Non
     assert app.status_code == 200 and "<html" in app.text.lower()
     assert httpx.get(f"http://127.0.0.1:{s.operator_ui_port}/_stcore/health", timeout=10).text == "ok"
 
+    # The viewer gateway on OHIF_PORT: nothing without a login; with the first admin's, the study.
+    with httpx.Client(base_url=f"http://127.0.0.1:{s.ohif_port}", timeout=10) as viewer:
+        assert viewer.get("/dicom-web/studies").status_code == 401
+        form = viewer.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf, form.text
+        login = viewer.post("/login", data={"username": s.app_admin_username, "csrf": csrf.group(1),
+                                            "password": s.app_admin_password.get_secret_value()})
+        assert login.status_code == 303
+        found = viewer.get("/dicom-web/studies", params={"StudyInstanceUID": study_uid})
+        assert found.status_code == 200 and len(found.json()) == 1
+        assert viewer.get("/app-config.js").status_code == 200
+        assert viewer.get("/tools/find").status_code == 404
+
     # A second run is idempotent: same supervisord, same processes, still healthy.
     pid_before = supervisor.supervisord_pid(stack.layout)
     again = stack.command("run")
@@ -131,7 +148,7 @@ def test_run_store_status_stop(native_stack: NativeStack, tmp_path: Path) -> Non
     assert status.returncode == 0, status.stdout + status.stderr
     assert "All services healthy" in status.stdout
     stack.assert_no_secret(status.stdout + status.stderr)
-    for name in ("postgres", "orthanc", "dicom", "worker", "api", "app"):
+    for name in ("postgres", "orthanc", "dicom", "worker", "api", "app", "viewer"):
         assert any(line.startswith("ok") and f" {name} " in line for line in status.stdout.splitlines()), name
 
     # stop leaves nothing behind: every pid seen above is gone, nothing else of ours runs.

@@ -32,14 +32,14 @@ from ops.stack.bootstrap import BootstrapResult
 
 COMPOSE_FILE = PROJECT_ROOT / "stack" / "docker-compose.yml"
 VAR_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
-HUB_SERVICES = ("init", "worker", "api", "app")
-LONG_RUNNING = ("postgres", "orthanc", "worker", "api", "app", "grafana")
+HUB_SERVICES = ("init", "worker", "api", "app", "viewer")
+LONG_RUNNING = ("postgres", "orthanc", "worker", "api", "app", "viewer", "grafana")
 # Which service publishes each port setting, and whether it is bound to BIND_ADDRESS
 # (True), to every interface (False) or to the host's loopback only ("loopback").
 PUBLISHED: dict[str, tuple[str, bool | str]] = {
     "OPERATOR_UI_PORT": ("app", True),
     "ORTHANC_WEB_PORT": ("orthanc", False),
-    "OHIF_PORT": ("orthanc", True),
+    "OHIF_PORT": ("viewer", True),
     "POSTGRES_PORT": ("postgres", True),
     "ROUTING_API_PORT": ("api", True),
     "WORKER_HEALTH_PORT": ("worker", "loopback"),
@@ -142,7 +142,7 @@ def _keys(node: Any, prefix: str = "") -> set[str]:
 
 
 def test_services(raw: dict[str, Any]) -> None:
-    assert set(raw["services"]) == {"postgres", "init", "orthanc", "worker", "api", "app", "grafana"}
+    assert set(raw["services"]) == {"postgres", "init", "orthanc", "worker", "api", "app", "viewer", "grafana"}
     for name in HUB_SERVICES:
         build = raw["services"][name]["build"]
         assert (COMPOSE_FILE.parent / build["context"] / build["dockerfile"]).resolve() == (
@@ -216,8 +216,12 @@ def test_rendered_ports_follow_the_env_file(rendered: dict[str, Any], env_values
     assert published["orthanc"] == [
         f"{v['DICOM_PORT']}:{v['DICOM_PORT']}",
         f"{v['ORTHANC_WEB_PORT']}:{v['ORTHANC_WEB_PORT']}",
-        f"{bind}:{v['OHIF_PORT']}:{v['ORTHANC_WEB_PORT']}",
     ]
+    # The viewer gateway listens on OHIF_PORT inside its container (BIND_ADDRESS 0.0.0.0 there) and reads
+    # OHIF's files from the image; Orthanc's port is not published a second time.
+    assert published["viewer"] == [f"{bind}:{v['OHIF_PORT']}:{v['OHIF_PORT']}"]
+    assert rendered["services"]["viewer"]["command"] == ["python", "-m", "viewer", "--dist", "/opt/ohif/dist"]
+    assert rendered["services"]["viewer"]["environment"]["BIND_ADDRESS"] == "0.0.0.0"
     assert orthanc_config["HttpPort"] == int(v["ORTHANC_WEB_PORT"])
     assert orthanc_config["DicomPort"] == int(v["DICOM_PORT"])
     assert orthanc_config["DicomAet"] == v["ORTHANC_AET"]
@@ -260,7 +264,7 @@ def test_orthanc_settings_match_the_native_stack(raw: dict[str, Any], init_setti
     env = raw["services"]["orthanc"]["environment"]
     assert env["TCP_NODELAY"] == "1"
     assert env["DICOM_WEB_PLUGIN_ENABLED"] == "true"
-    assert env["OHIF_PLUGIN_ENABLED"] == "true"
+    assert env["OHIF_PLUGIN_ENABLED"] == "false"  # the `viewer` service serves OHIF, behind the app's login
     assert env["TZ"] == "${TZ}"
 
 

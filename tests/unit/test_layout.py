@@ -19,12 +19,13 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     "core": set(),
     "worker": {"core"},
     "api": {"core"},
+    "viewer": {"core"},
     "app": {"core"},
     "ops": {"core"},
     "testkit": {"core", "ops"},
     "bench": {"core", "ops", "testkit"},
 }
-FIRST_PARTY = {"core", "worker", "api", "app", "ops", "testkit", "bench", "tests"}
+FIRST_PARTY = {"core", "worker", "api", "viewer", "app", "ops", "testkit", "bench", "tests"}
 
 # The core tables: what the worker records and operators change. core/recorder.py is their
 # only writer. app_users belongs to core/auth.py and qi_settings to core/qi.py (see

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -12,6 +13,7 @@ from core import auth
 from core.operations import cancel_job, retry_job
 from testkit import app_flows
 from tests.integration.app.conftest import USERS, AppEnv, assert_clean, table_rows
+from viewer.audit import StudyAudit
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +59,24 @@ def test_audit_log_filters_and_pages(
     assert len(filter_audit(at, target="", source="cli")) == 1
     tomorrow = datetime.now(app_env.settings.zone).date() + timedelta(days=1)
     assert filter_audit(at, source="", **{"from": tomorrow}) == []
+
+
+def test_studies_opened_in_the_viewer_are_listed(
+    app_env: AppEnv, flows: dict[str, app_flows.Flow], open_page: Callable[..., AppTest]
+) -> None:
+    """What the OHIF gateway records (viewer/audit.py) shows on the Audit page, found by its source
+    and action, and linked to the study."""
+    flow = flows["delivered"]
+    recorder = StudyAudit(app_env.engine)
+    asyncio.run(recorder.record("vera", "ab" * 32, flow.study_uid, level="series"))
+    asyncio.run(recorder.record("vera", "ab" * 32, flow.study_uid, level="frames"))  # same minute: nothing more
+    at = open_page("audit", as_="viewer")
+    rows = filter_audit(at, source="viewer")
+    assert [(r["Who"], r["Action"], r["Source"], r["Target"]) for r in rows] == [
+        ("vera", "viewer.study_open", "viewer", f"study:{flow.study_id}")]
+    assert flow.study_uid in rows[0]["After"]
+    assert rows[0]["Study #"] == f"study_detail?study={flow.study_id}"
+    assert [r["Action"] for r in filter_audit(at, source="", action="viewer.")] == ["viewer.study_open"]
 
 
 def test_admin_manages_users(app_env: AppEnv, open_page: Callable[..., AppTest]) -> None:

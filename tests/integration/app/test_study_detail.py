@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.errors import AppTestError
 
+from app.components.orthanc import port_open
 from testkit import app_flows
 from testkit.synthetic import make_study
 from tests.integration.app.conftest import USERS, AppEnv, assert_clean, frame_text, table_rows
@@ -168,6 +169,28 @@ def test_ohif_link_when_the_viewer_runs(
     links = {b.label: b.url for b in at.link_button}
     assert links["Open in OHIF viewer"].endswith(
         f":{app_env.settings.ohif_port}/viewer?StudyInstanceUIDs={flows['delivered'].study_uid}")
+
+
+def test_orthanc_pages_are_linked_for_admins_only(app_env: AppEnv, detail: Callable[..., AppTest],
+                                                request: pytest.FixtureRequest) -> None:
+    """Orthanc Explorer and its web viewer ask for Orthanc's password: admins only. OHIF, on the
+    gateway, is for every role (it reads the app's session)."""
+    datasets = make_study(1, 1, "XR HAND", accession="ACCLINK2")
+    orthanc_study, orthanc_series = app_flows.upload(app_env.orthanc.rest, datasets)
+    with app_env.engine.begin() as conn:
+        flow = app_flows.arrive(conn, 901, datetime.now(UTC), orthanc_id=orthanc_study,
+                                series_orthanc_id=next(iter(orthanc_series.values())))
+    for role in ("viewer", "operator"):  # no gateway running: nothing for them
+        assert [b.label for b in detail(flow.study_id, as_=role).link_button] == [], role
+    request.getfixturevalue("fake_ohif")  # the gateway answers on OHIF_PORT
+    port_open.clear()  # the app remembers for 30 s that nothing answered
+    for role in ("viewer", "operator"):
+        links = {b.label: b.url for b in detail(flow.study_id, as_=role).link_button}
+        assert list(links) == ["Open in OHIF viewer"], role
+        assert links["Open in OHIF viewer"].endswith(
+            f":{app_env.settings.ohif_port}/viewer?StudyInstanceUIDs={flow.study_uid}")
+    admin = [b.label for b in detail(flow.study_id, as_="admin").link_button]
+    assert admin == ["Open in OHIF viewer", "Open in Orthanc Explorer"]
 
 
 def test_find_a_study_by_accession(app_env: AppEnv, flows: dict[str, app_flows.Flow], detail: Callable[..., AppTest]) -> None:

@@ -1,0 +1,265 @@
+"""The viewer gateway's decisions (viewer/dicomweb.py) and the OHIF install (ops/stack/ohif.py), without servers.
+
+The install is run on small tarballs made here, so every branch (a good tarball, a
+wrong checksum, unsafe entries, an interrupted install, a download over HTTP) is
+exercised without the 50 MB release; the browser test uses the real one.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.settings import settings_from_values
+from ops.stack import ohif
+from ops.stack.layout import StackLayout
+from ops.stack.supervisor_conf import render_supervisord_conf
+from testkit.harness.stack import make_values
+from viewer.app import HASHED, app_config_js
+from viewer.dicomweb import Read, Refusal, classify, orthanc_query
+
+S = "1.2.840.113619.2.55.3"
+SE = "1.2.840.113619.2.55.3.4"
+I = "1.2.840.113619.2.55.3.4.5"  # noqa: E741
+
+
+@pytest.mark.parametrize(("path", "query", "kind", "level", "study"), [
+    ("/dicom-web/studies", "", "search", "studies", None),
+    ("/dicom-web/studies", "PatientName=SMITH*&limit=101", "search", "studies", None),
+    ("/dicom-web/studies", f"StudyInstanceUID={S}&includefield=00081030%2C00080060", "study", "studies", S),
+    ("/dicom-web/series", f"0020000D={S}", "study", "series", S),
+    ("/dicom-web/instances", "", "search", "instances", None),
+    (f"/dicom-web/studies/{S}", "", "study", "study", S),
+    (f"/dicom-web/studies/{S}/metadata", "", "study", "study", S),
+    (f"/dicom-web/studies/{S}/series", "includefield=0008103E", "study", "study", S),
+    (f"/dicom-web/studies/{S}/instances", "", "study", "study", S),
+    (f"/dicom-web/studies/{S}/series/{SE}", "", "study", "series", S),
+    (f"/dicom-web/studies/{S}/series/{SE}/metadata", "", "study", "series", S),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances", "limit=1", "study", "series", S),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}", "", "study", "instance", S),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/metadata", "", "study", "instance", S),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/rendered", "", "study", "instance", S),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/1", "", "study", "frames", S),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/1,2,30", "", "study", "frames", S),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/4/rendered", "", "study", "frames", S),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/7fe00010", "", "study", "bulk", S),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/00540016/0/00181072", "", "study", "bulk", S),
+    ("/wado", f"requestType=WADO&studyUID={S}&seriesUID={SE}&objectUID={I}&contentType=application%2Fdicom",
+     "study", "wado", S),
+])
+def test_reads_are_forwarded(path: str, query: str, kind: str, level: str, study: str | None) -> None:
+    decision = classify("GET", path.encode(), query)
+    assert decision == Read(kind, level, study, path)
+
+
+@pytest.mark.parametrize(("method", "path", "query", "status"), [
+    ("POST", "/dicom-web/studies", "", 405),  # STOW-RS
+    ("POST", f"/dicom-web/studies/{S}", "", 405),
+    ("DELETE", f"/dicom-web/studies/{S}", "", 405),
+    ("PUT", f"/dicom-web/studies/{S}/series/{SE}", "", 405),
+    ("HEAD", "/dicom-web/studies", "", 405),
+    ("OPTIONS", "/wado", "", 405),
+    ("GET", "/dicom-web", "", 403),
+    ("GET", "/dicom-web/", "", 403),
+    ("GET", "/dicom-web/servers", "", 403),
+    ("GET", "/dicom-web/servers/pacs/get", "", 403),
+    ("GET", "/dicom-web/info", "", 403),
+    ("GET", "/dicom-web/studies/", "", 403),
+    ("GET", f"/dicom-web/studies/{S}/", "", 403),
+    ("GET", "/dicom-web/studies/abc", "", 403),
+    ("GET", "/dicom-web/studies/1..2", "", 403),
+    ("GET", "/dicom-web/studies/" + "1." * 40 + "1", "", 403),  # longer than a UID may be
+    ("GET", f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/0", "", 403),
+    ("GET", f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/1;2", "", 403),
+    ("GET", f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/7fe0001", "", 403),
+    ("GET", f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/7fe00010/0", "", 403),
+    ("GET", f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/export", "", 403),
+    ("GET", f"/dicom-web/studies/{S}/frames/1", "", 403),
+    ("GET", "/dicom-web/studies/../../tools/find", "", 403),
+    ("GET", "/dicom-web/%2e%2e/system", "", 403),
+    ("GET", "/dicom-web/studies%2F1.2", "", 403),
+    ("GET", "/dicom-web/./studies", "", 403),
+    ("GET", f"/dicom-web/studies/{S}//series", "", 403),
+    ("GET", "/dicom-web/studies\\..\\tools", "", 403),
+    ("GET", "/dicom-web/studies", f"StudyInstanceUID={S}&StudyInstanceUID=1.2", 403),
+    ("GET", "/dicom-web/studies", "StudyInstanceUID=1.2.*", 403),
+    ("GET", "/dicom-web/studies", "x=" + "a" * 5000, 403),
+    ("GET", "/wado", "", 403),
+    ("GET", "/wado", f"requestType=WADO&studyUID={S}&seriesUID={SE}", 403),
+    ("GET", "/wado", f"requestType=OTHER&studyUID={S}&seriesUID={SE}&objectUID={I}", 403),
+])
+def test_everything_else_is_refused(method: str, path: str, query: str, status: int) -> None:
+    decision = classify(method, path.encode(), query)
+    assert isinstance(decision, Refusal) and decision.status == status, decision
+
+
+def test_orthanc_reads_query_values_undecoded() -> None:
+    """Orthanc 1.10.1's DICOMweb plugin takes '%2A' literally: the gateway decodes what it must."""
+    assert orthanc_query("PatientName=SMITH%2A&includefield=00081030%2C00080060") == (
+        "PatientName=SMITH*&includefield=00081030,00080060")
+    assert orthanc_query("contentType=application%2Fdicom&PatientName=A%5EB") == (
+        "contentType=application/dicom&PatientName=A^B")
+    # What would change the query's structure stays encoded.
+    assert orthanc_query("PatientName=A%26B%3DC%23D%25") == "PatientName=A%26B%3DC%23D%25"
+    assert orthanc_query("") == ""
+
+
+def test_app_config_points_ohif_at_the_gateway_only() -> None:
+    config = app_config_js()
+    assert "origin + '/dicom-web'" in config and "origin + '/wado'" in config
+    assert "http://" not in config and "https://" not in config  # no other server named
+    assert "showStudyList: false" in config and "dangerouslyUseDynamicConfig" not in config
+    assert '"supportsStow": false' in config
+
+
+def test_hashed_files_are_cached_for_good() -> None:
+    assert HASHED.search("/app.bundle.0f6159c501addfe9.js")
+    assert HASHED.search("/37fa160cc3a47cfd.wasm")
+    assert not HASHED.search("/app-config.js") and not HASHED.search("/index.html")
+
+
+def test_the_stack_runs_the_gateway_on_the_installed_viewer(tmp_path: Path) -> None:
+    settings = settings_from_values(make_values(tmp_path, tmp_path / "pg"))
+    conf = render_supervisord_conf(settings, tmp_path / ".env", StackLayout(tmp_path / "state"))
+    section = conf.split("[program:viewer]")[1].split("\n[")[0]
+    assert f"-m viewer --dist {ohif.dist_dir()}" in section
+    assert "HUB_ENV_FILE=" in section and "autostart=false" in section
+
+
+# --- the install ----------------------------------------------------------------------
+
+
+def _tarball(path: Path, files: dict[str, bytes], extra: list[tarfile.TarInfo] | None = None) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info in extra or []:
+            archive.addfile(info)
+    return path
+
+
+GOOD = {
+    "package/package.json": b"{}",
+    "package/dist/index.html": b"<html>OHIF</html>",
+    "package/dist/app.bundle.0123456789abcdef.js": b"bundle",
+    "package/dist/app.bundle.0123456789abcdef.js.map": b"map",
+    "package/dist/assets/logo.svg": b"<svg/>",
+}
+
+
+def _release(tarball: Path) -> ohif.OhifRelease:
+    return ohif.OhifRelease("@ohif/app", "9.9.9", ohif.integrity_of(tarball))
+
+
+class CopyFetcher:
+    def __init__(self, tarball: Path) -> None:
+        self.tarball = tarball
+        self.calls = 0
+
+    def __call__(self, release: ohif.OhifRelease, directory: Path) -> Path:
+        self.calls += 1
+        target = directory / self.tarball.name
+        target.write_bytes(self.tarball.read_bytes())
+        return target
+
+
+def test_install_checks_the_checksum_unpacks_dist_and_is_idempotent(tmp_path: Path) -> None:
+    tarball = _tarball(tmp_path / "app.tgz", GOOD)
+    release, fetcher, root = _release(tarball), CopyFetcher(tarball), tmp_path / "ohif"
+    dist = ohif.ensure_ohif(root, release, out=lambda _: None, fetcher=fetcher)
+    assert dist == root / "9.9.9" / "dist" and ohif.is_installed(root, release)
+    assert sorted(p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file()) == [
+        "app.bundle.0123456789abcdef.js", "assets/logo.svg", "index.html"]  # no source map, nothing outside dist
+    assert (root / "9.9.9" / ohif.MARKER).read_text().strip() == release.integrity
+    assert ohif.ensure_ohif(root, release, out=lambda _: None, fetcher=fetcher) == dist
+    assert fetcher.calls == 1
+    assert [p.name for p in root.iterdir() if p.name.startswith(".install-")] == []
+
+
+def test_a_tarball_that_does_not_match_its_pin_installs_nothing(tmp_path: Path) -> None:
+    tarball = _tarball(tmp_path / "app.tgz", GOOD)
+    pinned = ohif.OhifRelease("@ohif/app", "9.9.9", "sha512-" + "A" * 86 + "==")
+    with pytest.raises(ohif.OhifError, match="checksum"):
+        ohif.ensure_ohif(tmp_path / "ohif", pinned, out=lambda _: None, fetcher=CopyFetcher(tarball))
+    assert not (tmp_path / "ohif" / "9.9.9").exists()
+    assert not ohif.is_installed(tmp_path / "ohif", pinned)
+
+
+@pytest.mark.parametrize("entry", ["link", "parent", "absolute"])
+def test_unsafe_tarball_entries_are_refused(tmp_path: Path, entry: str) -> None:
+    info = tarfile.TarInfo({"link": "package/dist/evil", "parent": "package/dist/../../evil",
+                            "absolute": "/etc/evil"}[entry])
+    if entry == "link":
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    tarball = _tarball(tmp_path / "app.tgz", GOOD, [info])
+    with pytest.raises(ohif.OhifError, match="tarball"):
+        ohif.ensure_ohif(tmp_path / "ohif", _release(tarball), out=lambda _: None, fetcher=CopyFetcher(tarball))
+    assert not (tmp_path / "ohif" / "9.9.9").exists() and not (tmp_path / "evil").exists()
+
+
+def test_an_interrupted_install_is_replaced(tmp_path: Path) -> None:
+    tarball = _tarball(tmp_path / "app.tgz", GOOD)
+    release, root = _release(tarball), tmp_path / "ohif"
+    (root / "9.9.9" / "dist").mkdir(parents=True)
+    (root / "9.9.9" / "dist" / "half-written.js").write_text("")  # no marker: not installed
+    (root / ".install-dead").mkdir()  # left by a killed install
+    dist = ohif.ensure_ohif(root, release, out=lambda _: None, fetcher=CopyFetcher(tarball))
+    assert not (dist / "half-written.js").exists() and (dist / "index.html").is_file()
+    assert not (root / ".install-dead").exists()
+
+
+@pytest.fixture
+def tarball_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    (tmp_path / "served").mkdir()
+    tarball = _tarball(tmp_path / "served" / "app.tgz", GOOD)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tarball.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", tarball
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_direct_download(tarball_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, tarball = tarball_server
+    release = _release(tarball)
+    (tmp_path / "dl").mkdir()
+    got = ohif.fetch_direct(release, tmp_path / "dl", url=f"{url}/app.tgz")
+    assert ohif.integrity_of(got) == release.integrity
+    with pytest.raises(ohif.OhifError, match="HTTP 404"):
+        ohif.fetch_direct(release, tmp_path / "dl", url=f"{url}/missing.tgz")
+
+
+def test_the_pinned_release() -> None:
+    assert ohif.OHIF.spec == "@ohif/app@3.13.2"
+    assert ohif.OHIF.tarball_url == "https://registry.npmjs.org/@ohif/app/-/app-3.13.2.tgz"
+    assert ohif.OHIF.integrity.startswith("sha512-") and len(ohif.OHIF.integrity) == 95
+
+
+def test_installing_into_the_default_state_dir_creates_it_as_make_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """var/ is the default STATE_DIR: an install before the first `make run` must not leave it unmarked."""
+    from ops import datadirs
+
+    state = tmp_path / "var"
+    monkeypatch.setattr(ohif, "DEFAULT_STATE_DIR", state)
+    tarball = _tarball(tmp_path / "app.tgz", GOOD)
+    ohif.ensure_ohif(state / "ohif", _release(tarball), out=lambda _: None, fetcher=CopyFetcher(tarball))
+    assert datadirs.is_marked(state) and (state.stat().st_mode & 0o777) == 0o700
+    # Another root is only created, never marked.
+    other = tmp_path / "elsewhere" / "ohif"
+    ohif.ensure_ohif(other, _release(tarball), out=lambda _: None, fetcher=CopyFetcher(tarball))
+    assert not datadirs.is_marked(other.parent)
