@@ -36,10 +36,12 @@ USER_KEY = "user"
 SESSION_KEY = "_session_id"  # the raw session id of a run without the cookie (AppTest)
 USER_SESSION_KEY = "_user_session"  # the session id USER_KEY was verified with
 CHECKED_KEY = "_user_checked_at"
+TOUCHED_KEY = "_user_touched_at"  # the last check that counted as the user's activity
 MESSAGE_KEY = "login_message"
 REDIRECT_KEY = "_login_redirect"  # where the login page sends the browser (after a logout: /logout)
 # Within one script run main.py and the page both ask for the user; one database
-# check per this many seconds is enough.
+# check per this many seconds is enough (a check that counts as activity is reused only
+# by another such check: a click just after a timed refresh still counts).
 _RECHECK_S = 2.0
 REASON_UNAVAILABLE = "The database cannot be reached, so your login cannot be checked. Try again shortly."
 
@@ -119,7 +121,8 @@ def current_user(*, touch: bool = True) -> dict[str, Any] | None:
         return None
     verified = user if isinstance(user, dict) and st.session_state.get(USER_SESSION_KEY) == raw else None
     now = time.time()
-    if verified is not None and now - st.session_state.get(CHECKED_KEY, 0.0) <= _RECHECK_S:
+    last_check = st.session_state.get(TOUCHED_KEY if touch else CHECKED_KEY, 0.0)
+    if verified is not None and now - last_check <= _RECHECK_S:
         return dict(verified)
     settings = get_settings()
     try:
@@ -142,6 +145,8 @@ def current_user(*, touch: bool = True) -> dict[str, Any] | None:
     st.session_state[USER_KEY] = user
     st.session_state[USER_SESSION_KEY] = raw
     st.session_state[CHECKED_KEY] = now
+    if touch:
+        st.session_state[TOUCHED_KEY] = now
     return dict(user)
 
 

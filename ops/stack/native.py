@@ -159,9 +159,9 @@ def _wait_running(layout: StackLayout, name: str, timeout: float = START_TIMEOUT
         time.sleep(0.2)
 
 
-def _start(layout: StackLayout, name: str) -> None:
+def _start(layout: StackLayout, name: str, *, wait: bool = True) -> None:
     try:
-        supervisor.start_process(layout, name)
+        supervisor.start_process(layout, name, wait=wait)
     except supervisor.SupervisorError as exc:
         raise StackError(f"{exc}\n{log_tail(layout.log_file(name))}") from None
 
@@ -219,11 +219,13 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
         result = bootstrap.bootstrap_databases(settings)
         out("PostgreSQL ready: roles, databases and migrations up to date"
             + ("; first app admin created" if result.admin_created else ""))
-        _start(layout, "orthanc")
+        # Side by side: the API, the app and the viewer need only PostgreSQL; the worker
+        # starts once Orthanc answers. Health probes (not startsecs) say when each is up.
+        for name in ("orthanc", "api", "app", "viewer"):
+            _start(layout, name, wait=False)
         _wait_healthy(settings, layout, ["orthanc", "dicom"])
         out("Orthanc ready")
-        for name in ("worker", "api", "app", "viewer"):
-            _start(layout, name)
+        _start(layout, "worker", wait=False)
         probes = _wait_healthy(settings, layout, ["postgres", "orthanc", "dicom", "worker", "api", "app", "viewer"])
         out("Worker, API, app and viewer ready")
         return probes

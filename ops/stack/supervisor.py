@@ -111,10 +111,13 @@ def processes(layout: StackLayout) -> dict[str, ProcessInfo]:
     }
 
 
-def start_process(layout: StackLayout, name: str) -> None:
-    """Start `name` and wait until it has stayed up for its `startsecs`."""
+def start_process(layout: StackLayout, name: str, *, wait: bool = True) -> None:
+    """Start `name`; with `wait`, block until it has stayed up for its `startsecs`.
+
+    Without `wait` the caller watches the program's health probe instead, so that several
+    programs start side by side rather than one `startsecs` after another."""
     try:
-        proxy(layout).supervisor.startProcess(name, True)
+        proxy(layout).supervisor.startProcess(name, wait)
     except xmlrpc.client.Fault as exc:
         if "ALREADY_STARTED" in exc.faultString:
             return

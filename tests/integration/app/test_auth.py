@@ -219,6 +219,7 @@ def test_session_times_out_after_idle_minutes(app_env: AppEnv, monkeypatch: pyte
     app_env.sql_exec("UPDATE app_sessions SET last_seen_at = now() - make_interval(secs => :s)",
                      s=app_env.settings.app_idle_timeout + 5)
     at.session_state["_user_checked_at"] = 0.0  # the session re-check is due (it runs every 2 s)
+    at.session_state["_user_touched_at"] = 0.0
     at.query_params["study"] = "14"
     at.run()
     assert "user" not in at.session_state
@@ -228,6 +229,34 @@ def test_session_times_out_after_idle_minutes(app_env: AppEnv, monkeypatch: pyte
     target = "/login?next=%2F%3Fstudy%3D14&reason=expired"
     assert at.session_state["_login_redirect"] == target  # where the browser is sent (and a link to it)
     assert f"[Log in]({target})" in [m.value for m in at.markdown]
+
+
+def _check_session() -> None:
+    """An AppTest script: one session check, counted as activity when session_state["touch"]."""
+    import streamlit as st
+
+    from app.components.access import current_user
+
+    st.write(current_user(touch=bool(st.session_state.get("touch"))))
+
+
+def test_a_click_just_after_a_timed_refresh_counts_as_activity(app_env: AppEnv) -> None:
+    at = AppTest.from_function(_check_session, default_timeout=30)
+    at.session_state["_session_id"] = open_session("vera")
+    back = "UPDATE app_sessions SET last_seen_at = now() - interval '10 minutes'"
+    app_env.sql_exec(back)
+    at.run()  # a refresh the timer started: checked, not activity
+    assert app_env.scalar("SELECT now() - max(last_seen_at) > interval '9 minutes' FROM app_sessions")
+    at.session_state["touch"] = True  # the user clicks within the 2 s the refresh's check is reused
+    at.run()
+    assert app_env.scalar("SELECT now() - max(last_seen_at) < interval '1 minute' FROM app_sessions")
+    # Another activity within 2 s reuses that check; a refresh after it reuses it too.
+    app_env.sql_exec(back)
+    at.run()
+    at.session_state["touch"] = False
+    at.run()
+    assert app_env.scalar("SELECT now() - max(last_seen_at) > interval '9 minutes' FROM app_sessions")
+    assert not at.exception
 
 
 def test_role_change_and_deletion_apply_at_the_next_click(app_env: AppEnv) -> None:
