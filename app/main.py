@@ -32,6 +32,7 @@ OPERATIONS = (
     ("destinations.py", "Destinations", ":material/lan:", Role.VIEWER),
     ("rules.py", "Rules", ":material/rule:", Role.VIEWER),
     ("alerts.py", "Alerts", ":material/notifications:", Role.VIEWER),
+    ("retention.py", "Retention", ":material/delete_sweep:", Role.OPERATOR),
     ("audit.py", "Audit log", ":material/history:", Role.VIEWER),
 )
 QI = (

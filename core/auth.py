@@ -193,16 +193,33 @@ def set_role(conn: Connection, username: str, role: str, *, actor: str, source: 
 
 
 def set_password(
-    conn: Connection, username: str, password: str, *, actor: str, source: str, rounds: int = BCRYPT_ROUNDS
-) -> None:
-    """Set a new password and lift any lockout (the audit entry holds no password)."""
+    conn: Connection, username: str, password: str, *, actor: str, source: str, keep_session: str | None = None,
+    rounds: int = BCRYPT_ROUNDS, now: datetime | None = None,
+) -> int:
+    """Set a new password, lift any lockout, and end every session of the user but `keep_session`.
+
+    A password is changed or reset because the old one may be known to someone else, so a
+    session opened with it (a stolen cookie, a forgotten browser) must not outlive it.
+    `keep_session` is the caller's own raw session id: a user changing their own password
+    stays logged in where they are (another user's session is never kept). Returns how
+    many sessions ended; the audit entry says so and holds no password.
+    """
+    now = now or datetime.now(UTC)
     password_hash = hash_password(password, rounds)
     _locked_user(conn, username)
     conn.execute(
         text("UPDATE app_users SET password_hash = :h, failed_logins = 0, locked_until = NULL WHERE username = :u"),
         {"u": username, "h": password_hash},
     )
-    audit(conn, actor=actor, source=source, action="user.password", target=f"user:{username}")
+    keep = _session_hash(keep_session) if keep_session else ""
+    ended = len(conn.execute(
+        text("UPDATE app_sessions SET revoked_at = :now WHERE username = :u AND revoked_at IS NULL "
+             "AND expires_at > :now AND id_hash <> :keep RETURNING id_hash"),
+        {"u": username, "now": now, "keep": keep},
+    ).all())
+    audit(conn, actor=actor, source=source, action="user.password", target=f"user:{username}",
+          after={"sessions_ended": ended})
+    return ended
 
 
 def unlock_user(conn: Connection, username: str, *, actor: str, source: str) -> None:

@@ -35,11 +35,21 @@ def _job(conn: Connection, job_id: int) -> dict:
     return dict(row)
 
 
+def _not_purged(conn: Connection, study_id: int) -> None:
+    """Retention deleted the study from Orthanc (core/retention.py): there is nothing left to send."""
+    purged = conn.execute(text("SELECT purged_at FROM studies WHERE id = :id"), {"id": study_id}).scalar()
+    if purged is not None:
+        at = purged.astimezone(UTC)
+        raise OperationError(f"study {study_id} was deleted from Orthanc by retention ({at:%Y-%m-%d %H:%M} UTC): "
+                             "nothing is left to send until the modality sends it again")
+
+
 def retry_job(conn: Connection, job_id: int, *, actor: str, source: str) -> None:
     """Put a failed, dead or cancelled job back in the queue now, with fresh attempts."""
     job = _job(conn, job_id)
     if job["state"] not in RETRYABLE:
         raise OperationError(f"job {job_id} is {job['state']}; only failed, dead or cancelled jobs can be retried")
+    _not_purged(conn, job["study_id"])
     now = _now()
     recorder.requeue_job(conn, job_id, at=now)
     add_event(conn, job["study_id"], EventType.MANUAL_RETRY, now, job_id=job_id, destination=job["destination"],
@@ -81,6 +91,7 @@ def resend_study(
     Series from a sender that failed the origin check (kind 'rejected', worker/ingest.py)
     are never sent: a resend of the whole study must not deliver a forged AI result.
     """
+    _not_purged(conn, study_id)
     series_ids = conn.execute(
         text("SELECT id FROM series WHERE study_id = :id AND kind <> :rejected "
              "AND (CAST(:kind AS text) IS NULL OR kind = :kind)"),
@@ -143,3 +154,34 @@ def release_destination(conn: Connection, destination: str, *, actor: str, sourc
     audit(conn, actor=actor, source=source, action="destination.release", target=f"destination:{destination}",
           before=before, after={"held": False})
     return True
+
+
+# --- a study's jobs at once (the Studies page's bulk actions, issue 16) ----------------------
+
+# Retried with a study: what failed on its own. A cancelled job was an operator's decision;
+# it is retried from the Queue, one by one.
+STUDY_RETRY_STATES: tuple[JobState, ...] = (JobState.FAILED, JobState.DEAD)
+
+
+def _study_job_ids(conn: Connection, study_id: int, states: Sequence[JobState]) -> list[int]:
+    return list(conn.execute(
+        text("SELECT id FROM routing_jobs WHERE study_id = :id AND state = ANY(:states) ORDER BY id"),
+        {"id": study_id, "states": [s.value for s in states]},
+    ).scalars())
+
+
+def retry_study(conn: Connection, study_id: int, *, actor: str, source: str) -> int:
+    """Retry the study's failed and dead jobs (retry_job each, so each is audited); how many."""
+    job_ids = _study_job_ids(conn, study_id, STUDY_RETRY_STATES)
+    for job_id in job_ids:
+        retry_job(conn, job_id, actor=actor, source=source)
+    return len(job_ids)
+
+
+def cancel_study(conn: Connection, study_id: int, *, actor: str, source: str) -> int:
+    """Cancel the study's queued, failed and dead jobs (cancel_job each, audited); how many.
+    Jobs Orthanc is sending are left to finish (cancel_job refuses them)."""
+    job_ids = _study_job_ids(conn, study_id, sorted(CANCELLABLE))
+    for job_id in job_ids:
+        cancel_job(conn, job_id, actor=actor, source=source)
+    return len(job_ids)

@@ -64,6 +64,43 @@ def parse_orthanc_time(value: str | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class StoreProgress:
+    """A DicomModalityStore job's progress as Orthanc reports it.
+
+    Orthanc 1.10 gives the job's `Progress` as a whole percentage of its instances done and
+    the batch size as `Content.InstancesCount` (`FailedInstancesCount`: refused ones, in
+    a permissive store); it does not report the position itself, so `sent` is derived:
+    floor(Progress x InstancesCount / 100), which never overstates what went out.
+    """
+
+    state: str
+    percent: int
+    total: int | None
+    failed: int
+
+    @classmethod
+    def from_job(cls, job: dict[str, Any]) -> StoreProgress:
+        content = job.get("Content") or {}
+        total = content.get("InstancesCount")
+        return cls(state=str(job.get("State", "")), percent=int(job.get("Progress") or 0),
+                   total=int(total) if total is not None else None,
+                   failed=int(content.get("FailedInstancesCount") or 0))
+
+    @property
+    def sent(self) -> int | None:
+        if self.total is None:
+            return None
+        return self.total if self.state == OrthancJobState.SUCCESS else self.total * self.percent // 100
+
+    def label(self) -> str:
+        """'7 of 20 instances (35 %)', as the Queue and the study page show it."""
+        if self.total is None:
+            return f"{self.percent} % ({self.state})"
+        failed = f", {self.failed} refused" if self.failed else ""
+        return f"{self.sent} of {self.total} instances ({self.percent} %{failed})"
+
+
+@dataclass(frozen=True)
 class EchoResult:
     ok: bool
     latency_ms: float
@@ -188,6 +225,10 @@ class OrthancClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.get(f"/jobs/{job_id}")
 
+    def store_progress(self, job_id: str) -> StoreProgress:
+        """How far a store job is (GET /jobs/{id}), for the app's live progress (issue 16)."""
+        return StoreProgress.from_job(self.job(job_id))
+
     def jobs(self) -> list[dict[str, Any]]:
         """Every job Orthanc still knows (running, pending and its JobsHistorySize finished ones)."""
         return self.get("/jobs", expand="")
@@ -201,6 +242,20 @@ class OrthancClient:
 
     def resume_job(self, job_id: str) -> None:
         self.request("POST", f"/jobs/{job_id}/resume", json={})
+
+    def delete_study(self, orthanc_id: str) -> bool:
+        """DELETE /studies/{id}: True when Orthanc deleted it, False when it had no such study (404)."""
+        try:
+            self.request("DELETE", f"/studies/{orthanc_id}")
+        except OrthancError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def study_disk_size(self, orthanc_id: str) -> int:
+        """Bytes the study's instances take in Orthanc's storage (GET /studies/{id}/statistics)."""
+        return int(self.get(f"/studies/{orthanc_id}/statistics")["DiskSize"])
 
     def series_disk_size(self, orthanc_id: str) -> int:
         """Bytes the series' instances take in Orthanc's storage (GET /series/{id}/statistics)."""

@@ -436,3 +436,139 @@ def iter_studies(
             yield dict(row)
     finally:
         result.close()
+
+
+# --- drill-down: the studies behind one number (db/sql/qi_drill_studies.sql) ----------------
+
+DRILL_MEASURES: tuple[str, ...] = (
+    "received", "routed", "outcome", "stage", "sla_turnaround", "sla_ai_round_trip", "sla_to_destinations",
+    "ai", "heat", "delivery", "delivered_to", "attempt_failed", "error",
+)
+# URL query keys of the filter lists (a key may repeat: ?mod=CR&mod=CT)
+_DRILL_LISTS = (("mod", "modalities"), ("src", "sources"), ("dest", "destinations"), ("rule", "rules"))
+_DRILL_NUMBERS = ("lo", "hi", "bin_s", "max_s")
+DRILL_SQL = (
+    "SELECT study_id FROM qi_drill_studies(p_measure => :d_measure, p_value => :d_value, "
+    "p_from => CAST(:d_from AS timestamptz), p_to => CAST(:d_to AS timestamptz), p_grain => :d_grain, "
+    "p_bucket => CAST(:d_bucket AS date), p_group => :d_group, p_grp => :d_grp, "
+    "p_lo => CAST(:d_lo AS double precision), p_hi => CAST(:d_hi AS double precision), "
+    "p_bin_s => CAST(:d_bin_s AS double precision), p_max_s => CAST(:d_max_s AS double precision), "
+    "p_purpose => :d_purpose, p_modality => CAST(:d_modality AS text[]), p_source => CAST(:d_source AS text[]), "
+    "p_destination => CAST(:d_destination AS text[]), p_rule => CAST(:d_rule AS text[]))"
+)
+
+
+@dataclass(frozen=True)
+class Drill:
+    """The studies behind one number of a QI page: the filters and window of the page, the
+    measure and value that number counts, and the bucket, group or bin it is in.
+
+    It travels as URL query parameters (`query`, `from_query`), so the Studies list it
+    opens can be shared; the rows come from qi_drill_studies, never from Python.
+    """
+
+    flt: QiFilter
+    measure: str
+    value: str | None = None
+    grain: str = "all"
+    bucket: date | None = None
+    group: str = "none"
+    grp: str | None = None
+    lo: float | None = None
+    hi: float | None = None
+    bin_s: float | None = None
+    max_s: float | None = None
+    purpose: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bucket, datetime):  # a bucket read back from a frame (pandas Timestamp)
+            object.__setattr__(self, "bucket", self.bucket.date())
+        _check(self.measure, DRILL_MEASURES, "measure")
+        _check(self.grain, GRAINS, "grain")
+        _check(self.group, GROUPS, "group")
+
+    def params(self, zone: ZoneInfo) -> dict[str, Any]:
+        """Bind parameters of DRILL_SQL (prefixed d_, to sit beside a caller's own)."""
+        flt = self.flt.params(zone)
+        return {
+            "d_measure": self.measure, "d_value": self.value, "d_from": flt["p_from"], "d_to": flt["p_to"],
+            "d_grain": self.grain, "d_bucket": self.bucket, "d_group": self.group, "d_grp": self.grp,
+            "d_lo": self.lo, "d_hi": self.hi, "d_bin_s": self.bin_s, "d_max_s": self.max_s,
+            "d_purpose": self.purpose, "d_modality": flt["p_modality"], "d_source": flt["p_source"],
+            "d_destination": flt["p_destination"], "d_rule": flt["p_rule"],
+        }
+
+    def query(self) -> dict[str, str | list[str]]:
+        """URL query parameters: only what is set, lists as repeated keys."""
+        out: dict[str, str | list[str]] = {"qi": self.measure, "from": self.flt.start.isoformat(),
+                                           "to": self.flt.end.isoformat()}
+        if self.value is not None:
+            out["v"] = self.value
+        if self.bucket is not None:
+            out.update(grain=self.grain, bucket=self.bucket.isoformat())
+        if self.grp is not None:
+            out.update(group=self.group, grp=self.grp)
+        for name in _DRILL_NUMBERS:
+            number = getattr(self, name)
+            if number is not None:
+                out[name] = repr(float(number))
+        if self.purpose is not None:
+            out["purpose"] = self.purpose
+        for key, field_name in _DRILL_LISTS:
+            values = list(getattr(self.flt, field_name))
+            if values:
+                out[key] = values
+        return out
+
+    @classmethod
+    def from_query(cls, query: dict[str, list[str]]) -> Drill | None:
+        """The drill a Studies URL asks for (None without `qi`); QiError when a value is invalid."""
+
+        def one(key: str) -> str | None:
+            values = query.get(key) or []
+            return values[-1] if values else None
+
+        measure = one("qi")
+        if measure is None:
+            return None
+        try:
+            start, end = date.fromisoformat(one("from") or ""), date.fromisoformat(one("to") or "")
+            bucket = one("bucket")
+            numbers = {name: float(v) for name in _DRILL_NUMBERS if (v := one(name)) is not None}
+            lists = {field_name: tuple(query.get(key) or ()) for key, field_name in _DRILL_LISTS}
+            return cls(
+                QiFilter(start, end, **lists), measure, value=one("v"), grain=one("grain") or "all",
+                bucket=date.fromisoformat(bucket) if bucket else None, group=one("group") or "none",
+                grp=one("grp"), purpose=one("purpose"), **numbers,
+            )
+        except ValueError as exc:  # QiError is a ValueError too
+            raise QiError(f"invalid drill-down link: {exc}") from exc
+
+    def describe(self) -> str:
+        """One line for the Studies page: what is counted, where, and with which filters."""
+        parts = [self.measure.replace("_", " ") + (f" = {self.value}" if self.value is not None else "")]
+        if self.bucket is not None:
+            parts.append(f"{self.grain} of {self.bucket.isoformat()}")
+        if self.grp is not None:
+            parts.append(f"{self.group.replace('_', ' ')} {self.grp}")
+        if self.purpose is not None:
+            parts.append(f"purpose {self.purpose}")
+        if self.measure == "heat" and self.lo is not None and self.hi is not None:
+            parts.append(f"ISO weekday {int(self.lo)}, hour {int(self.hi):02d}")
+        elif self.bin_s is not None and self.lo is not None:
+            upper = "" if self.max_s is not None and self.lo >= self.max_s else f" to {self.lo + self.bin_s:g}"
+            parts.append(f"bin {self.lo:g}{upper or ' and more'} s")
+        parts.append(f"received {self.flt.start.isoformat()} to {self.flt.end.isoformat()}"
+                     if self.measure not in ("attempt_failed", "error")
+                     else f"attempts ended {self.flt.start.isoformat()} to {self.flt.end.isoformat()}")
+        for label, values in (("modality", self.flt.modalities), ("source", self.flt.sources),
+                              ("destination", self.flt.destinations), ("rule", self.flt.rules)):
+            if values:
+                parts.append(f"{label} in {', '.join(values)}")
+        return " · ".join(parts)
+
+
+def drill_count(conn: Connection, drill: Drill, zone: ZoneInfo) -> int:
+    """How many studies the drill selects (what the QI number counts)."""
+    prepare(conn)
+    return int(conn.execute(text(f"SELECT count(*) FROM ({DRILL_SQL}) d"), drill.params(zone)).scalar_one())  # noqa: S608

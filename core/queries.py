@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, String, bindparam, text
 
+from core.qi import DRILL_SQL, Drill
 from core.states import EventType, HoldKind, JobState, Purpose, SeriesKind, StudyStatus
 
 # Every status and state, in the order pages and the CLI list them.
@@ -116,13 +117,18 @@ def day_counts(conn: Connection, since: datetime) -> dict[str, int]:
 
 
 def failure_counts(conn: Connection, since: datetime) -> dict[str, int]:
-    """Failed attempts and jobs gone dead since `since`, and AI-overdue studies now."""
+    """Failed attempts and jobs gone dead since `since` (and the studies they belong to), and
+    AI-overdue and failed studies now."""
     row = conn.execute(
         text(
             """
             SELECT
               (SELECT count(*) FROM events WHERE type = :delivery_failed AND at >= :since) AS failed_attempts,
               (SELECT count(*) FROM events WHERE type = :delivery_dead AND at >= :since) AS dead_jobs,
+              (SELECT count(DISTINCT study_id) FROM events
+                WHERE type = :delivery_failed AND at >= :since) AS failed_attempt_studies,
+              (SELECT count(DISTINCT study_id) FROM events
+                WHERE type = :delivery_dead AND at >= :since) AS dead_job_studies,
               (SELECT count(*) FROM studies WHERE status = :ai_overdue) AS ai_overdue,
               (SELECT count(*) FROM studies WHERE status = :failed) AS failed_studies
             """
@@ -148,6 +154,12 @@ class StudyFilter:
     source_aet: str | None = None
     status: str | None = None
     destination: str | None = None
+    # issue 16, drill-down: the studies behind a number of the Overview or a QI page
+    event: str | None = None  # with an event of this type at or after event_since (Overview's "today")
+    event_since: datetime | None = None
+    exclude_orphans: bool = False  # orphan AI results are not studies of the Overview's counts
+    drill: Drill | None = None  # a QI number (core.qi.Drill), in the zone of `zone`
+    zone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -199,7 +211,24 @@ def _study_where(flt: StudyFilter, cursor: Cursor | None) -> tuple[list[str], di
             "EXISTS (SELECT 1 FROM routing_jobs d WHERE d.study_id = s.id AND d.destination = :dest)"
         )
         params["dest"] = flt.destination
+    if flt.event:
+        where.append("EXISTS (SELECT 1 FROM events ev WHERE ev.study_id = s.id AND ev.type = :ev_type "
+                     "AND ev.at >= :ev_since)")
+        params.update(ev_type=flt.event, ev_since=flt.event_since or datetime.min.replace(tzinfo=UTC))
+    if flt.exclude_orphans:
+        where.append("NOT s.orphan_ai_result")
+    if flt.drill is not None:
+        where.append(f"s.id IN ({DRILL_SQL})")
+        params.update(flt.drill.params(ZoneInfo(flt.zone)))
     return where, params
+
+
+def count_studies(conn: Connection, flt: StudyFilter) -> int:
+    """How many studies a drill-down link lists (the Studies page shows it beside the number
+    it came from). The page counts only what a link names, never the unfiltered table."""
+    where, params = _study_where(flt, None)
+    return int(conn.execute(text(f"SELECT count(*) FROM studies s WHERE {' AND '.join(where)}"),  # noqa: S608
+                            params).scalar_one())
 
 
 def search_studies(
@@ -218,7 +247,7 @@ def search_studies(
         f"""
         SELECT s.id, s.study_uid, s.first_received_at, s.accession_number, {phi},
                COALESCE(s.modalities, ser.modalities) AS modalities, s.description, s.source_aet,
-               s.status, ser.series, jobs.destinations
+               s.status, s.purged_at, ser.series, jobs.destinations
         FROM studies s
         LEFT JOIN LATERAL (
             SELECT count(*) AS series,
@@ -301,7 +330,7 @@ def get_study(conn: Connection, study_id: int, *, show_phi: bool = False) -> dic
         conn,
         f"SELECT id, study_uid, orthanc_id, {phi}, accession_number, modalities, description, "  # noqa: S608
         "study_date, study_time, source_aet, first_received_at, last_received_at, stable_at, last_stable_at, status, "
-        "orphan_ai_result, updated_at FROM studies WHERE id = :id",
+        "orphan_ai_result, updated_at, purged_at FROM studies WHERE id = :id",
         {"id": study_id},
     )
     if not rows:
@@ -487,7 +516,7 @@ def list_jobs(conn: Connection, flt: JobFilter, *, before_id: int | None = None,
         f"""
         SELECT j.id, j.study_id, s.accession_number, j.purpose, j.destination, j.rule_name, j.state,
                j.attempts, j.next_attempt_at, j.last_error, j.last_error_code, j.created_at, j.started_at,
-               j.finished_at, j.updated_at
+               j.finished_at, j.updated_at, j.orthanc_job_id
         FROM routing_jobs j JOIN studies s ON s.id = j.study_id
         WHERE {where}
         ORDER BY j.id DESC LIMIT :lim
@@ -755,3 +784,15 @@ def studies_of_targets(conn: Connection, targets: Iterable[str | None]) -> dict[
                             {"ids": list(jobs)}).all()
         studies.update({jobs[row.id]: row.study_id for row in rows})
     return studies
+
+
+def retention_state(conn: Connection) -> dict[str, Any]:
+    """The last retention run (core/retention.py) and how many studies are purged: Overview, /metrics."""
+    row = conn.execute(text("SELECT ran_at, actor, source, purged, failed, kept, oldest_kept, detail "
+                            "FROM retention_status WHERE name = 'last'")).mappings().first()
+    total = conn.execute(text("SELECT count(*) FROM studies WHERE purged_at IS NOT NULL")).scalar_one()
+    state: dict[str, Any] = dict(row) if row else {
+        "ran_at": None, "actor": None, "source": None, "purged": 0, "failed": 0, "kept": 0, "oldest_kept": None,
+        "detail": {}}
+    state["purged_total"] = int(total)
+    return state

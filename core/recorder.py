@@ -984,3 +984,53 @@ def alert_delivered(
         {"id": incident_id, "channel": channel, "message": message, "attempt": attempt, "at": at, "ok": ok,
          "error": None if error is None else error[:1000]},
     )
+
+
+# --- retention (core/retention.py) ---
+# A purged study keeps every row (series, jobs, events): only purged_at says Orthanc no
+# longer holds it, so the QI figures survive the deletion.
+
+RETENTION_STATUS = "last"  # the one retention_status row: the last retention run
+
+
+def study_purged(conn: Connection, study_id: int, *, at: datetime, actor: str, source: str,
+                 detail: dict[str, Any]) -> bool:
+    """Retention deleted the study from Orthanc: mark it, add the timeline event and the audit line.
+
+    False (and nothing written) when it was marked already. `detail` must hold no patient data.
+    """
+    if conn.execute(
+        text("UPDATE studies SET purged_at = :at, updated_at = now() WHERE id = :id AND purged_at IS NULL"),
+        {"id": study_id, "at": at},
+    ).rowcount != 1:
+        return False
+    add_event(conn, study_id, EventType.PURGED, at, detail={"actor": actor, **detail})
+    audit(conn, actor=actor, source=source, action="study.purge", target=f"study:{study_id}",
+          before={"in_orthanc": True}, after={"in_orthanc": False, **detail})
+    return True
+
+
+def study_received_again(conn: Connection, study_id: int) -> None:
+    """Orthanc received part of a study retention purged: it holds the study again (worker/ingest.py)."""
+    conn.execute(text("UPDATE studies SET purged_at = NULL WHERE id = :id AND purged_at IS NOT NULL"),
+                 {"id": study_id})
+
+
+def retention_ran(
+    conn: Connection, *, at: datetime, actor: str, source: str, purged: int, failed: int, kept: int,
+    oldest_kept: dict[str, Any] | None, detail: dict[str, Any],
+) -> None:
+    """Record the last retention run (the Overview's and /metrics' retention state)."""
+    conn.execute(
+        text(
+            """
+            INSERT INTO retention_status (name, ran_at, actor, source, purged, failed, kept, oldest_kept, detail)
+            VALUES (:name, :at, :actor, :source, :purged, :failed, :kept, CAST(:oldest AS jsonb), CAST(:detail AS jsonb))
+            ON CONFLICT (name) DO UPDATE SET ran_at = EXCLUDED.ran_at, actor = EXCLUDED.actor,
+                source = EXCLUDED.source, purged = EXCLUDED.purged, failed = EXCLUDED.failed, kept = EXCLUDED.kept,
+                oldest_kept = EXCLUDED.oldest_kept, detail = EXCLUDED.detail
+            """
+        ),
+        {"name": RETENTION_STATUS, "at": at, "actor": actor, "source": source, "purged": purged, "failed": failed,
+         "kept": kept, "oldest": None if oldest_kept is None else jsonable(oldest_kept), "detail": jsonable(detail)},
+    )

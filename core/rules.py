@@ -155,6 +155,9 @@ class Rule(BaseModel):
     enabled: bool = True
     final: bool = False
     description: str = ""
+    # Retention (core/retention.py): days after delivery the studies this rule routed stay in
+    # Orthanc, in place of RETENTION_DAYS_AFTER_DELIVERY; the disk watermark spares them meanwhile.
+    keep_days: int | None = Field(default=None, ge=1, le=36500)
     when: When = Field(default_factory=When)
     then: Then
 

@@ -10,8 +10,8 @@ first).
 `load(conn)` runs every file, in order, on the caller's transaction, as
 `CREATE OR REPLACE`: an unchanged object stays as it is, grants and dependent objects
 are kept, and a change PostgreSQL cannot make in place (a view's existing columns, a
-function's return type) fails instead of dropping anything. When a definition changed,
-the cached rows of clean studies (qi_study_fact, qi_delivery_fact) are recomputed as
+function's return type) fails instead of dropping anything. When a definition the caches
+are computed from changed (CACHE_INPUTS), the cached rows of clean studies (qi_study_fact, qi_delivery_fact) are recomputed as
 migration 0006 did, and dirty studies stay dirty, so cache and live rows never disagree.
 """
 
@@ -79,6 +79,12 @@ RECACHE = (
     "INSERT INTO qi_delivery_fact SELECT * FROM qi_delivery_live WHERE study_id NOT IN (SELECT study_id FROM qi_dirty) "
     "ORDER BY first_received_at, study_id",
 )
+
+
+# What the cached rows (qi_study_fact, qi_delivery_fact) are computed from: only a change to
+# one of these can change a cached row, so only then does `load` recompute the caches. A new
+# or changed aggregate or helper (qi_drill_studies, ...) leaves them as they are.
+CACHE_INPUTS = frozenset({"qi_seconds", "qi_whole_second", "qi_send", "qi_study_live", "qi_delivery_live"})
 
 
 class SqlFilesError(RuntimeError):
@@ -158,7 +164,8 @@ def load(conn: Connection, directory: Path = SQL_DIR, recache: bool | None = Non
     definition changed (none when the database already holds the files' definitions).
 
     The caller commits (a migration's transaction, or `engine.begin()`). `recache`: recompute
-    the cached rows of clean studies; by default when anything changed.
+    the cached rows of clean studies; by default when a definition they are computed from
+    (CACHE_INPUTS) changed.
     """
     objs = objects(directory)
     names = [o.name for o in objs]
@@ -173,7 +180,7 @@ def load(conn: Connection, directory: Path = SQL_DIR, recache: bool | None = Non
                             "a migration must DROP FUNCTION the old signature before loading")
     after = _by_name(loaded, names)
     changed = [n for n in names if before.get(n) != after[n]]
-    if recache or (recache is None and changed):
+    if recache or (recache is None and CACHE_INPUTS.intersection(changed)):
         recache_clean_studies(conn)
     if changed:
         # a view dropped and recreated by a migration has lost its grants; they are idempotent

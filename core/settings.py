@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     send_paused_grace_s: float = Field(ge=0)
     jobs_history_size: int = Field(ge=10)
     disk_free_warn_mb: int = Field(ge=1)
+    # Retention (core/retention.py, worker/retention.py; docs/operations.md, "Retention"): off
+    # unless set. 0 (or empty) turns each policy off: deleting patient data is a site's decision.
+    retention_days_after_delivery: int = Field(ge=0, le=36500)
+    retention_disk_low_mb: int = Field(ge=0)
+    retention_disk_high_mb: int = Field(ge=0)
+    retention_batch: int = Field(ge=1, le=1000)
+    retention_check_s: float = Field(ge=1, le=86400)
 
     sla_turnaround_s: int = Field(ge=1)
     sla_ai_round_trip_s: int = Field(ge=1)
@@ -237,6 +244,12 @@ class Settings(BaseSettings):
             return value
         return (PROJECT_ROOT / value).resolve()
 
+    @field_validator("retention_days_after_delivery", "retention_disk_low_mb", "retention_disk_high_mb",
+                     mode="before")
+    @classmethod
+    def _off_when_empty(cls, value: Any) -> Any:
+        return 0 if isinstance(value, str) and not value.strip() else value
+
     @field_validator("tls_server_names", mode="before")
     @classmethod
     def _server_names(cls, value: Any) -> tuple[str, ...]:
@@ -301,7 +314,7 @@ class Settings(BaseSettings):
             raise ValueError("RETRY_CAP must not be smaller than RETRY_BASE")
         if self.qi_db == self.postgres_db:
             raise ValueError("QI_DB must differ from POSTGRES_DB (Orthanc owns its index database)")
-        problems = _tls_problems(self) + _alert_problems(self)
+        problems = _tls_problems(self) + _alert_problems(self) + _retention_problems(self)
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
@@ -478,6 +491,18 @@ def _alert_problems(settings: Settings) -> list[str]:
     if ca is not None and not ca.is_file():
         problems.append(f"ALERT_SMTP_CA_FILE: {ca} does not exist or is not a file")
     return problems
+
+
+def _retention_problems(settings: Settings) -> list[str]:
+    """The disk watermarks go together: delete below LOW until HIGH is free again."""
+    low, high = settings.retention_disk_low_mb, settings.retention_disk_high_mb
+    if low and high <= low:
+        return [f"RETENTION_DISK_HIGH_MB: must be larger than RETENTION_DISK_LOW_MB ({low}): retention deletes "
+                "delivered studies when free space falls under LOW, until HIGH MiB are free"]
+    if high and not low:
+        return ["RETENTION_DISK_LOW_MB: set it too (the free MiB under which retention starts deleting), "
+                "or leave RETENTION_DISK_HIGH_MB empty"]
+    return []
 
 
 def _writable_problem(path: Path) -> str | None:

@@ -91,6 +91,7 @@ class EventType(StrEnum):
     RESEND = "resend"
     CANCELLED = "cancelled"
     SENDER_REJECTED = "sender_rejected"
+    PURGED = "purged"  # retention deleted the study from Orthanc (worker/retention.py); its records stay
 
 
 class HoldKind(StrEnum):

@@ -6,7 +6,8 @@
 #   make quick-setup           the same with defaults, no questions
 #   make menu                  interactive menu over everything below
 #   make seed-modalities       apply MODALITY_* lines of .env to Orthanc
-#   make backup [DIR=...] [ENCRYPT=1]  consistent backup archive (STATE_DIR/backups by default);
+#   make backup [FILE=name.tar] [DIR=...] [ENCRYPT=1]  consistent backup archive (STATE_DIR/backups by
+#                              default, named hub-backup-<time>.tar unless FILE= names it or gives a path);
 #                              ENCRYPT=1 (or BACKUP_ENCRYPT=1 in .env) encrypts it with age
 #   make backup-key            create the age key for encrypted backups (BACKUP_KEY_FILE)
 #   make backup-list [DIR=...]
@@ -17,6 +18,9 @@
 #   make clean                 stop everything, remove caches; keeps data and config
 #   make reset                 stop, remove the configuration; keeps the data
 #   make uninstall             stop, remove data, configuration and state (typed confirmation)
+#   make migrate-storage [CONFIRM_DELETE_OLD=yes]  move DICOM_STORAGE and POSTGRES_STORAGE to the
+#                              paths now in .env: stop, copy with sha256 checks (resumable), record,
+#                              start; the old copy stays until CONFIRM_DELETE_OLD=yes
 #   make mark-data-dirs        mark an older install's data directories as the hub's, so that
 #                              uninstall and restore may delete them (ops/datadirs.py)
 #   make tls-certs [RENEW=1] [NEW_CA=1]  the local CA and the hub's certificate for DICOM TLS
@@ -35,7 +39,7 @@ TOOLING_RUN = cd $(TOOLING_ROOT) && STACK_MODE=$(STACK_MODE) $(TOOLING_PY) -m
 TOOLING_VENV_DEP := $(if $(VENV_STAMP),$(VENV_STAMP),tooling-venv)
 
 .PHONY: setup quick-setup menu seed-modalities backup backup-key backup-list restore upgrade rebuild clean reset \
-	uninstall mark-data-dirs tls-certs tooling-venv
+	uninstall mark-data-dirs migrate-storage tls-certs tooling-venv
 
 # The wizard runs before `make run` on a fresh machine, so it brings up the venv itself.
 tooling-venv:
@@ -57,8 +61,8 @@ menu: $(TOOLING_VENV_DEP) ## interactive menu over every target and command
 seed-modalities: $(TOOLING_VENV_DEP) ## apply the MODALITY_* lines of .env to Orthanc (idempotent)
 	@$(TOOLING_RUN) ops.tooling.seed
 
-backup: $(TOOLING_VENV_DEP) ## consistent backup archive in STATE_DIR/backups (DIR=... elsewhere; ENCRYPT=1: age)
-	@$(TOOLING_RUN) ops.tooling.backup --mode $(STACK_MODE) create $(if $(DIR),--dir "$(DIR)") \
+backup: $(TOOLING_VENV_DEP) ## consistent backup archive in STATE_DIR/backups (FILE=name.tar, DIR=... elsewhere; ENCRYPT=1: age)
+	@$(TOOLING_RUN) ops.tooling.backup --mode $(STACK_MODE) create $(if $(DIR),--dir "$(DIR)") $(if $(FILE),--file "$(FILE)") \
 		$(if $(filter 1 yes,$(ENCRYPT)),--encrypt)$(if $(filter 0 no,$(ENCRYPT)),--no-encrypt)
 
 backup-key: $(TOOLING_VENV_DEP) ## create the age key for encrypted backups (BACKUP_KEY_FILE); copy it off the server
@@ -89,6 +93,10 @@ reset: $(TOOLING_VENV_DEP) ## stop and remove the configuration (.env, rendered 
 uninstall: $(TOOLING_VENV_DEP) ## stop and remove data, configuration and state (typed confirmation)
 	@$(TOOLING_RUN) ops.tooling.uninstall --mode $(STACK_MODE) uninstall $(if $(filter 1 yes,$(KEEP_BACKUPS)),--keep-backups) \
 		$(if $(CONFIRM),--confirm "$(CONFIRM)")
+
+migrate-storage: $(TOOLING_VENV_DEP) ## move the storage to the paths in .env (checksums, resumable); CONFIRM_DELETE_OLD=yes after
+	@$(TOOLING_RUN) ops.tooling.migrate_storage --mode $(STACK_MODE) $(if $(filter yes,$(CONFIRM_DELETE_OLD)),--delete-old) \
+		$(if $(filter 1 yes,$(NO_START)),--no-start)
 
 mark-data-dirs: $(TOOLING_VENV_DEP) ## mark an older install's data directories as the hub's (uninstall/restore need it)
 	@$(TOOLING_RUN) ops.tooling.uninstall mark

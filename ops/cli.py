@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from ops import cli_ops, tls_cli
+from ops import cli_ops, retention_cli, tls_cli
 from ops.tooling import exitcodes
 
 app = typer.Typer(
@@ -122,7 +122,43 @@ def report(
               f"in {time.monotonic() - started:.1f} s")
 
 
+@app.command("migrate-storage")
+def migrate_storage(
+    delete_old: Annotated[bool, typer.Option("--delete-old", help="delete the old copies of a finished move")] = False,
+    no_start: Annotated[bool, typer.Option("--no-start", help="do not start the stack after the copy")] = False,
+) -> None:
+    """Move DICOM_STORAGE and POSTGRES_STORAGE to the paths in .env (as `make migrate-storage`)."""
+    from ops.tooling import migrate_storage as move
+
+    raise typer.Exit(move.main([*(["--delete-old"] if delete_old else []), *(["--no-start"] if no_start else [])]))
+
+
+@app.command("help")
+def help_(
+    command: Annotated[str | None, typer.Argument(help="a command: show its options")] = None,
+) -> None:
+    """List the commands with one line each; `./orthanc help COMMAND` shows one in full."""
+    from typer.core import TyperGroup
+
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)
+    ctx = typer.Context(group, info_name="./orthanc")
+    if command:
+        found = group.get_command(ctx, command)
+        if found is None:
+            err.print(f"[red]no command {command!r}; `./orthanc help` lists them[/red]")
+            raise typer.Exit(exitcodes.USAGE)
+        typer.echo(found.get_help(typer.Context(found, info_name=command, parent=ctx)))
+        return
+    typer.echo("Orthanc routing hub. Usage: ./orthanc COMMAND [OPTIONS]   (./orthanc help COMMAND: its options)\n")
+    for name in group.list_commands(ctx):
+        sub = group.get_command(ctx, name)
+        if sub is not None and not sub.hidden:
+            typer.echo(f"  {name:<16} {sub.get_short_help_str(limit=100)}")
+
+
 cli_ops.register(app)  # operations commands (issue 6): status, studies, ...
+retention_cli.register(app)  # retention (issue 18): --dry-run, --run
 app.add_typer(tls_cli.app, name="tls")  # DICOM TLS and HTTPS certificates (issue 15)
 
 

@@ -1,5 +1,6 @@
 """Operations commands of `./orthanc`: status, studies, study, destinations, test, queue,
-retry, cancel, hold, release, alerts, logs, shell, db. Registered onto ops.cli's typer app by `register(app)`.
+retry, cancel, hold, release, alerts, token, logs, shell, db. Registered onto ops.cli's typer app by
+`register(app)`.
 
 Exit codes (ops.tooling.exitcodes, documented in docs/operations.md) are the contract
 scripts and monitoring rely on: 0 ok, 1 the operation failed, 2 usage, 3 configuration,
@@ -10,7 +11,8 @@ Imports are at the top of the module, with one exception kept for start-up time:
 modules that are slow to import - core.settings (pydantic-settings), core.db (alembic) and
 core.orthanc_client (httpx) - would make every `./orthanc` start, `--help` included,
 materially slower. They are imported only inside the helpers that need them: _settings,
-_engine, _orthanc, _session_env, and collect_status (httpx). Add no others.
+_engine, _orthanc, _session_env, _auth (core.auth imports core.db), and collect_status (httpx).
+Add no others.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,10 +37,12 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from core import alerts, operations, queries
-from core.states import AuditSource, HoldKind, JobState
+from core.states import AuditSource, HoldKind, JobState, Role
 from ops.tooling import exitcodes
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from core.orthanc_client import OrthancClient
     from core.settings import Settings
 
@@ -121,6 +125,13 @@ def _data(*values: object) -> list[str]:
     MarkupError (or restyles the output). None prints as "".
     """
     return [escape("" if v is None else str(v)) for v in values]
+
+
+def _auth() -> ModuleType:
+    """core.auth (it imports core.db, alembic: see the module docstring)."""
+    from core import auth
+
+    return auth
 
 
 def _actor() -> str:
@@ -548,6 +559,81 @@ def alerts_cmd(
         out.print(table)
 
 
+# --- API tokens --------------------------------------------------------------------------
+
+token_app = typer.Typer(name="token", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                        help="Bearer tokens of the workflow API on ROUTING_API_PORT (the app's API tokens page).")
+
+
+@token_app.command("list")
+def token_list(env_file: EnvFile = None) -> None:
+    """Every token with its role and state (active, expired, revoked); never a secret (only hashes are kept)."""
+    settings = _settings(env_file)
+    with _db(settings) as conn:
+        tokens = _auth().list_tokens(conn)
+    if not tokens:
+        out.print("no API tokens", markup=False)
+        return
+    now = datetime.now(UTC)
+    table = Table("name", "role", "state", "created by", f"created ({settings.tz})", "expires", "last used",
+                  "revoked")
+    for t in tokens:
+        table.add_row(*_data(t.name, t.role, t.state(now), t.created_by), _local(t.created_at, settings),
+                      _local(t.expires_at, settings), _local(t.last_used_at, settings),
+                      _local(t.revoked_at, settings))
+    out.print(table)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="1-64 letters, digits, '.', '_', '-': the actor in the "
+                                                     "audit log for what the token's holder does")],
+    role: Annotated[Role, typer.Option("--role", help="viewer (reads, patient data masked), operator (also "
+                                                      "retry, cancel, resend, hold, release) or admin")],
+    expires_days: Annotated[int, typer.Option("--expires-days", min=0, max=3650,
+                                              help="days until it expires; 0: never")] = 365,
+    env_file: EnvFile = None,
+) -> None:
+    """Create a token (audited); its secret is printed once, alone on stdout, and exists nowhere else.
+
+    Exit 0 created, 1 a token of that name exists (revoked ones keep their name), 2 a bad name.
+    """
+    auth = _auth()
+    try:
+        auth.check_token_name(name)
+    except auth.TokenError as exc:
+        raise _fail(str(exc), exitcodes.USAGE) from None
+    settings = _settings(env_file)
+    expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+    with _db(settings, write=True) as conn:
+        try:
+            token, secret = auth.create_token(conn, name, role, actor=_actor(), source=AuditSource.CLI,
+                                              expires_at=expires)
+        except auth.TokenError as exc:
+            raise _fail(str(exc), exitcodes.FAILED) from None
+    err.print(f"token {token.name} ({token.role}, expires {_local(token.expires_at, settings)}) created; its "
+              "secret follows, shown this once: put it in the client's secret store", markup=False)
+    out.print(secret, markup=False, soft_wrap=True)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="the token's name (see `orthanc token list`)")],
+    env_file: EnvFile = None,
+) -> None:
+    """Revoke a token for good (audited): its next request is refused. Exit 0, 1 already revoked, 5 unknown."""
+    auth = _auth()
+    settings = _settings(env_file)
+    with _db(settings, write=True) as conn:
+        if auth.get_token(conn, name) is None:
+            raise _fail(f"no token named {name!r} (see `orthanc token list`)", exitcodes.NOT_FOUND)
+        try:
+            auth.revoke_token(conn, name, actor=_actor(), source=AuditSource.CLI)
+        except auth.TokenError as exc:
+            raise _fail(str(exc), exitcodes.FAILED) from None
+    out.print(f"token {name} revoked: its next request is refused", markup=False)
+
+
 # --- logs, shell, db --------------------------------------------------------------------
 
 
@@ -679,6 +765,7 @@ def register(app: typer.Typer) -> None:
     app.command("hold")(hold)
     app.command("release")(release)
     app.command("alerts")(alerts_cmd)
+    app.add_typer(token_app, name="token")
     app.command("logs")(logs)
     app.command("shell")(shell)
     app.command("db")(db)

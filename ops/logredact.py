@@ -16,16 +16,24 @@ original output (supervisord's log or the harness's file). It ignores SIGTERM/SI
 SIGHUP, so Orthanc's last lines still get through a stop, and it exits when Orthanc
 has closed the pipe (has exited).
 
+The filter also puts each line's time in UTC (issue 18): Orthanc stamps its lines
+`W1206 08:41:03.106930 main.cpp:2017] ...` in the local time of its TZ (the site's
+zone, which Orthanc needs for its own local-time values), without a date's year or a
+zone, while the hub's Python services log UTC. So that prefix becomes
+`W 2026-12-06T16:41:03.106930Z main.cpp:2017] ...`, as in every other log of the stack.
+
 Standard library only, and runnable as a plain script: the process runs in
 STATE_DIR, where the `hub` package is not importable.
 """
 
 from __future__ import annotations
 
+import calendar
 import os
 import re
 import signal
 import sys
+import time
 
 REDACTED = "<redacted>"
 # Patient module keywords (group 0010) and the accession number: each identifies a
@@ -60,10 +68,32 @@ def redact(line: str) -> str:
     return _PAIR.sub(replace, line)
 
 
+# Orthanc's (glog-style) prefix: severity, MMDD, local time with microseconds.
+_STAMP = re.compile(r"^([IWEFT])(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6}) ")
+
+
+def utc_stamp(line: str, now: float | None = None) -> str:
+    """`line` with Orthanc's local-time prefix rewritten as an ISO 8601 UTC time ('Z').
+
+    The line was written an instant before it is read, so the year and the UTC offset
+    are those of `now` (the reading time) in this process's TZ, which is Orthanc's; a
+    line of 31 December read on 1 January belongs to the year before.
+    """
+    match = _STAMP.match(line)
+    if not match:
+        return line
+    local = time.localtime(time.time() if now is None else now)
+    month, day = int(match[2]), int(match[3])
+    year = local.tm_year - ((month, day) > (local.tm_mon, local.tm_mday))
+    seconds = calendar.timegm((year, month, day, int(match[4]), int(match[5]), int(match[6]), 0, 0, 0))
+    utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds - local.tm_gmtoff))
+    return f"{match[1]} {utc}.{match[7]}Z {line[match.end():]}"
+
+
 def redact_bytes(raw: bytes) -> bytes:
     """Bytes in, bytes out: undecodable bytes pass through unchanged (surrogateescape)."""
     try:
-        return redact(raw.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+        return redact(utc_stamp(raw.decode("utf-8", "surrogateescape"))).encode("utf-8", "surrogateescape")
     except Exception:  # noqa: BLE001 - a log line must never stop the filter
         return b"[logredact: a line was withheld because it could not be filtered]\n"
 

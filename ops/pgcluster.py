@@ -159,6 +159,8 @@ def postgres_argv(datadir: Path, port: int, bind_address: str = "127.0.0.1") -> 
         str(PG_BIN / "postgres"), "-D", str(datadir), "-p", str(int(port)),
         "-c", f"listen_addresses={bind_address}",
         "-c", f"unix_socket_directories={_socket_dir(datadir)}",
+        # Log lines in UTC, labelled, like the other services' (core/logs.py, ops/logredact.py).
+        "-c", "log_timezone=UTC",
     ]
 
 
@@ -171,7 +173,8 @@ def start(
     logfile.parent.mkdir(parents=True, exist_ok=True)
     logfile.touch(exist_ok=True)
     _give_to_service_user(logfile)
-    options = f"-p {int(port)} -c listen_addresses={bind_address} -c unix_socket_directories={_socket_dir(datadir)}"
+    options = (f"-p {int(port)} -c listen_addresses={bind_address} -c unix_socket_directories={_socket_dir(datadir)} "
+               "-c log_timezone=UTC")
     _run([
         str(PG_BIN / "pg_ctl"), "start", "-D", str(datadir), "-l", str(logfile),
         "-w", "-t", str(int(timeout)), "-o", options,

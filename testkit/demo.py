@@ -9,6 +9,10 @@ so the app's pages and the QI views show real flows on a fresh install.
 
 It refuses to touch a modality of those names that points anywhere but loopback:
 the demo is for a fresh or test install, never for a hospital's real destinations.
+When it ends (or is interrupted) it puts those destinations back as they were: it
+deletes the ones it added and restores the ones it re-pointed, so no destination is
+left pointing at a peer that no longer exists. Each change, both ways, is an audit
+entry (source `cli`, actor `make demo`).
 """
 
 from __future__ import annotations
@@ -19,15 +23,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.db import engine_for
 from core.dicom_names import Modality
 from core.orthanc_client import OrthancClient, OrthancError
+from core.recorder import audit
 from core.settings import Settings, SettingsError, load_settings
+from core.states import AuditSource
 from ops.tooling import exitcodes
 from testkit.dicom_peers import LOOPBACK, AINode, StorageSCP, free_port, send_datasets
 from testkit.synthetic import make_study
 
 PACS_NAMES = ("LPCHROUTER", "LPCHTROUTER", "MODLINK")
+ACTOR = "make demo"
 OTHER_DESCRIPTIONS = ("CT HEAD WO CONTRAST", "XR CHEST 2 VIEWS", "MR KNEE LEFT", "US ABDOMEN")
 
 
@@ -54,10 +66,50 @@ def start_peers(settings: Settings, out_dir: Path, ai_delay: float) -> tuple[AIN
     return ai, pacs
 
 
-def register(orthanc: OrthancClient, settings: Settings, ai: AINode, pacs: dict[str, StorageSCP]) -> None:
-    orthanc.put_modality(Modality(settings.ai_modality, ai.aet, LOOPBACK, ai.port))
-    for name, scp in pacs.items():
-        orthanc.put_modality(Modality(name, scp.aet, LOOPBACK, scp.port))
+def _plain(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the audit log keeps of a destination (as the Destinations page records it)."""
+    if config is None:
+        return None
+    return {"aet": config.get("AET"), "host": config.get("Host"), "port": config.get("Port")}
+
+
+def _audit(engine: Engine, action: str, name: str, before: dict[str, Any] | None,
+           after: dict[str, Any] | None) -> None:
+    with engine.begin() as conn:
+        audit(conn, actor=ACTOR, source=AuditSource.CLI, action=action, target=f"destination:{name}",
+              before=before, after=after)
+
+
+def register(orthanc: OrthancClient, engine: Engine, saved: dict[str, dict[str, Any] | None],
+             peers: dict[str, tuple[str, int]]) -> None:
+    """Point each demo destination at its loopback peer (`peers`: name -> (AET, port)), audited."""
+    for name, (aet, port) in peers.items():
+        orthanc.put_modality(Modality(name, aet, LOOPBACK, port))
+        _audit(engine, "destination.update" if saved.get(name) else "destination.add", name,
+               _plain(saved.get(name)), {"aet": aet, "host": LOOPBACK, "port": port})
+
+
+def put_back(orthanc: OrthancClient, engine: Engine, saved: dict[str, dict[str, Any] | None],
+             names: list[str]) -> list[str]:
+    """Restore the destinations of `names` to `saved` (delete those that did not exist), audited.
+
+    Returns the problems; every destination is tried even when one fails.
+    """
+    problems = []
+    current = orthanc.modalities()
+    for name in names:
+        before = saved.get(name)
+        try:
+            if before is None:
+                if name in current:
+                    orthanc.delete_modality(name)
+                    _audit(engine, "destination.delete", name, _plain(current[name]), None)
+            else:
+                orthanc.request("PUT", f"/modalities/{name}", json=before)
+                _audit(engine, "destination.update", name, _plain(current.get(name)), _plain(before))
+        except (OrthancError, SQLAlchemyError) as exc:
+            problems.append(f"{name}: {type(exc).__name__}: {exc}")
+    return problems
 
 
 def send_studies(settings: Settings, count: int, leg_share: float, rng: random.Random) -> int:
@@ -103,19 +155,24 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return exitcodes.CONFIG
     orthanc = OrthancClient.from_settings(settings, timeout=15)
+    names = [settings.ai_modality, *PACS_NAMES]
     try:
         orthanc.system()
-        check_modalities(orthanc.modalities(), [settings.ai_modality, *PACS_NAMES])
+        existing = orthanc.modalities()
+        check_modalities(existing, names)
     except OrthancError as exc:
         print(f"Orthanc is not reachable ({exc}); start the stack with `make run` first.", file=sys.stderr)
         return exitcodes.UNAVAILABLE
     except DemoRefused as exc:
         print(exc, file=sys.stderr)
         return exitcodes.ABORTED
+    saved = {name: existing.get(name) for name in names}
+    engine = engine_for(settings)
     out_dir = Path(tempfile.mkdtemp(prefix="hub-demo-"))
     ai, pacs = start_peers(settings, out_dir, args.ai_delay)
     try:
-        register(orthanc, settings, ai, pacs)
+        register(orthanc, engine, saved, {settings.ai_modality: (ai.aet, ai.port),
+                                          **{name: (scp.aet, scp.port) for name, scp in pacs.items()}})
         print(f"Simulated peers on {LOOPBACK}: {settings.ai_modality}:{ai.port}, "
               + ", ".join(f"{n}:{s.port}" for n, s in pacs.items()))
         legs = send_studies(settings, args.studies, args.leg_share, random.Random(args.seed))
@@ -137,10 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return exitcodes.OK
     finally:
+        problems = put_back(orthanc, engine, saved, names)
+        print("Destinations put back as they were before the demo: " + ", ".join(names) if not problems else
+              "Could not put back every demo destination (check the Destinations page):\n  " + "\n  ".join(problems),
+              file=sys.stderr if problems else sys.stdout)
         ai.stop()
         for scp in pacs.values():
             scp.stop()
         orthanc.close()
+        engine.dispose()
 
 
 if __name__ == "__main__":

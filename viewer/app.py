@@ -6,7 +6,9 @@ page load (a GET asking for HTML) is sent to /login with the page to come back t
 anything else (a script, an image, a DICOMweb read) is answered 401. Then:
 
 - /dicom-web/... and /wado: viewer/dicomweb.py decides (reads forwarded to Orthanc, the
-  rest refused), and viewer/audit.py records the study before its data leaves.
+  rest refused), and viewer/audit.py records the study before its data leaves. For the
+  viewer role, viewer/masking.py masks patient identifiers in the DICOM JSON and refuses
+  what would carry them unmasked (whole instances), as the app and the API mask them.
 - /app-config.js: OHIF's configuration, written here: one DICOMweb data source, this
   gateway's own /dicom-web (and /wado) on whatever host the browser used; no study
   list (studies are opened from the app's study page); a 401 from the data source (the
@@ -50,10 +52,12 @@ from starlette.routing import Route
 
 from core.auth import SESSION_COOKIE, SESSION_ID_MAX_CHARS, User, session_user
 from core.db import engine_for
+from core.login_pages import LOGIN_PATH, LOGOUT_PATH, clear_cookie, login_url, redirect
 from core.settings import Settings
+from viewer import masking
 from viewer.audit import StudyAudit
 from viewer.dicomweb import NO_STORE, Orthanc, Read, Refusal, classify, is_dicomweb_path
-from viewer.login import LOGIN_PATH, LOGOUT_PATH, LoginRoutes, clear_cookie, login_url, redirect
+from viewer.login import login_pages
 
 log = logging.getLogger("viewer")
 
@@ -229,7 +233,7 @@ class Gateway:
         self.orthanc = orthanc
         self.sessions = Sessions(engine, settings, recheck_s)
         self.audit = StudyAudit(engine)
-        self.login = LoginRoutes(settings, engine, self.sessions.forget)
+        self.login = login_pages(settings, engine, self.sessions.forget)
         self.config_js = app_config_js()
 
     async def handle(self, request: Request) -> Response:
@@ -300,16 +304,28 @@ class Gateway:
         return f"http://{host}:{self.settings.operator_ui_port}/"
 
     async def _dicomweb(self, request: Request, raw_path: bytes, session: Session) -> tuple[Response, str]:
-        decision = classify(request.method, raw_path, request.url.query)
+        query = request.url.query
+        decision = classify(request.method, raw_path, query)
         if isinstance(decision, Refusal):
             return decision.response(), "refused"
+        masked = not masking.sees_patient_data(session.user.role)
+        empty = False
+        if masked:  # the viewer role: patient identifiers masked or not sent (viewer/masking.py)
+            search = masking.empty_search(decision, query)
+            refused = masking.refusal(decision, query) or (search if isinstance(search, Refusal) else None)
+            if refused is not None:
+                return refused.response(), "refused"
+            empty = search is True
         try:
-            await self._record(session, decision, request.url.query)
+            await self._record(session, decision, query)
         except SQLAlchemyError as exc:
             log.warning("audit entry not written (database error %s): read refused", type(exc).__name__)
             return JSONResponse({"error": "the read cannot be recorded now"}, status_code=503,
                                 headers=NO_STORE), "refused"
-        return await self.orthanc.forward(request, decision), "dicomweb"
+        if empty:
+            return Response("[]", media_type="application/dicom+json", headers=NO_STORE), "dicomweb"
+        rewrite = masking.mask_dicom_json if masked and decision.content == "json" else None
+        return await self.orthanc.forward(request, decision, rewrite), "dicomweb"
 
     async def _record(self, session: Session, read: Read, query: str) -> None:
         filters: tuple[str, ...] = ()

@@ -28,8 +28,10 @@ no image or patient data is kept in the browser's cache.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, parse_qsl, quote
 
@@ -84,6 +86,9 @@ class Read:
     level: str  # studies, series, instances (searches); study, series, instance, wado (reads)
     study_uid: str | None
     path: str  # the path to ask Orthanc for (the query string is added as received)
+    # What the answer is: "json" (QIDO-RS, metadata), "dicom" (whole instances), "pixels" (frames,
+    # rendered, thumbnail), "bulk" (one attribute's value), "wado" (WADO-URI: as contentType says).
+    content: str
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,13 @@ def _study_from_query(query: str, keys: tuple[str, ...]) -> str | None | Refusal
     if len(values) > 1 or not is_uid(values[0]):
         return Refusal(403, "a study is named by one StudyInstanceUID")
     return values[0]
+
+
+def _content(tail: list[str]) -> str:
+    """What a read of a study, series or instance answers, by the path below it."""
+    if not tail:
+        return "dicom"
+    return {"metadata": "json", "series": "json", "instances": "json", "bulk": "bulk"}.get(tail[0], "pixels")
 
 
 def _instance_tail(tail: list[str]) -> str | None:
@@ -145,7 +157,7 @@ def classify(method: str, raw_path: bytes, query: str) -> Read | Refusal:
         uids = [params.get(key, []) for key in ("studyUID", "seriesUID", "objectUID")]
         if any(len(values) != 1 or not is_uid(values[0]) for values in uids):
             return Refusal(403, "WADO-URI needs one studyUID, seriesUID and objectUID")
-        return Read("study", "wado", uids[0][0], path)
+        return Read("study", "wado", uids[0][0], path, "wado")
     parts = path[len(DICOMWEB_ROOT) + 1:].split("/") if path.startswith(DICOMWEB_ROOT + "/") else []
     if any(part in ("", ".", "..") for part in parts) or not parts:
         return Refusal(403, "not a DICOMweb read")
@@ -153,24 +165,23 @@ def classify(method: str, raw_path: bytes, query: str) -> Read | Refusal:
         study = _study_from_query(query, STUDY_KEYS)
         if isinstance(study, Refusal):
             return study
-        return Read("study" if study else "search", parts[0], study, path)
+        return Read("study" if study else "search", parts[0], study, path, "json")
     if parts[0] != "studies" or not is_uid(parts[1] if len(parts) > 1 else ""):
         return Refusal(403, "not a DICOMweb read")
     study_uid, tail = parts[1], parts[2:]
-    read = Read("study", "study", study_uid, path)
     if not tail or (len(tail) == 1 and tail[0] in (*RENDERINGS, "series", "instances")):
-        return read
+        return Read("study", "study", study_uid, path, _content(tail))
     if tail[0] != "series" or not is_uid(tail[1]):
         return Refusal(403, "not a DICOMweb read")
     tail = tail[2:]
     if not tail or (len(tail) == 1 and tail[0] in (*RENDERINGS, "instances")):
-        return Read("study", "series", study_uid, path)
+        return Read("study", "series", study_uid, path, _content(tail))
     if tail[0] != "instances" or len(tail) < 2 or not is_uid(tail[1]):
         return Refusal(403, "not a DICOMweb read")
     level = _instance_tail(tail[2:])
     if level is None:
         return Refusal(403, "not a DICOMweb read")
-    return Read("study", level, study_uid, path)
+    return Read("study", level, study_uid, path, _content(tail[2:]))
 
 
 HOST_RE = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
@@ -201,12 +212,15 @@ class Orthanc:
             host = self.fallback_host
         return f"host={host};proto={request.url.scheme}"
 
-    async def forward(self, request: Request, read: Read) -> Response:
+    async def forward(self, request: Request, read: Read,
+                      rewrite: Callable[[object], object] | None = None) -> Response:
+        """Orthanc's answer, streamed; with `rewrite`, a DICOM JSON answer read whole, passed through
+        it (viewer/masking.py), and sent as JSON (anything else that Orthanc answers with is a 502)."""
         query = orthanc_query(request.url.query)
         headers = {
-            "Accept": request.headers.get("accept", "*/*"),
-            # Orthanc compresses when asked; the bytes are passed on as they come.
-            "Accept-Encoding": request.headers.get("accept-encoding", "identity"),
+            "Accept": request.headers.get("accept", "*/*") if rewrite is None else "application/dicom+json",
+            # Orthanc compresses when asked; the bytes are passed on as they come (read whole: plain).
+            "Accept-Encoding": request.headers.get("accept-encoding", "identity") if rewrite is None else "identity",
             "Forwarded": self._forwarded(request),
         }
         upstream = self.client.build_request("GET", read.path + ("?" + query if query else ""), headers=headers)
@@ -222,5 +236,25 @@ class Orthanc:
             return JSONResponse({"error": "the viewer gateway cannot read from Orthanc"}, status_code=502,
                                 headers=NO_STORE)
         passed = {name: response.headers[name] for name in PASSED_HEADERS if name in response.headers}
+        if rewrite is not None:
+            return await self._rewritten(response, rewrite)
         return StreamingResponse(response.aiter_raw(), status_code=response.status_code,
                                  headers={**passed, **NO_STORE}, background=BackgroundTask(response.aclose))
+
+    @staticmethod
+    async def _rewritten(response: httpx.Response, rewrite: Callable[[object], object]) -> Response:
+        try:
+            body = await response.aread()
+        finally:
+            await response.aclose()
+        if response.status_code == 204 or not body:
+            return Response(status_code=response.status_code, headers=NO_STORE)
+        try:
+            document = json.loads(body)
+        except ValueError:
+            log.warning("Orthanc answered a DICOMweb read with no JSON (HTTP %s): not passed on",
+                        response.status_code)
+            return JSONResponse({"error": "Orthanc's answer could not be checked"}, status_code=502, headers=NO_STORE)
+        content = json.dumps(rewrite(document), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return Response(content, status_code=response.status_code, media_type="application/dicom+json",
+                        headers=NO_STORE)

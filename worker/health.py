@@ -27,6 +27,8 @@ from worker.metrics import (
     INCIDENTS_OPEN,
     JOBS_BY_STATE,
     REGISTRY,
+    RETENTION_LAST_RUN,
+    RETENTION_STUDIES_PURGED,
 )
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,14 @@ def refresh_destination_gauges(engine: Engine) -> None:
         DESTINATION_JOBS_WAITING.labels(name).set(state.jobs_waiting)
 
 
+def refresh_retention_gauges(engine: Engine) -> None:
+    """hub_retention_studies_purged and hub_retention_last_run_timestamp_seconds (core/retention.py)."""
+    with engine.connect() as conn:
+        state = queries.retention_state(conn)
+    RETENTION_STUDIES_PURGED.set(state["purged_total"])
+    RETENTION_LAST_RUN.set(state["ran_at"].timestamp() if state["ran_at"] else 0)
+
+
 def serve(host: str, port: int, engine: Engine, health: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
     """Start the HTTP server in a daemon thread and return it (call .shutdown() to stop)."""
 
@@ -82,6 +92,7 @@ def serve(host: str, port: int, engine: Engine, health: Callable[[], dict[str, A
                         refresh_job_gauges(engine)
                         refresh_destination_gauges(engine)
                         refresh_incident_gauges(engine)
+                        refresh_retention_gauges(engine)
                     except Exception:  # metrics must still answer while the database is down
                         log.warning("job and destination gauges not refreshed: database unavailable")
                     metrics = generate_latest(REGISTRY)

@@ -109,6 +109,7 @@ def record_series(
     ).first()
     if existing:
         recorder.upsert_series(conn, existing.study_id, fetched.info, kind=existing.kind, linked_by=None)
+        recorder.study_received_again(conn, existing.study_id)  # after a retention purge (core/retention.py)
         return RecordedSeries(existing.id, existing.study_id, existing.kind, False)
 
     at = fetched.info.first_received_at or now
@@ -122,6 +123,7 @@ def record_series(
             conn, fetched.study, source_aet=fetched.info.sender_aet, received_at=at
         )
         series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind=SeriesKind.ORIGINAL, linked_by=None)
+        recorder.study_received_again(conn, study_id)
         recorder.add_event(conn, study_id, EventType.RECEIVED, at, series_id=series_id,
                            detail={"sender": fetched.info.sender_aet, "modality": fetched.info.modality})
         recorder.refresh_study_modalities(conn, study_id)
@@ -130,6 +132,7 @@ def record_series(
 
     link, study_id, linked_by = _attach_to_claimed_study(conn, fetched, at)
     series_id, _ = recorder.upsert_series(conn, study_id, fetched.info, kind=SeriesKind.AI_RESULT, linked_by=linked_by)
+    recorder.study_received_again(conn, study_id)
     event = EventType.AI_RESULT_RECEIVED if link else EventType.AI_RESULT_UNMATCHED
     recorder.add_event(
         conn, study_id, event, at, series_id=series_id,

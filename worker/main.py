@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from core import qi, recorder
+from core import qi, recorder, retention
 from core.db import engine_for
 from core.logs import setup_logging
 from core.orthanc_client import OrthancClient, OrthancError
@@ -32,6 +32,7 @@ from worker import health
 from worker.alerter import ALERTER_LOCK_KEY, Alerter
 from worker.dispatcher import LIVENESS_LOCK_NS, Dispatcher
 from worker.outages import OutageProber
+from worker.retention import Retention
 from worker.rules_watch import RulesHolder, watch
 from worker.storage import StorageWatch
 from worker.tailer import CURSOR_LOCK_KEY, ChangeFailed, Tailer, check_ai_overdue
@@ -98,6 +99,9 @@ class Worker:
         # Every worker runs an alerter; the one holding ALERTER_LOCK_KEY sends (worker/alerter.py).
         self.alerter = Alerter(settings, self.engine, self.orthanc, SessionLock(self.engine, ALERTER_LOCK_KEY),
                                self.storage.check)
+        # Likewise one worker at a time runs retention: the holder of RETENTION_LOCK_KEY (worker/retention.py).
+        self.retention = Retention(settings, self.engine, self.orthanc,
+                                   SessionLock(self.engine, retention.RETENTION_LOCK_KEY))
         self.tailer.on_commit = self.dispatcher.wake.set
         self.stop = threading.Event()
         self.started_at = datetime.now(UTC)
@@ -177,6 +181,8 @@ class Worker:
         prober.start()
         alerter = threading.Thread(target=self.alerter.run_forever, args=(self.stop,), name="alerter", daemon=True)
         alerter.start()
+        purger = threading.Thread(target=self.retention.run_forever, args=(self.stop,), name="retention", daemon=True)
+        purger.start()
         observer = None
         backoff = 1.0
         last_overdue = 0.0
@@ -243,6 +249,7 @@ class Worker:
         server.shutdown()
         prober.join(10)
         alerter.join(10)
+        purger.join(30)
         self.cursor_lock.release()
         self.liveness.release()
         try:

@@ -63,3 +63,17 @@ INCIDENTS_OPEN = Gauge(
     "hub_incidents_open", "Open alert incidents by kind (the app's Alerts page, ./orthanc alerts)", ["kind"],
     registry=REGISTRY,
 )
+# Issue 18, retention (worker/retention.py, core/retention.py). The counter is this worker's
+# deletions; the gauges are read from the database on each scrape (worker/health.py), so every
+# worker reports the same last run and total, whichever of them (or an operator) ran it.
+RETENTION_PURGED = Counter(
+    "hub_retention_purged", "Studies this worker's retention deleted from Orthanc (their records stay, purged)",
+    registry=REGISTRY,
+)
+RETENTION_STUDIES_PURGED = Gauge(
+    "hub_retention_studies_purged", "Studies marked purged in the QI database (deleted from Orthanc by retention)",
+    registry=REGISTRY,
+)
+RETENTION_LAST_RUN = Gauge(
+    "hub_retention_last_run_timestamp_seconds", "Unix time of the last retention run (0: never)", registry=REGISTRY,
+)

@@ -17,6 +17,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from app.components.drill import DrillFn, custom_data, drill_of_selection, open_studies, with_drill
 from core.reports import frame_bytes
 
 PERCENTILES: tuple[str, ...] = ("p50", "p90", "p95")
@@ -28,14 +29,28 @@ _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "legend": {"orientati
 
 def chart_block(title: str, fig: go.Figure | None, data: pd.DataFrame, definition: str, key: str,
                 zone: ZoneInfo, *, empty: str = "No data for these filters.") -> None:
-    """Title, the chart (or a plain note: `empty`), its one-line definition and its data."""
+    """Title, the chart (or a plain note: `empty`), its one-line definition and its data.
+
+    A chart whose elements carry a drill (app.components.drill) is clickable: a click on a
+    bar, point or cell opens the Studies list of the studies behind it.
+    """
     st.markdown(f"**{title}**")
+    drillable = False
     if fig is None or data.empty:
         st.info(empty)
     else:
         fig.update_layout(**_LAYOUT)
-        st.plotly_chart(fig, key=f"chart_{key}", width="stretch")
-    st.caption(definition)
+        drillable = any(getattr(trace, "customdata", None) is not None for trace in fig.data)
+        if drillable:
+            fig.update_layout(clickmode="event+select")
+            event = st.plotly_chart(fig, key=f"chart_{key}", width="stretch", on_select="rerun",
+                                    selection_mode="points")
+            query = drill_of_selection(event)
+            if query:
+                open_studies(query)
+        else:
+            st.plotly_chart(fig, key=f"chart_{key}", width="stretch")
+    st.caption(definition + (" Click an element to list its studies." if drillable else ""))
     download_data(data, key, zone)
 
 
@@ -92,35 +107,42 @@ def minutes(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def percentile_trend(stats: pd.DataFrame, *, sla_s: float | None = None, title_y: str = "minutes",
-                     color: str | None = None, grain: str | None = None) -> go.Figure | None:
-    """p50, p90 and p95 per bucket (one line each), with the SLA threshold as a line."""
+                     color: str | None = None, grain: str | None = None,
+                     drill: DrillFn | None = None) -> go.Figure | None:
+    """p50, p90 and p95 per bucket (one line each), with the SLA threshold as a line; a point
+    drills to the `n` studies of its bucket."""
     if stats.empty:
         return None
-    long = minutes(stats, PERCENTILES).melt(
+    long = with_drill(minutes(stats, PERCENTILES).melt(
         id_vars=[c for c in ("bucket", "grp", "stage", "n") if c in stats.columns],
-        value_vars=list(PERCENTILES), var_name="percentile", value_name=title_y)
+        value_vars=list(PERCENTILES), var_name="percentile", value_name=title_y), drill, "n")
     if color:
         long["series"] = long[color].astype(str) + " " + long["percentile"]
-        fig = px.line(long, x="bucket", y=title_y, color="series", markers=True, hover_data=["n"])
+        fig = px.line(long, x="bucket", y=title_y, color="series", markers=True, hover_data=["n"],
+                      custom_data=custom_data(long))
     else:
-        fig = px.line(long, x="bucket", y=title_y, color="percentile", markers=True, hover_data=["n"])
+        fig = px.line(long, x="bucket", y=title_y, color="percentile", markers=True, hover_data=["n"],
+                      custom_data=custom_data(long))
     if sla_s is not None:
         fig.add_hline(y=sla_s / 60.0, line_dash="dash", line_color="red",
                       annotation_text=f"SLA {sla_s / 60:g} min", annotation_position="top left")
     return time_axis(fig, stats["bucket"], grain)
 
 
-def histogram(hist: pd.DataFrame, *, bin_s: float, sla_s: float | None = None) -> go.Figure | None:
-    """Bars of a binned distribution (seconds -> minutes); the overflow bin is labelled."""
+def histogram(hist: pd.DataFrame, *, bin_s: float, sla_s: float | None = None,
+              drill: DrillFn | None = None) -> go.Figure | None:
+    """Bars of a binned distribution (seconds -> minutes); the overflow bin is labelled; a bar
+    drills to its `n` studies."""
     if hist.empty:
         return None
-    frame = hist.copy()
+    frame = with_drill(hist, drill, "n")
     frame["from_min"] = frame["bin_start"].astype(float) / 60.0
     frame["label"] = [
         f"≥ {s / 60:g} min" if e == float("inf") else f"{s / 60:g}–{e / 60:g} min"
         for s, e in zip(frame["bin_start"], frame["bin_end"], strict=True)
     ]
-    fig = px.bar(frame, x="from_min", y="n", hover_data=["label"], labels={"from_min": "minutes", "n": "studies"})
+    fig = px.bar(frame, x="from_min", y="n", hover_data=["label"], labels={"from_min": "minutes", "n": "studies"},
+                 custom_data=custom_data(frame))
     fig.update_traces(width=bin_s / 60.0 * 0.95, offset=0)
     if sla_s is not None:
         fig.add_vline(x=sla_s / 60.0, line_dash="dash", line_color="red",
@@ -129,7 +151,8 @@ def histogram(hist: pd.DataFrame, *, bin_s: float, sla_s: float | None = None) -
 
 
 def rate_trend(frame: pd.DataFrame, rate: str, *, color: str | None = None, target: float | None = None,
-               y_title: str = "share", grain: str | None = None) -> go.Figure | None:
+               y_title: str = "share", grain: str | None = None, drill: DrillFn | None = None,
+               count: str | None = None) -> go.Figure | None:
     """A rate (0..1) per bucket as percentages, optionally one line per group.
 
     The y axis starts at 0 % and ends at 105 % for rates above one half, else a little above
@@ -137,9 +160,10 @@ def rate_trend(frame: pd.DataFrame, rate: str, *, color: str | None = None, targ
     """
     if frame.empty:
         return None
-    data = frame.copy()
+    data = with_drill(frame, drill, count)
     data[y_title] = data[rate].astype(float) * 100.0
-    fig = px.line(data, x="bucket", y=y_title, color=color, markers=True)
+    fig = px.line(data, x="bucket", y=y_title, color=color, markers=True, custom_data=custom_data(data),
+                  hover_data=[count] if count else None)
     peak = float(data[y_title].max()) if data[y_title].notna().any() else 0.0
     upper = 105.0 if peak > 50 else max(5.0, peak * 1.2)
     fig.update_yaxes(ticksuffix=" %", range=[0, upper])
@@ -149,44 +173,62 @@ def rate_trend(frame: pd.DataFrame, rate: str, *, color: str | None = None, targ
 
 
 def stacked_bars(frame: pd.DataFrame, x: str, columns: Sequence[str], *, y_title: str = "count",
-                 grain: str | None = None) -> go.Figure | None:
+                 grain: str | None = None, drill: DrillFn | None = None) -> go.Figure | None:
+    """One bar per `x`, stacked by column ("kind"); a segment drills to its studies."""
     if all_zero(frame, columns):
         return None
-    long = frame.melt(id_vars=[x], value_vars=list(columns), var_name="kind", value_name=y_title)
-    fig = px.bar(long, x=x, y=y_title, color="kind")
+    long = with_drill(frame.melt(id_vars=[x], value_vars=list(columns), var_name="kind", value_name=y_title),
+                      drill, y_title)
+    fig = px.bar(long, x=x, y=y_title, color="kind", custom_data=custom_data(long))
     fig.update_xaxes(title=None)
     return time_axis(fig, frame[x], grain) if x == "bucket" else fig
 
 
-def stage_bars(stages: pd.DataFrame, order: Sequence[str]) -> go.Figure | None:
-    """Percentiles of each stage as grouped bars, stages in workflow `order` (qi.STAGES/AI_STAGES)."""
+def stage_bars(stages: pd.DataFrame, order: Sequence[str], drill: DrillFn | None = None) -> go.Figure | None:
+    """Percentiles of each stage as grouped bars, stages in workflow `order` (qi.STAGES/AI_STAGES);
+    a bar drills to the `n` studies that reached its stage."""
     if stages.empty:
         return None
     present = set(stages["stage"])
     ordered = stages.set_index("stage").loc[[s for s in order if s in present]].reset_index()
-    long = minutes(ordered, PERCENTILES).melt(
-        id_vars=["stage", "n"], value_vars=list(PERCENTILES), var_name="percentile", value_name="minutes")
-    return px.bar(long, x="stage", y="minutes", color="percentile", barmode="group", hover_data=["n"])
+    long = with_drill(minutes(ordered, PERCENTILES).melt(
+        id_vars=["stage", "n"], value_vars=list(PERCENTILES), var_name="percentile", value_name="minutes"),
+        drill, "n")
+    return px.bar(long, x="stage", y="minutes", color="percentile", barmode="group", hover_data=["n"],
+                  custom_data=custom_data(long))
 
 
 def grouped_bars(frame: pd.DataFrame, x: str, y: str, color: str | None = None,
-                 grain: str | None = None) -> go.Figure | None:
+                 grain: str | None = None, drill: DrillFn | None = None) -> go.Figure | None:
+    """Counts `y` per `x`, stacked by `color`; a bar drills to its `y` studies."""
     if all_zero(frame, [y]):
         return None
-    fig = px.bar(frame, x=x, y=y, color=color, barmode="stack")
+    frame = with_drill(frame, drill, y)
+    fig = px.bar(frame, x=x, y=y, color=color, barmode="stack", custom_data=custom_data(frame))
     fig.update_xaxes(title=None)
     return time_axis(fig, frame[x], grain) if x == "bucket" else fig
 
 
-def weekday_hour_heatmap(heat: pd.DataFrame) -> go.Figure | None:
-    """Studies per local hour (x) and ISO weekday (y), every cell shown (zeros included)."""
+def weekday_hour_heatmap(heat: pd.DataFrame, drill: DrillFn | None = None) -> go.Figure | None:
+    """Studies per local hour (x) and ISO weekday (y), every cell shown (zeros included); a
+    cell with studies drills to them."""
     if heat.empty:
         return None
     grid = pd.DataFrame(0, index=range(1, 8), columns=range(24))
     for row in heat.itertuples(index=False):
         grid.loc[int(row.isodow), int(row.hour)] = int(row.studies)
+    cells = None
+    if drill is not None:
+        cells = [[with_cell(drill, day, hour, int(grid.loc[day, hour])) for hour in range(24)] for day in range(1, 8)]
     fig = go.Figure(go.Heatmap(z=grid.values, x=[f"{h:02d}" for h in range(24)], y=list(WEEKDAYS),
-                               colorscale="Blues", hovertemplate="%{y} %{x}:00 — %{z} studies<extra></extra>"))
+                               customdata=cells, colorscale="Blues",
+                               hovertemplate="%{y} %{x}:00 — %{z} studies<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title="hour of day")
     return fig
+
+
+def with_cell(drill: DrillFn, isodow: int, hour: int, studies: int) -> list[str | int]:
+    """customdata of one heatmap cell: its drill and count (an empty cell has no drill)."""
+    marked = with_drill(pd.DataFrame([{"isodow": isodow, "hour": hour, "studies": studies}]), drill, "studies")
+    return [marked["drill_q"].iloc[0] if studies else "", studies]

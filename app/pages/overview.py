@@ -18,6 +18,7 @@ from streamlit.delta_generator import DeltaGenerator
 
 from app.components.access import require_role
 from app.components.db import describe, reading, show_error
+from app.components.drill import STUDIES_PAGE, counted
 from app.components.fmt import age, local, table
 from app.components.holds import hold_banners
 from app.components.kpi import health_card, metric
@@ -30,7 +31,7 @@ from core.rules_status import STATUS_NAME as RULES_STATUS
 from core.rules_status import rules_problem
 from core.sender_checks import rejected_senders
 from core.settings import Settings
-from core.states import JobState, Role
+from core.states import EventType, JobState, Role, StudyStatus
 
 REJECTED_DAYS = 7  # how far back the Overview lists senders refused as AI results
 
@@ -55,6 +56,40 @@ def _storage_card(settings: Settings) -> StorageStatus:
             warn=not status.ok,
         )
     return status
+
+
+def _retention(state: dict, settings: Settings) -> None:
+    """Retention (core/retention.py): the last run, studies purged, and the oldest study kept with its reason."""
+    st.subheader("Retention")
+    on = bool(settings.retention_days_after_delivery or settings.retention_disk_low_mb)
+    cols = st.columns(3)
+    with cols[0]:
+        ran = state["ran_at"]
+        metric("Last run", f"{local(ran, settings.zone)} {settings.tz}" if ran else "never",
+               f"By {state['actor']} ({state['source']}): {state['purged']} purged, {state['failed']} failed."
+               if ran else "Retention has not run (off, or no rule keep_days).")
+    with cols[1]:
+        metric("Studies purged", state["purged_total"],
+               "Deleted from Orthanc by retention; their records and QI figures stay.")
+    with cols[2]:
+        oldest = state["oldest_kept"]
+        metric("Oldest study kept", f"#{oldest['study']}" if oldest else "none",
+               "The oldest study still in Orthanc at the last run, and why it stays.")
+    if oldest:
+        received = oldest.get("received_at")
+        when = f"{local(datetime.fromisoformat(received), settings.zone)} {settings.tz}" if received else "?"
+        st.caption(f"Oldest study kept: #{oldest['study']} (accession {oldest.get('accession') or 'none'}), "
+                   f"received {when}: {oldest['reason']}")
+    if not on and not ran:
+        st.caption("Retention is off: RETENTION_DAYS_AFTER_DELIVERY and RETENTION_DISK_LOW_MB are not set "
+                   "(docs/operations.md, 'Retention').")
+
+
+def studies_link(count: int, query: dict[str, str], noun: str = "studies") -> None:
+    """Under a KPI: its studies, in the Studies list (issue 16); the link's filter counts the
+    same rows as the KPI's query (core.queries.day_counts, failure_counts)."""
+    if count:
+        st.page_link(STUDIES_PAGE, label=counted(count, noun), query_params=query, icon=":material/list:")
 
 
 def render() -> None:
@@ -87,6 +122,7 @@ def measure() -> None:
             data["held"] = queries.held_destinations(conn)
             data["rules"] = queries.config_status(conn, RULES_STATUS)
             data["rejected"] = rejected_senders(conn, now - timedelta(days=REJECTED_DAYS))
+            data["retention"] = queries.retention_state(conn)
     except SQLAlchemyError as exc:
         db_error = exc
 
@@ -176,28 +212,42 @@ def measure() -> None:
     counts = data["today"]
     st.subheader(f"Today ({settings.tz}, since {today.strftime('%Y-%m-%d %H:%M')})")
     cols = st.columns(4)
+    since = today.astimezone(UTC).isoformat()
     with cols[0]:
         metric("Studies received", counts["received"], "Studies whose first instance arrived today.")
+        studies_link(counts["received"], {"received": today.date().isoformat()})
     with cols[1]:
         metric(f"Sent to {settings.ai_modality}", counts["ai_sent"], "Studies with a successful AI send today.")
+        studies_link(counts["ai_sent"], {"event": EventType.AI_SENT, "since": since})
     with cols[2]:
         metric("AI results back", counts["ai_results"], "Studies with an AI result received today.")
+        studies_link(counts["ai_results"], {"event": EventType.AI_RESULT_RECEIVED, "since": since})
     with cols[3]:
         metric("Delivered", counts["delivered"], "Studies with at least one successful delivery today.")
+        studies_link(counts["delivered"], {"event": EventType.DELIVERED, "since": since})
 
     # --- failures ----------------------------------------------------------------------
     last24 = data["last24"]
+    day_ago = (now - timedelta(hours=24)).isoformat()
     st.subheader("Failures")
     cols = st.columns(4)
     with cols[0]:
         metric("Failed attempts (24 h)", last24["failed_attempts"], "Send attempts that failed in the last 24 hours.")
+        studies_link(last24["failed_attempt_studies"], {"event": EventType.DELIVERY_FAILED, "since": day_ago},
+                     "studies with failed attempts")
     with cols[1]:
         metric("Jobs gone dead (24 h)", last24["dead_jobs"], "Jobs that ran out of attempts in the last 24 hours.")
+        studies_link(last24["dead_job_studies"], {"event": EventType.DELIVERY_DEAD, "since": day_ago},
+                     "studies with dead jobs")
     with cols[2]:
         metric("AI overdue studies", last24["ai_overdue"],
                f"Studies sent to the AI with no result after {age(settings.ai_result_timeout)} (now).")
+        studies_link(last24["ai_overdue"], {"status": StudyStatus.AI_OVERDUE})
     with cols[3]:
         metric("Failed studies", last24["failed_studies"], "Studies with a dead job (now).")
+        studies_link(last24["failed_studies"], {"status": StudyStatus.FAILED})
+
+    _retention(data["retention"], settings)
 
     # --- workers -----------------------------------------------------------------------
     st.subheader("Workers")

@@ -14,10 +14,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.components import charts
 from app.components.db import reading, show_error
+from app.components.drill import custom_data, kpi_link, with_drill
 from app.components.fmt import age
 from app.components.kpi import sla_metric
 from app.components.qi_filters import READ_TIMEOUT_MS, group_picker, start_page
 from core import qi
+from core.qi import Drill
 
 LABELS = {"turnaround": "Turnaround", "ai_round_trip": "AI round trip", "to_destinations": "To destinations"}
 SETTING = {"turnaround": "SLA_TURNAROUND_S", "ai_round_trip": "SLA_AI_ROUND_TRIP_S",
@@ -41,19 +43,27 @@ cols = st.columns(len(qi.SLA_METRICS))
 for col, name in zip(cols, qi.SLA_METRICS, strict=True):
     threshold = page.thresholds[f"sla_{name}_s"]
     with col:
-        sla_metric(f"{LABELS[name]} ≤ {age(threshold)}", totals[totals["metric"] == name], f" ({SETTING[name]})")
+        row = totals[totals["metric"] == name]
+        sla_metric(f"{LABELS[name]} ≤ {age(threshold)}", row, f" ({SETTING[name]})")
+        kpi_link(int(row["n_breached"].iloc[0]) if len(row) else 0, Drill(flt, f"sla_{name}", value="breached"),
+                 "breached")
 
 charts.chart_block(
-    "Compliance over time", charts.rate_trend(trend.assign(metric=trend["metric"].map(LABELS)), "compliance",
-                                              color="metric", grain=grain), trend,
-    f"Per {grain}: met / (met + breached) for each threshold; n_due in the data is the denominator.",
+    "Compliance over time", charts.rate_trend(
+        trend.assign(label=trend["metric"].map(LABELS)), "compliance", color="label", grain=grain, count="n_due",
+        drill=lambda r: Drill(flt, f"sla_{r['metric']}", value="due", grain=grain, bucket=r["bucket"])), trend,
+    f"Per {grain}: met / (met + breached) for each threshold; n_due is the denominator (a point opens "
+    "those due studies).",
     "sla_trend", zone)
 
 if by_group is not None:
     fig = None
     if not by_group.empty:
-        data = by_group.assign(percent=by_group["compliance"] * 100, metric=by_group["metric"].map(LABELS))
-        fig = px.bar(data, x="grp", y="percent", color="metric", barmode="group", hover_data=["n_met", "n_due"])
+        data = with_drill(by_group.assign(percent=by_group["compliance"] * 100, label=by_group["metric"].map(LABELS)),
+                          lambda r: Drill(flt, f"sla_{r['metric']}", value="due", group=group, grp=r["grp"]),
+                          "n_due")
+        fig = px.bar(data, x="grp", y="percent", color="label", barmode="group", hover_data=["n_met", "n_due"],
+                     custom_data=custom_data(data))
         fig.update_yaxes(ticksuffix=" %", range=[0, 100])
         fig.update_xaxes(title=None)
     charts.chart_block(
@@ -63,8 +73,11 @@ if by_group is not None:
 
 fig = None
 if not totals.empty:
-    fig = px.bar(totals.assign(metric=totals["metric"].map(LABELS)), x="metric",
-                 y=["n_met", "n_breached", "n_pending"], barmode="stack")
+    states = totals.melt(id_vars=["metric"], value_vars=["n_met", "n_breached", "n_pending"], var_name="state",
+                         value_name="studies")
+    states = with_drill(states.assign(label=states["metric"].map(LABELS)), lambda r: Drill(
+        flt, f"sla_{r['metric']}", value=str(r["state"]).removeprefix("n_")), "studies")
+    fig = px.bar(states, x="label", y="studies", color="state", barmode="stack", custom_data=custom_data(states))
     fig.update_xaxes(title=None)
 charts.chart_block(
     "Met, breached and pending", fig, totals,

@@ -15,10 +15,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.components import charts
 from app.components.db import reading, show_error
+from app.components.drill import custom_data, kpi_link, with_drill
 from app.components.fmt import age
 from app.components.kpi import metric, sla_metric
 from app.components.qi_filters import READ_TIMEOUT_MS, group_picker, start_page
 from core import qi
+from core.qi import Drill
 from core.states import Purpose
 
 page = start_page("Turnaround", "From the first instance received to the last required delivery. "
@@ -26,6 +28,11 @@ page = start_page("Turnaround", "From the first instance received to the last re
 zone, flt, grain = page.zone, page.flt, page.grain
 sla_s = float(page.thresholds["sla_turnaround_s"])
 group = group_picker("qi_turnaround_group")
+
+
+def stage_drill(stage: str, **where: object) -> Drill:
+    """The studies with a value for `stage` (bucket, group or bin in `where`)."""
+    return Drill(flt, "stage", value=stage, **where)  # type: ignore[arg-type]
 
 try:
     with reading(READ_TIMEOUT_MS) as conn:
@@ -50,28 +57,36 @@ cols = st.columns(6)
 values = (("p50", "p50"), ("p90", "p90"), ("p95", "p95"), ("max", "max"))
 with cols[0]:
     metric("Delivered studies", int(row["n"]) if row is not None else 0, help="Studies with a turnaround.")
+    kpi_link(int(row["n"]) if row is not None else 0, stage_drill("turnaround"))
 for col, (label, key) in zip(cols[1:5], values, strict=True):
     with col:
         metric(label, age(row[key]) if row is not None else None)
 with cols[5]:
     sla_metric(f"Within {age(sla_s)}", sla_row)
+    kpi_link(int(sla_row["n_breached"].iloc[0]) if len(sla_row) else 0,
+             Drill(flt, "sla_turnaround", value="breached"), "breached")
 
 charts.chart_block(
-    "Distribution", charts.histogram(hist, bin_s=bin_s, sla_s=sla_s), hist,
+    "Distribution", charts.histogram(hist, bin_s=bin_s, sla_s=sla_s, drill=lambda r: stage_drill(
+        "turnaround", lo=float(r["bin_start"]), bin_s=bin_s, max_s=upper)), hist,
     f"Studies per {age(bin_s)} bin of turnaround; the last bin holds every study of {age(upper)} or more. "
     + qi.DEFINITIONS["turnaround"], "turnaround_distribution", zone)
 
 charts.chart_block(
-    "Trend of p50, p90 and p95", charts.percentile_trend(trend, sla_s=sla_s, grain=grain), trend,
+    "Trend of p50, p90 and p95", charts.percentile_trend(
+        trend, sla_s=sla_s, grain=grain, drill=lambda r: stage_drill("turnaround", grain=grain, bucket=r["bucket"])),
+    trend,
     f"Percentiles (percentile_cont) of turnaround per {grain}, dashed line: SLA_TURNAROUND_S.",
     "turnaround_trend", zone)
 
 if group != "none":
     fig = None
     if not by_group.empty:
-        fig = px.bar(charts.minutes(by_group, charts.PERCENTILES).melt(
+        long = with_drill(charts.minutes(by_group, charts.PERCENTILES).melt(
             id_vars=["grp", "n"], value_vars=list(charts.PERCENTILES), var_name="percentile", value_name="minutes"),
-            x="grp", y="minutes", color="percentile", barmode="group", hover_data=["n"])
+            lambda r: stage_drill("turnaround", group=group, grp=r["grp"]), "n")
+        fig = px.bar(long, x="grp", y="minutes", color="percentile", barmode="group", hover_data=["n"],
+                     custom_data=custom_data(long))
         fig.add_hline(y=sla_s / 60, line_dash="dash", line_color="red")
     charts.chart_block(
         f"By {group}", fig, by_group,
@@ -81,18 +96,20 @@ if group != "none":
 deliveries = per_destination[per_destination["purpose"] == Purpose.DELIVERY]
 fig = None
 if not deliveries.empty:
-    fig = px.bar(charts.minutes(deliveries.rename(columns={"turnaround_p50": "p50", "turnaround_p90": "p90",
-                                                           "turnaround_p95": "p95"}), charts.PERCENTILES).melt(
-        id_vars=["destination", "n"], value_vars=list(charts.PERCENTILES), var_name="percentile",
-        value_name="minutes"), x="destination", y="minutes", color="percentile", barmode="group",
-        hover_data=["n"])
+    long = with_drill(charts.minutes(deliveries.rename(columns={"turnaround_p50": "p50", "turnaround_p90": "p90",
+                                                                "turnaround_p95": "p95"}), charts.PERCENTILES).melt(
+        id_vars=["destination", "purpose", "n"], value_vars=list(charts.PERCENTILES), var_name="percentile",
+        value_name="minutes"), lambda r: Drill(flt, "delivered_to", group="destination", grp=r["destination"],
+                                                purpose=r["purpose"]), "n")
+    fig = px.bar(long, x="destination", y="minutes", color="percentile", barmode="group", hover_data=["n"],
+                 custom_data=custom_data(long))
 charts.chart_block(
     "Time to each destination", fig, deliveries,
     "Per destination: first received -> that destination's required deliveries all succeeded.",
     "turnaround_per_destination", zone)
 
 stages = overall[overall["stage"] != "turnaround"]
-fig = charts.stage_bars(stages, qi.STAGES)
+fig = charts.stage_bars(stages, qi.STAGES, lambda r: stage_drill(r["stage"]))
 charts.chart_block(
     "Where the time goes", fig, overall,
     "Percentiles of each stage: wait_stable, to_ai, ai_round_trip, result_settle, to_destinations "

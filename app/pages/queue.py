@@ -24,6 +24,7 @@ from app.components.fmt import age, table
 from app.components.holds import hold_banners
 from app.components.links import study_link, study_link_column
 from app.components.live import live_section
+from app.components.progress import store_progress
 from app.context import get_settings
 from core import queries
 from core.operations import OperationError, cancel_job, retry_dead_jobs, retry_job
@@ -107,7 +108,10 @@ def jobs_view(user: dict[str, Any]) -> None:
         show_error("The job list failed", exc)
         return
     now = datetime.now(UTC)
+    # sends in flight: how far Orthanc is with each store, read now (refreshed with the page)
+    progress = store_progress(r["orthanc_job_id"] for r in page.rows) if state == JobState.SENDING else {}
     for row in page.rows:
+        row["progress"] = progress.get(row["orthanc_job_id"] or "", "waiting for Orthanc's job id")
         row["next_in"] = age((row["next_attempt_at"] - now).total_seconds()) if state == JobState.FAILED else ""
         row["waiting"] = age((now - row["created_at"]).total_seconds())
         row["study_link"] = study_link(row["study_id"])
@@ -119,6 +123,8 @@ def jobs_view(user: dict[str, Any]) -> None:
         }
         if state == JobState.FAILED:
             columns.update({"next_attempt_at": f"Next attempt ({settings.tz})", "next_in": "Next attempt in"})
+        if state == JobState.SENDING:
+            columns["progress"] = "Progress"
         columns.update({"error_line": "Last error", "created_at": "Created", "waiting": "Age",
                         "updated_at": "Updated", "rule_name": "Rule"})
         st.dataframe(table(page.rows, columns, zone), hide_index=True, key="queue_table",

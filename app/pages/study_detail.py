@@ -20,12 +20,13 @@ from app.components.fmt import dicom_datetime, local, table
 from app.components.links import viewer_links, web_viewer_loaded, web_viewer_url
 from app.components.live import live_section
 from app.components.orthanc import modalities
+from app.components.progress import store_progress
 from app.components.timeline import timeline_figure
 from app.context import get_settings
 from core import queries
 from core.operations import OperationError, cancel_job, resend_study, retry_job
 from core.orthanc_client import OrthancError
-from core.states import CANCELLABLE, RETRYABLE, AuditSource, Role, SeriesKind, StudyStatus
+from core.states import CANCELLABLE, RETRYABLE, AuditSource, JobState, Role, SeriesKind, StudyStatus
 
 STATE_KEY = "detail_study_id"
 RESEND_KINDS = {"all": "every series", SeriesKind.ORIGINAL: "original series only",
@@ -177,7 +178,9 @@ def study_view(user: dict, study_id: int, show_phi: bool) -> None:
 
     st.subheader(f"#{study['id']} · {study['accession_number'] or 'no accession'} · {study['description'] or ''}")
     cols = st.columns(4)
-    cols[0].markdown(f"**Status**  \n{study['status']}" + (" (orphan AI result)" if study["orphan_ai_result"] else ""))
+    purged = study.get("purged_at")
+    cols[0].markdown(f"**Status**  \n{study['status']}" + (" (orphan AI result)" if study["orphan_ai_result"] else "")
+                     + (" · purged" if purged else ""))
     cols[1].markdown(f"**Patient**  \n{study['patient_name'] or '–'} · {study['patient_id'] or '–'}")
     cols[2].markdown(f"**Source AET**  \n{study['source_aet'] or '–'}")
     cols[3].markdown(f"**Study date** (modality's clock)  \n{dicom_datetime(study['study_date'], study['study_time'])}",
@@ -187,7 +190,13 @@ def study_view(user: dict, study_id: int, show_phi: bool) -> None:
                f"received {local(study['first_received_at'], zone)} {settings.tz}")
 
     series_ids = [s["orthanc_id"] for s in series if s["orthanc_id"]]
-    links = viewer_links(settings, study["study_uid"], study["orthanc_id"], series_ids, admin=can(Role.ADMIN))
+    if purged:  # retention deleted the images (core/retention.py): no viewer link would open anything
+        st.info(f"Purged: deleted from Orthanc by retention at {local(purged, zone)} {settings.tz}. Its records "
+                "(timeline, jobs, QI figures) stay; the images are gone from the hub, so it cannot be viewed or "
+                "resent here until the modality sends it again.", icon=":material/delete_sweep:")
+        links = []
+    else:
+        links = viewer_links(settings, study["study_uid"], study["orthanc_id"], series_ids, admin=can(Role.ADMIN))
     if links:
         for col, link in zip(st.columns(len(links) + 2), links, strict=False):
             col.link_button(link.label, link.url)
@@ -202,16 +211,23 @@ def study_view(user: dict, study_id: int, show_phi: bool) -> None:
     tab_jobs, tab_series, tab_events = st.tabs([f"Routing jobs ({len(jobs)})", f"Series ({len(series)})",
                                                 f"Events ({len(events)})"], key="detail_tabs")
     with tab_jobs:
+        sending = [j for j in jobs if j["state"] == JobState.SENDING]
+        progress = store_progress(j["orthanc_job_id"] for j in sending) if sending else {}
+        for j in jobs:  # sends in flight: how far Orthanc is, read now (the page refreshes while unfinished)
+            j["progress"] = (progress.get(j["orthanc_job_id"] or "", "waiting for Orthanc's job id")
+                             if j["state"] == JobState.SENDING else "")
         st.dataframe(table(jobs, {
             "id": "Job", "purpose": "Purpose", "destination": "Destination", "state": "State",
             "attempts": "Attempts", "next_attempt_at": "Next attempt", "last_error": "Last error",
-            "rule_name": "Rule", "series": "Series", "resend": "Resend", "instances_sent": "Instances sent",
+            "progress": "Progress", "rule_name": "Rule", "series": "Series", "resend": "Resend",
+            "instances_sent": "Instances sent",
             "created_at": "Created", "finished_at": "Finished",
         }, zone), hide_index=True, key="detail_jobs")
         _job_actions(user, jobs)
-        _resend(user, study_id)
+        if not purged:
+            _resend(user, study_id)
     with tab_series:
-        viewer = can(Role.ADMIN) and web_viewer_loaded()  # Orthanc's page: Orthanc's password (admins)
+        viewer = not purged and can(Role.ADMIN) and web_viewer_loaded()  # Orthanc's page: Orthanc's password
         for s in series:
             s["viewer"] = web_viewer_url(settings, s["orthanc_id"]) if viewer and s["orthanc_id"] else None
         st.dataframe(

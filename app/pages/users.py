@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from streamlit.delta_generator import DeltaGenerator
 
 from app.components import confirm
-from app.components.access import require_role
+from app.components.access import require_role, session_id
 from app.components.db import reading, show_error, writing
 from app.components.fmt import table
 from app.context import get_settings
@@ -103,8 +103,9 @@ def render(user: dict[str, Any]) -> None:
         _run(f"Role of {target}", auth.set_role, target, new_role, actor=actor, source=AuditSource.UI)
     if cols[2].button("Reset password", key="user_reset"):
         password = auth.generate_password()
+        # Every session of the user ends (the old password may be known elsewhere), but the admin's own.
         _run(f"Password of {target}", auth.set_password, target, password, actor=actor, source=AuditSource.UI,
-             secret_for=target, password=password)
+             keep_session=session_id(), secret_for=target, password=password)
     if cols[3].button("Unlock", key="user_unlock", disabled=not current.failed_logins and not current.locked_until):
         _run(f"Unlock {target}", auth.unlock_user, target, actor=actor, source=AuditSource.UI)
     if cols[4].button("Delete…", key="user_delete", disabled=target == actor):

@@ -24,8 +24,10 @@ import sys
 from pathlib import Path
 
 from core.envfile import ensure_env_file
-from core.settings import DEFAULTS_FILE, Settings, SettingsError, env_file_path, load_settings
+from core.settings import DEFAULTS_FILE, PROJECT_ROOT, Settings, SettingsError, env_file_path, load_settings
+from ops import storage_paths
 from ops.orthanc_config import COMPOSE, write_orthanc_config
+from ops.rules_file import RULES_EXAMPLE, create_rules_file
 from ops.stack import compose, native
 from ops.stack.bootstrap import BootstrapError, bootstrap_databases
 from ops.stack.layout import StackLayout
@@ -48,6 +50,17 @@ def ensure_env(env_file: Path) -> None:
     mode = stat.S_IMODE(env_file.stat().st_mode)
     if mode & 0o077:
         _out(f"warning: {env_file} is readable by other users (mode {mode:o}); run: chmod 600 {env_file}")
+
+
+def ensure_rules(settings: Settings) -> None:
+    """Create the active rules file (ROUTING_RULES) from config/routing.example.yml when absent.
+
+    The active file is untracked (.gitignore): saving rules in the app changes the
+    site's copy, never a file of the checkout.
+    """
+    if create_rules_file(settings.routing_rules):
+        _out(f"Wrote {settings.routing_rules} from {RULES_EXAMPLE.relative_to(PROJECT_ROOT)} "
+             "(edit it, or use the app's Rules page).")
 
 
 def summary(settings: Settings, env_file: Path, mode: str, probes: list[Probe]) -> str:
@@ -97,6 +110,7 @@ def _cmd_run(args: argparse.Namespace, mode: str, env_file: Path) -> int:
             _out(f"installed {package}")
     ensure_env(env_file)
     settings = _settings(env_file)
+    ensure_rules(settings)
     if mode == "native" and args.command == "run" and settings.https:
         # Debian's Orthanc 1.10.1 needs a small library built for its HTTPS (ops/tls.py).
         for package in ensure_packages(COMPILER_PACKAGES):
@@ -194,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stop":
             return _cmd_stop(mode, env_file)
         if args.command == "restart":
+            # Refused before stopping: changed storage paths must not leave the hub down.
+            storage_paths.check_before_start(_settings(env_file))
             _cmd_stop(mode, env_file)
             return _cmd_run(args, mode, env_file)
         if args.command == "status":
@@ -203,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{exc}\n(configuration file: {env_file})", file=sys.stderr)
         return exitcodes.CONFIG
     except (native.StackError, compose.ComposeError, SupervisorError, BootstrapError, PrerequisiteError,
-            TlsError) as exc:
+            TlsError, storage_paths.StorageMoved) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exitcodes.FAILED
     except KeyboardInterrupt:

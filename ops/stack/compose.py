@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.settings import PROJECT_ROOT, Settings, read_config
-from ops import datadirs
+from ops import datadirs, storage_paths
 from ops.orthanc_config import COMPOSE, DEFAULT_LUA, orthanc_config_text, render_orthanc_config
 from ops.stack.probes import Probe, probe_all, wait_healthy
 
@@ -129,6 +129,12 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
     check_env_file(env_file)
     check_no_tls(settings)
     ensure_secret_files(settings.state_dir)
+    try:  # before the directories are created: changed storage paths must not start an empty hub
+        moved = storage_paths.check_before_start(settings)
+    except storage_paths.StorageMoved as exc:
+        raise ComposeError(str(exc)) from None
+    for line in storage_paths.describe_accepted(moved):
+        out(line)
     datadirs.create_owned(settings.dicom_storage, "DICOM_STORAGE")
     # The postgres image's initdb wants an empty directory: mark it once the cluster exists.
     new_cluster = not settings.postgres_storage.exists() or not any(settings.postgres_storage.iterdir())
@@ -142,9 +148,12 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
             out(f"warning: could not mark {settings.postgres_storage} as the hub's ({exc}); "
                 f"run `{datadirs.MARK_COMMAND}` as root before `make uninstall`")
     try:
-        return wait_healthy(settings, ["postgres", "orthanc", "dicom", "worker", "api", "app", "viewer"], 120)
+        probes = wait_healthy(settings, ["postgres", "orthanc", "dicom", "worker", "api", "app", "viewer"], 120)
     except TimeoutError as exc:
         raise ComposeError(f"{exc}\nsee `make logs`") from None
+    if all(p.ok for p in probes):
+        storage_paths.record_start(settings, "compose")
+    return probes
 
 
 def stop(settings: Settings, env_file: Path, out: Out = print) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from core.envfile import write_private
 from core.settings import Settings, read_config
-from ops import datadirs, pgcluster, tls
+from ops import datadirs, pgcluster, storage_paths, tls
 from ops.orthanc_config import LOG_FILTER, orthanc_config_text, render_orthanc_config
 from ops.stack import bootstrap, ohif, supervisor
 from ops.stack.layout import SERVICES, StackLayout
@@ -180,6 +180,13 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
     layout = StackLayout.for_settings(settings)
     settings.check_storage()
     with _locked(layout, out):
+        # Before anything is created: changed storage paths must not start an empty hub.
+        try:
+            moved = storage_paths.check_before_start(settings)
+        except storage_paths.StorageMoved as exc:
+            raise StackError(str(exc)) from None
+        for line in storage_paths.describe_accepted(moved):
+            out(line)
         layout.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         datadirs.create_owned(settings.dicom_storage, "DICOM_STORAGE")
         try:
@@ -228,6 +235,8 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
         _start(layout, "worker", wait=False)
         probes = _wait_healthy(settings, layout, ["postgres", "orthanc", "dicom", "worker", "api", "app", "viewer"])
         out("Worker, API, app and viewer ready")
+        if all(p.ok for p in probes):
+            storage_paths.record_start(settings, "native")  # the next start compares (ops/storage_paths.py)
         return probes
 
 

@@ -185,14 +185,40 @@ def _encryption_key(settings: Settings, out_dir: Path, key_file: Path | None) ->
     return key
 
 
+def archive_name(name: str, encrypt: bool) -> str:
+    """The file name `make backup FILE=name` writes: `name`, with `.tar` (and `.age` when
+    encrypted) added when missing. A compressed-looking name is refused: the archive is
+    a plain tar (DICOM files do not compress), and `.tar.gz` would mislead whoever restores."""
+    if not name or name in (".", "..") or "/" in name:
+        raise BackupError(f"FILE={name!r}: give a file name (or a path to one)")
+    if name.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
+        raise BackupError(f"FILE={name}: the backup is a plain tar archive, not compressed; name it "
+                          f"{name.split('.')[0]}.tar")
+    base = name.removesuffix(encryption.SUFFIX)
+    if not base.endswith(".tar"):
+        base += ".tar"
+    if name.endswith(encryption.SUFFIX) and not encrypt:
+        raise BackupError(f"FILE={name}: a .age name is for an encrypted backup (ENCRYPT=1)")
+    return base + (encryption.SUFFIX if encrypt else "")
+
+
+def resolve_backup_file(file: str, default_dir: Path, encrypt: bool) -> Path:
+    """`make backup FILE=...`: a bare name goes into the backup directory, a path is used as
+    given (relative to the project directory, where make runs)."""
+    given = Path(file)
+    directory = given.parent.resolve() if "/" in file else default_dir
+    return directory / archive_name(given.name, encrypt)
+
+
 def create_backup(settings: Settings, env_file: Path, out_dir: Path, *, say: Say = _quiet,
-                  encrypt: bool | None = None, key_file: Path | None = None) -> Path:
+                  encrypt: bool | None = None, key_file: Path | None = None, name: str | None = None) -> Path:
     """Write a verified-format backup archive into `out_dir` and return its path.
 
     PostgreSQL must be accepting connections (the caller arranges it). With `encrypt`
     (default: BACKUP_ENCRYPT) the tar is streamed through `age` to the key's public
     key, so no unencrypted copy ever touches the disk; the archive is then
-    `hub-backup-....tar.age`.
+    `hub-backup-....tar.age`. `name` (`make backup FILE=...`, see `archive_name`)
+    replaces the dated name; an existing file of that name is never overwritten.
     """
     encrypt = settings.backup_encrypt if encrypt is None else encrypt
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,12 +228,17 @@ def create_backup(settings: Settings, env_file: Path, out_dir: Path, *, say: Say
     except encryption.EncryptionError as exc:
         raise BackupError(str(exc)) from None
     started = datetime.now(UTC)
-    plain_name = f"{ARCHIVE_PREFIX}{started.strftime('%Y%m%dT%H%M%SZ')}.tar"
-    name = plain_name + (encryption.SUFFIX if encrypt else "")
+    if name is not None:
+        name = archive_name(name, encrypt)
+        if (out_dir / name).exists():
+            raise BackupError(f"{out_dir / name} exists already: choose another FILE name (nothing was written)")
+    else:
+        plain_name = f"{ARCHIVE_PREFIX}{started.strftime('%Y%m%dT%H%M%SZ')}.tar"
+        name = plain_name + (encryption.SUFFIX if encrypt else "")
+        if (out_dir / plain_name).exists() or (out_dir / (plain_name + encryption.SUFFIX)).exists():
+            time.sleep(1.1)
+            return create_backup(settings, env_file, out_dir, say=say, encrypt=encrypt, key_file=key_file)
     final = out_dir / name
-    if (out_dir / plain_name).exists() or (out_dir / (plain_name + encryption.SUFFIX)).exists():
-        time.sleep(1.1)
-        return create_backup(settings, env_file, out_dir, say=say, encrypt=encrypt, key_file=key_file)
     part = out_dir / f".{name}.part"
     old_umask = os.umask(0o077)
     workdir = Path(tempfile.mkdtemp(prefix=".hub-backup-", dir=out_dir))
@@ -299,7 +330,9 @@ def list_backups(directory: Path) -> list[tuple[Path, Manifest | None, str | Non
     """Archives in `directory`, oldest first, with their manifest or why it is not shown
     (unreadable, or ENCRYPTED: reading an encrypted manifest means decrypting it all)."""
     found: list[tuple[Path, Manifest | None, str | None]] = []
-    paths = [*directory.glob(f"{ARCHIVE_PREFIX}*.tar"), *directory.glob(f"{ARCHIVE_PREFIX}*.tar{encryption.SUFFIX}")]
+    # Every archive, the dated ones and those named with `make backup FILE=...`.
+    paths = [p for p in (*directory.glob("*.tar"), *directory.glob(f"*.tar{encryption.SUFFIX}"))
+             if not p.name.startswith(".")]
     for path in sorted(paths) if directory.is_dir() else []:
         if encryption.is_encrypted(path):
             found.append((path, None, ENCRYPTED))
@@ -574,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="write a backup archive")
     create.add_argument("--dir", type=Path, default=None, help="directory for the archive (default STATE_DIR/backups)")
+    create.add_argument("--file", default=None,
+                        help="the archive's name (in --dir) or path, instead of hub-backup-<time>.tar (make backup FILE=)")
     crypt = create.add_mutually_exclusive_group()
     crypt.add_argument("--encrypt", dest="encrypt", action="store_true", default=None,
                        help="encrypt with age for BACKUP_KEY_FILE (default: BACKUP_ENCRYPT)")
@@ -629,9 +664,14 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.OK
 
     control = control_for(args.mode, env_file)
+    name = None
     try:
+        if args.file:
+            target = resolve_backup_file(args.file, directory, settings.backup_encrypt if args.encrypt is None
+                                         else args.encrypt)
+            directory, name = target.parent, target.name
         with control.maintenance_db(settings):
-            path = create_backup(settings, env_file, directory, say=say, encrypt=args.encrypt)
+            path = create_backup(settings, env_file, directory, say=say, encrypt=args.encrypt, name=name)
     except (BackupError, ControlError, pgcluster.PgClusterError, psycopg.Error, OSError) as exc:
         print(f"error: the backup failed: {exc}", file=sys.stderr)
         return exitcodes.FAILED

@@ -22,7 +22,8 @@ from typing import TypeVar
 
 from core.envfile import GENERATED_SECRETS, EnvFileError, generate_secret, read_env_file, render_env, write_private
 from core.settings import DEFAULTS_FILE, MODALITY_PREFIX, SettingsError, env_file_path, settings_from_values
-from ops import datadirs, pgcluster, tls
+from ops import datadirs, pgcluster, storage_paths, tls
+from ops.rules_file import RULES_EXAMPLE, create_rules_file
 from ops.tooling import answers, exitcodes
 from ops.tooling.control import ControlError, run_make
 
@@ -310,9 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.CONFIG
     write_env(env_file, new)
     print(f"wrote {env_file} (mode 600)")
+    try:  # new storage paths: refused before anything is created when the data is elsewhere
+        storage_paths.check_before_start(settings_from_values(new))
+    except storage_paths.StorageMoved as exc:
+        print(f"error: {exc}\n(.env was written; no directory was created)", file=sys.stderr)
+        return exitcodes.CONFIG
     try:
         for line in create_directories(new):
             print(f"  {line}")
+        rules = settings_from_values(new).routing_rules
+        if create_rules_file(rules):
+            print(f"  wrote {rules} from the example {RULES_EXAMPLE.name}")
         for line in tls_material(new):
             print(f"  {line}")
     except (SettingsError, OSError, tls.TlsError) as exc:

@@ -26,6 +26,7 @@ from core.envfile import generate_secret, read_env_file, render_env, write_priva
 from core.settings import DEFAULTS_FILE, Settings, settings_from_values
 from ops import datadirs, pgcluster, tls
 from ops.orthanc_config import orthanc_argv, orthanc_env, render_orthanc_config, write_orthanc_config
+from ops.rules_file import create_rules_file
 
 from .ports import free_port
 from .procs import spawn, tail, terminate
@@ -59,6 +60,12 @@ def make_values(base_dir: Path, pg_storage: Path, **overrides: str) -> dict[str,
         "ALERT_WEBHOOK_SECRET": generate_secret(),
     })
     values.update(TEST_OVERRIDES)
+    if "ROUTING_RULES" not in overrides:
+        # The stack's own copy of the shipped example: tests never read or write the
+        # checkout's active config/routing.yml (absent on a fresh clone; ops/rules_file.py).
+        rules = base_dir / "routing.yml"
+        create_rules_file(rules)
+        values["ROUTING_RULES"] = str(rules)
     values.update(overrides)
     return values
 

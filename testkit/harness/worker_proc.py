@@ -114,8 +114,12 @@ def rules_file(directory: Path, content: str) -> str:
 
 
 def send(datasets, settings, calling_aet: str = "MODALITY1") -> None:
-    """C-STORE datasets to the test Orthanc and insist every one was accepted."""
-    statuses = send_datasets(datasets, "127.0.0.1", settings.dicom_port, calling_aet, settings.orthanc_aet)
+    """C-STORE datasets to the test Orthanc and insist every one was accepted.
+
+    The timeout is generous: the exactly-once tests send beside a CPU hog on every core,
+    where Orthanc's answer can take longer than pynetdicom's usual 30 s."""
+    statuses = send_datasets(datasets, "127.0.0.1", settings.dicom_port, calling_aet, settings.orthanc_aet,
+                             timeout=120)
     assert statuses and all(s == 0 for s in statuses), statuses
 
 

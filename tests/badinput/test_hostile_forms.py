@@ -225,7 +225,7 @@ def test_audit_target_filter(app_env: AppEnv, flows: dict[str, app_flows.Flow], 
 def rules_path(app_env: AppEnv, tmp_path: Path) -> Path:
     path = tmp_path / "rules" / "routing.yml"
     path.parent.mkdir()
-    path.write_text((PROJECT_ROOT / "config" / "routing.yml").read_text())
+    path.write_text((PROJECT_ROOT / "config" / "routing.example.yml").read_text())
     app_env.reconfigure(ROUTING_RULES=str(path))
     return path
 

@@ -30,7 +30,7 @@ from testkit.dicom_peers import send_datasets
 from testkit.harness.waiting import wait_until
 from testkit.harness.worker_proc import ALL_TO_PACS, all_jobs_final, rules_file, send, study_row
 from testkit.synthetic import make_study
-from tests.integration.app.conftest import assert_clean, frame_text, table_rows
+from tests.integration.app.conftest import assert_clean, frame_text, study_no, table_rows
 
 pytestmark = pytest.mark.integration
 
@@ -228,7 +228,7 @@ def test_storable_oddities_are_recorded_routed_delivered_and_shown(
     # The Studies page lists them all, escaped text only, for an operator who sees names.
     at = open_page("studies", as_="operator")
     assert_clean(at)
-    listed = {r["Study #"]: r for r in table_rows(at, "Study #")}
+    listed = {study_no(r): r for r in table_rows(at, "Study #")}
     assert {row["id"] for row in rows.values()} <= set(listed)
     assert listed[rows["charset"]["id"]]["Patient name"] == "MLLER^JRG"
     assert "MLLER^JRG" in frame_text(at) and MASK not in listed[rows["charset"]["id"]]["Patient name"]

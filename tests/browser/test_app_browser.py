@@ -42,7 +42,8 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
     "--disable-dev-shm-usage", "--disable-extensions", "--no-first-run", "--mute-audio",
 ]
-# Sidebar title -> what proves the page rendered (a CSS selector of its main element).
+# Sidebar title -> what proves the page rendered (a CSS selector of its main element; the
+# heading for pages not listed). Every page of app/main.py is visited and photographed.
 PAGES = {
     "Overview": '[data-testid="stMetric"]',
     "Studies": '[data-testid="stDataFrame"]',
@@ -118,8 +119,18 @@ def _settle(page) -> None:  # noqa: ANN001 - playwright Page
 
 
 def _shot(page, name: str) -> None:  # noqa: ANN001
+    """The whole page: Streamlit scrolls inside its main container, so the window is made
+    as tall as that container's content for the screenshot, then put back."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    tall = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+                         " return m ? m.scrollHeight : 0; }")
+    if size and tall > size["height"]:
+        page.set_viewport_size({"width": size["width"], "height": min(int(tall) + 40, 12000)})
+        page.wait_for_timeout(400)  # charts redraw at the new size
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if size and tall > size["height"]:
+        page.set_viewport_size(size)
 
 
 def _assert_no_exception(page, where: str) -> None:  # noqa: ANN001
@@ -156,7 +167,8 @@ def test_every_page_in_chromium(app_server: str, qi_db: QiDatabase) -> None:
             expect(page.get_by_role("heading", name="Queue", exact=True)).to_be_visible(timeout=30000)
             _settle(page)
             nav = page.locator('[data-testid="stSidebarNav"]')
-            for index, (title, main_element) in enumerate(PAGES.items(), start=1):
+            for index, title in enumerate(_page_titles(), start=1):
+                main_element = PAGES.get(title, "h1")
                 nav.get_by_role("link", name=title, exact=True).click()
                 expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(timeout=30000)
                 _settle(page)
@@ -178,13 +190,38 @@ def test_every_page_in_chromium(app_server: str, qi_db: QiDatabase) -> None:
                 nav.get_by_role("link", name=title, exact=True).click()
                 _settle(page)
                 expect(page.locator("h1").first).to_be_visible(timeout=30000)
+                # the figures, then the last chart's download: the page has run to its end
+                expect(page.locator('[data-testid="stMetric"]').first).to_be_visible(timeout=30000)
+                expect(page.locator('[data-testid="stDownloadButton"]').last).to_be_visible(timeout=30000)
+                _settle(page)
                 _assert_no_exception(page, title)
                 _shot(page, f"{index:02d}-{_slug(title)}")
+
+            # Drill-down: a click on the failed-sends bar opens the Studies list of exactly its study.
+            nav.get_by_role("link", name="Failures", exact=True).click()
+            _settle(page)
+            bar = page.locator(".st-key-chart_failures_by_destination .point path").first
+            bar.hover(force=True)  # plotly's drag layer lies on top: it takes the hover, then the click
+            bar.click(force=True)
+            expect(page.get_by_role("heading", name="Studies", exact=True)).to_be_visible(timeout=30000)
+            _settle(page)
+            expect(page.get_by_text("1 study behind: delivery = failed")).to_be_visible(timeout=30000)
+            assert "qi=delivery" in page.url and "grp=LPCHROUTER" in page.url
+            _assert_no_exception(page, "Studies (drilled)")
+            _shot(page, "39-studies-drilled-from-failures")
 
             page.get_by_role("button", name="Log out").click()
             expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=30000)
         finally:
             browser.close()
+
+
+def _page_titles() -> list[str]:
+    """Titles of the operations and admin pages present in this checkout (app/main.py)."""
+    from app.main import ADMIN, OPERATIONS
+    from app.main import PAGES as PAGE_DIR
+
+    return [title for file, title, _, _ in (*OPERATIONS, *ADMIN) if (PAGE_DIR / file).is_file()]
 
 
 def _qi_titles() -> list[str]:

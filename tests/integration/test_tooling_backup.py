@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, text
 
 from core.settings import PROJECT_ROOT, Settings, settings_from_values
 from ops.tooling.archive import MANIFEST, verify_archive
-from ops.tooling.backup import create_backup, list_backups, restore_backup
+from ops.tooling.backup import BackupError, create_backup, list_backups, restore_backup
 from testkit.dicom_peers import StorageSCP, send_datasets
 from testkit.harness.ports import free_port
 from testkit.harness.stack import OrthancServer, PostgresServer, QiDatabase, write_env
@@ -219,6 +219,12 @@ def test_corrupt_truncated_and_foreign_archives_are_refused_with_nothing_changed
     stack: MiniStack, tmp_path: Path
 ) -> None:
     archive = create_backup(stack.settings, stack.env_file, tmp_path / "backups")
+    # `make backup FILE=site-a`: the operator's name, listed with the dated ones, never overwritten.
+    named = create_backup(stack.settings, stack.env_file, tmp_path / "backups", name="site-a")
+    assert named == tmp_path / "backups" / "site-a.tar" and verify_archive(named).counts["studies"] == 2
+    assert [p for p, m, _ in list_backups(tmp_path / "backups") if m] == [archive, named]
+    with pytest.raises(BackupError, match="exists already"):
+        create_backup(stack.settings, stack.env_file, tmp_path / "backups", name="site-a.tar")
     data = archive.read_bytes()
     with tarfile.open(archive) as tar:
         member = next(m for m in tar.getmembers() if m.name.startswith("storage/"))

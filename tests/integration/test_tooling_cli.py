@@ -149,7 +149,7 @@ def job_id(stack: CliStack, state: str) -> int:
 
 def test_every_command_has_help() -> None:
     for command in ("status", "studies", "study", "destinations", "test", "queue", "retry", "cancel", "hold",
-                    "release", "logs", "shell", "db"):
+                    "release", "alerts", "token", "logs", "shell", "db"):
         result = subprocess.run([str(PROJECT_ROOT / "orthanc"), command, "--help"], capture_output=True, text=True,
                                 timeout=60, check=False)
         assert result.returncode == 0 and "Usage" in result.stdout, (command, result.stderr)

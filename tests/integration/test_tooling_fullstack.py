@@ -3,13 +3,15 @@
 A stack (supervisord: PostgreSQL, Orthanc, worker, app) routes studies to a real PACS;
 `make backup`; `make uninstall`; a fresh install with new secrets and no destinations;
 `make restore`; then Orthanc holds the same studies with byte-identical DICOM files,
-the QI tables and views give the same rows, and the destinations are back.
+the QI tables and views give the same rows, and the destinations are back. And a move
+of the storage paths: refused by `make start`, done by `make migrate-storage`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -155,8 +157,10 @@ def test_backup_uninstall_fresh_install_restore(site: dict[str, Any], make_pacs:
     ok(target("stop", env_file))
 
 
-def test_moving_to_new_storage_paths_by_backup_edit_restore(site: dict[str, Any], tmp_path: Path) -> None:
-    """The documented move: make backup; make stop; edit the two paths in .env; make restore."""
+def test_moving_storage_is_refused_then_done_by_migrate_storage(site: dict[str, Any]) -> None:
+    """Issue 18: edit the two paths in .env; `make start` refuses (the new place is empty);
+    `make migrate-storage` moves the data with checksums and starts; the old copy stays
+    until CONFIRM_DELETE_OLD=yes."""
     env_file: Path = site["env"]
     write_env(site["values"], env_file)
     ok(target("run", env_file, timeout=900))
@@ -165,17 +169,28 @@ def test_moving_to_new_storage_paths_by_backup_edit_restore(site: dict[str, Any]
                          settings.orthanc_aet) == [0] * 3
     wait_until(lambda: len(orthanc_snapshot(settings)["files"]) == 3, timeout=30, what="instances stored")
     before = orthanc_snapshot(settings)
-    ok(target("backup", env_file))
-    archive = next((settings.state_dir / "backups").glob("hub-backup-*.tar"))
-    ok(target("stop", env_file))
 
     new_dicom, new_pg = site["base"] / "new-disk" / "dicom", site["base"] / "new-disk" / "pgdata"
     write_env({**site["values"], "DICOM_STORAGE": str(new_dicom), "POSTGRES_STORAGE": str(new_pg)}, env_file)
-    ok(target("restore", env_file, f"FILE={archive}", "CONFIRM=yes", timeout=900))
+    refused = target("start", env_file)
+    assert refused.returncode != 0
+    for expected in (str(settings.dicom_storage), str(new_dicom), str(settings.postgres_storage), str(new_pg),
+                 "make migrate-storage"):
+        assert expected in refused.stderr, refused.stderr
+    assert not new_dicom.exists() and not new_pg.exists()
+
+    out = ok(target("migrate-storage", env_file, timeout=900))
+    assert "copy complete and verified" in out
+    assert re.search(r"DICOM_STORAGE: (\d+)/\1 files, .*\(100%\)", out) and "POSTGRES_STORAGE: " in out
     moved = load_settings(env_file)
-    assert moved.dicom_storage == new_dicom
     assert orthanc_snapshot(moved) == before
     assert (new_pg / "PG_VERSION").is_file() and any(new_dicom.iterdir())
+    assert "old copy is kept" in ok(target("migrate-storage", env_file))
+    assert (settings.postgres_storage / "PG_VERSION").is_file() and any(settings.dicom_storage.iterdir())
+
+    ok(target("migrate-storage", env_file, "CONFIRM_DELETE_OLD=yes"))
+    assert not settings.dicom_storage.exists() and not settings.postgres_storage.exists()
+    assert orthanc_snapshot(moved) == before
     ok(target("stop", env_file))
 
 

@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import auth
 from core.db import make_engine
+from core.queries import MASK
 from core.settings import Settings, settings_from_values
 from core.states import AuditSource, Role
 from testkit import app_flows
@@ -56,6 +57,7 @@ class Gateway:
     instance_uid: str
     study_id: int
     orthanc_study: str
+    patient_id: str
 
     @property
     def url(self) -> str:
@@ -108,11 +110,12 @@ def gateway(qi_db: QiDatabase, clean_orthanc: OrthancServer, hub_values: dict[st
         flow = app_flows.arrive(conn, n, datetime.now(UTC), orthanc_id=orthanc_study,
                                 series_orthanc_id=next(iter(orthanc_series.values())), uid_prefix=UID_PREFIX)
         auth.create_user(conn, "vera", PASSWORD, Role.VIEWER, actor="test", source=AuditSource.SETUP, rounds=4)
+        auth.create_user(conn, "otto", PASSWORD, Role.OPERATOR, actor="test", source=AuditSource.SETUP, rounds=4)
     values = {**hub_values, "QI_DB": qi_db.name, "OHIF_PORT": str(free_port())}
     proc = ViewerProcess(values, tmp_path, dist=fake_dist(tmp_path)).start()
     try:
         yield Gateway(proc, settings_from_values(values), engine, study_uid, str(datasets[0].SeriesInstanceUID),
-                      str(datasets[0].SOPInstanceUID), flow.study_id, orthanc_study)
+                      str(datasets[0].SOPInstanceUID), flow.study_id, orthanc_study, str(datasets[0].PatientID))
     finally:
         code = proc.stop()
         engine.dispose()
@@ -185,8 +188,8 @@ def test_a_viewer_reads_a_study_which_is_audited_once(gateway: Gateway) -> None:
         assert frame.status_code == 200 and frame.headers["content-type"].startswith("multipart/related")
         assert len(frame.content) >= 32 * 32 * 2
         wado = client.get("/wado", params={"requestType": "WADO", "studyUID": study, "seriesUID": series,
-                                           "objectUID": instance, "contentType": "application/dicom"})
-        assert wado.status_code == 200 and wado.content[128:132] == b"DICM"
+                                           "objectUID": instance, "contentType": "image/jpeg"})
+        assert wado.status_code == 200 and wado.content[:2] == b"\xff\xd8"
         # Many reads at once, as OHIF makes them: still one entry for the session.
         paths = [f"{base}/instances/{instance}/frames/1", f"{base}/metadata", f"/dicom-web/studies/{study}/series"] * 8
         cookies = dict(client.cookies)
@@ -212,14 +215,67 @@ def test_a_viewer_reads_a_study_which_is_audited_once(gateway: Gateway) -> None:
 
 
 def test_a_search_across_studies_is_audited_with_its_filter_names(gateway: Gateway) -> None:
-    with gateway.login() as client:
+    with gateway.login("otto") as client:
         answer = client.get("/dicom-web/studies", params={"PatientName": "SYNTH*", "limit": "10"})
         assert answer.status_code == 200 and len(answer.json()) == 1
     [entry] = gateway.audit("viewer.search")
-    assert entry.actor == "vera" and entry.target is None
+    assert entry.actor == "otto" and entry.target is None
     assert entry.after["level"] == "studies" and entry.after["filters"] == ["PatientName", "limit"]
     assert "SYNTH" not in str(entry.after)
     assert gateway.audit("viewer.study_open") == []
+
+
+def test_the_viewer_role_gets_no_patient_identifiers(gateway: Gateway) -> None:
+    """As the app and the API: the viewer role reads the study with the patient's name, id and birth
+    date masked (viewer/masking.py), and gets nothing that would carry them unmasked; an
+    operator gets everything, as before."""
+    study, series, instance = gateway.study_uid, gateway.series_uid, gateway.instance_uid
+    base = f"/dicom-web/studies/{study}/series/{series}"
+    wado = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": instance}
+    secrets = ("SYNTHETIC^PATIENT", gateway.patient_id, "19700101")
+    with gateway.login("vera") as client:
+        # QIDO-RS, compressed on request as OHIF asks for it: masked all the same.
+        [found] = client.get("/dicom-web/studies", params={"StudyInstanceUID": study, "includefield": "00100030"},
+                             headers={"Accept-Encoding": "gzip"}).json()
+        assert found["00100010"]["Value"] == [{"Alphabetic": MASK}] and found["00100020"]["Value"] == [MASK]
+        assert "Value" not in found["00100030"] and found["0020000D"]["Value"] == [study]
+        # WADO-RS metadata, even asked for as XML: JSON, masked, with the pixel data's BulkDataURI.
+        metadata = client.get(f"{base}/metadata", headers={"Accept": "application/dicom+xml"})
+        assert metadata.status_code == 200 and metadata.headers["content-type"].startswith("application/dicom+json")
+        assert metadata.headers["cache-control"] == "no-store"
+        items = metadata.json()
+        assert len(items) == 3 and all(i["00100010"]["Value"] == [{"Alphabetic": MASK}] for i in items)
+        # What OHIF renders from: frames and pixel data.
+        pixel = client.get(items[0]["7FE00010"]["BulkDataURI"].removeprefix(gateway.url))
+        frame = client.get(f"{base}/instances/{instance}/frames/1",
+                           headers={"Accept": "multipart/related; type=application/octet-stream"})
+        assert pixel.status_code == frame.status_code == 200
+        for answer in (client.get("/dicom-web/series", params={"0020000D": study}),
+                       client.get(f"/dicom-web/studies/{study}/series"), client.get(f"{base}/instances"),
+                       metadata, client.get(f"/dicom-web/studies/{study}/metadata")):
+            assert answer.status_code == 200 and not any(s in answer.text for s in secrets), answer.url
+        # Whole instances carry the tags unmasked: refused, with the reason.
+        for path, params in ((f"/dicom-web/studies/{study}", {}), (base, {}), (f"{base}/instances/{instance}", {}),
+                             (f"{base}/instances/{instance}/bulk/00100010", {}),
+                             ("/wado", {**wado, "contentType": "application/dicom"}), ("/wado", wado)):
+            refused = client.get(path, params=params)
+            assert refused.status_code == 403, path
+            assert "does not see patient identifiers" in refused.json()["error"]
+            assert not any(s.encode() in refused.content for s in secrets)
+        # No search by who the patient is; a search for the mask (OHIF's "other studies") finds nothing.
+        assert client.get("/dicom-web/studies", params={"PatientID": gateway.patient_id}).status_code == 403
+        assert client.get("/dicom-web/studies", params={"PatientName": "SYNTH*"}).status_code == 403
+        other = client.get("/dicom-web/studies", params={"PatientID": MASK})
+        assert other.status_code == 200 and other.json() == []
+    with gateway.login("otto") as client:
+        [found] = client.get("/dicom-web/studies", params={"StudyInstanceUID": study}).json()
+        assert found["00100010"]["Value"] == [{"Alphabetic": "SYNTHETIC^PATIENT"}]
+        assert found["00100020"]["Value"] == [gateway.patient_id]
+        assert "SYNTHETIC" in client.get(f"{base}/metadata").text
+        whole = client.get(f"/dicom-web/studies/{study}", headers={"Accept": "multipart/related; type=application/dicom"})
+        assert whole.status_code == 200 and b"DICM" in whole.content and b"SYNTHETIC" in whole.content
+        dicom = client.get("/wado", params={**wado, "contentType": "application/dicom"})
+        assert dicom.status_code == 200 and dicom.content[128:132] == b"DICM"
 
 
 def test_everything_but_dicomweb_reads_is_refused(gateway: Gateway, clean_orthanc: OrthancServer) -> None:

@@ -158,7 +158,8 @@ def test_a_store_as_the_ai_from_the_wrong_address_is_not_an_ai_result(
     at its address, the forgery is kept unrouted and flagged; the real node still works."""
     peers = {name: make_pacs(name) for name in ("MERCURE", "LPCHROUTER", "LPCHTROUTER", "MODLINK")}
     _seed(hub_settings, {name: f"{name}|{REGISTERED}|{scp.port}" for name, scp in peers.items()})
-    assert env["ROUTING_RULES"] == "config/routing.yml" and env["AI_RESULT_AETS"] == "MERCURE"
+    shipped = (PROJECT_ROOT / "config" / "routing.example.yml").read_text()
+    assert Path(env["ROUTING_RULES"]).read_text() == shipped and env["AI_RESULT_AETS"] == "MERCURE"
     worker = workers(env)
     port = int(env["ROUTING_API_PORT"])
     routers = (peers["LPCHROUTER"], peers["LPCHTROUTER"])

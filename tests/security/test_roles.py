@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from testkit import app_flows
 from testkit.harness.ports import free_port
-from tests.integration.app.conftest import MAIN, USERS, AppEnv, assert_clean, open_session
+from tests.integration.app.conftest import MAIN, USERS, AppEnv, assert_clean, open_session, recheck_due
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +147,7 @@ def test_an_operator_demoted_after_the_page_was_drawn_cannot_act(
     assert not retry.disabled  # what the operator's browser still shows
     with app_env.engine.begin() as conn:
         auth.set_role(conn, USERS["operator"], "viewer", actor=USERS["admin"], source="ui")
-    at.session_state["_user_checked_at"] = 0.0  # the role re-check is due (it runs every 2 s)
+    recheck_due(at)
     retry.click().run()
     assert_clean(at)
     assert at.session_state["user"]["role"] == "viewer"

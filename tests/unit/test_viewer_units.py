@@ -30,33 +30,33 @@ SE = "1.2.840.113619.2.55.3.4"
 I = "1.2.840.113619.2.55.3.4.5"  # noqa: E741
 
 
-@pytest.mark.parametrize(("path", "query", "kind", "level", "study"), [
-    ("/dicom-web/studies", "", "search", "studies", None),
-    ("/dicom-web/studies", "PatientName=SMITH*&limit=101", "search", "studies", None),
-    ("/dicom-web/studies", f"StudyInstanceUID={S}&includefield=00081030%2C00080060", "study", "studies", S),
-    ("/dicom-web/series", f"0020000D={S}", "study", "series", S),
-    ("/dicom-web/instances", "", "search", "instances", None),
-    (f"/dicom-web/studies/{S}", "", "study", "study", S),
-    (f"/dicom-web/studies/{S}/metadata", "", "study", "study", S),
-    (f"/dicom-web/studies/{S}/series", "includefield=0008103E", "study", "study", S),
-    (f"/dicom-web/studies/{S}/instances", "", "study", "study", S),
-    (f"/dicom-web/studies/{S}/series/{SE}", "", "study", "series", S),
-    (f"/dicom-web/studies/{S}/series/{SE}/metadata", "", "study", "series", S),
-    (f"/dicom-web/studies/{S}/series/{SE}/instances", "limit=1", "study", "series", S),
-    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}", "", "study", "instance", S),
-    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/metadata", "", "study", "instance", S),
-    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/rendered", "", "study", "instance", S),
-    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/1", "", "study", "frames", S),
-    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/1,2,30", "", "study", "frames", S),
-    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/4/rendered", "", "study", "frames", S),
-    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/7fe00010", "", "study", "bulk", S),
-    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/00540016/0/00181072", "", "study", "bulk", S),
+@pytest.mark.parametrize(("path", "query", "kind", "level", "study", "content"), [
+    ("/dicom-web/studies", "", "search", "studies", None, "json"),
+    ("/dicom-web/studies", "PatientName=SMITH*&limit=101", "search", "studies", None, "json"),
+    ("/dicom-web/studies", f"StudyInstanceUID={S}&includefield=00081030%2C00080060", "study", "studies", S, "json"),
+    ("/dicom-web/series", f"0020000D={S}", "study", "series", S, "json"),
+    ("/dicom-web/instances", "", "search", "instances", None, "json"),
+    (f"/dicom-web/studies/{S}", "", "study", "study", S, "dicom"),
+    (f"/dicom-web/studies/{S}/metadata", "", "study", "study", S, "json"),
+    (f"/dicom-web/studies/{S}/series", "includefield=0008103E", "study", "study", S, "json"),
+    (f"/dicom-web/studies/{S}/instances", "", "study", "study", S, "json"),
+    (f"/dicom-web/studies/{S}/series/{SE}", "", "study", "series", S, "dicom"),
+    (f"/dicom-web/studies/{S}/series/{SE}/metadata", "", "study", "series", S, "json"),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances", "limit=1", "study", "series", S, "json"),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}", "", "study", "instance", S, "dicom"),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/metadata", "", "study", "instance", S, "json"),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/rendered", "", "study", "instance", S, "pixels"),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/1", "", "study", "frames", S, "pixels"),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/1,2,30", "", "study", "frames", S, "pixels"),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/4/rendered", "", "study", "frames", S, "pixels"),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/7fe00010", "", "study", "bulk", S, "bulk"),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/00540016/0/00181072", "", "study", "bulk", S, "bulk"),
     ("/wado", f"requestType=WADO&studyUID={S}&seriesUID={SE}&objectUID={I}&contentType=application%2Fdicom",
-     "study", "wado", S),
+     "study", "wado", S, "wado"),
 ])
-def test_reads_are_forwarded(path: str, query: str, kind: str, level: str, study: str | None) -> None:
+def test_reads_are_forwarded(path: str, query: str, kind: str, level: str, study: str | None, content: str) -> None:
     decision = classify("GET", path.encode(), query)
-    assert decision == Read(kind, level, study, path)
+    assert decision == Read(kind, level, study, path, content)
 
 
 @pytest.mark.parametrize(("method", "path", "query", "status"), [
@@ -263,3 +263,76 @@ def test_installing_into_the_default_state_dir_creates_it_as_make_run_does(
     other = tmp_path / "elsewhere" / "ohif"
     ohif.ensure_ohif(other, _release(tarball), out=lambda _: None, fetcher=CopyFetcher(tarball))
     assert not datadirs.is_marked(other.parent)
+
+
+def test_patient_identifiers_are_masked_in_dicom_json_at_any_depth() -> None:
+    from viewer.masking import MASK, mask_dicom_json
+
+    document = [{
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "DOE^JANE"}]},
+        "00100020": {"vr": "LO", "Value": ["MRN-123"]},
+        "00100030": {"vr": "DA", "Value": ["19700101"]},
+        "00100040": {"vr": "CS", "Value": ["F"]},
+        "00101030": {"vr": "DS", "Value": [70]},
+        "00101002": {"vr": "SQ", "Value": [{"00100020": {"vr": "LO", "Value": ["OTHER-9"]}}]},
+        "00081115": {"vr": "SQ", "Value": [{"00100010": {"vr": "PN", "Value": [{"Alphabetic": "NESTED^NAME"}]}}]},
+        "00101040": {"vr": "LO", "BulkDataURI": "http://127.0.0.1/bulk/00101040"},
+        "00100021": {"vr": "LO"},
+        "0020000D": {"vr": "UI", "Value": [S]},
+    }]
+    [masked] = mask_dicom_json(document)
+    assert masked["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": MASK}]}
+    assert masked["00100020"] == {"vr": "LO", "Value": [MASK]}
+    assert masked["00100030"] == {"vr": "DA"}  # no valid date can stand for a mask: emptied
+    assert masked["00101002"] == {"vr": "SQ"}
+    assert masked["00081115"]["Value"][0]["00100010"]["Value"] == [{"Alphabetic": MASK}]
+    assert masked["00101040"] == {"vr": "LO", "Value": [MASK]}
+    # What reading the image needs, and empty attributes, stay as they were.
+    assert masked["00100040"]["Value"] == ["F"] and masked["00101030"]["Value"] == [70]
+    assert masked["00100021"] == {"vr": "LO"} and masked["0020000D"]["Value"] == [S]
+    for secret in ("DOE", "MRN-123", "1970", "OTHER-9", "NESTED"):
+        assert secret not in str(masked)
+
+
+@pytest.mark.parametrize(("path", "query", "refused"), [
+    (f"/dicom-web/studies/{S}", "", True),
+    (f"/dicom-web/studies/{S}/series/{SE}", "", True),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}", "", True),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/00100010", "", True),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/00101002/0/00100020", "", True),
+    ("/wado", f"requestType=WADO&studyUID={S}&seriesUID={SE}&objectUID={I}&contentType=application%2Fdicom", True),
+    ("/wado", f"requestType=WADO&studyUID={S}&seriesUID={SE}&objectUID={I}", True),
+    ("/wado", f"requestType=WADO&studyUID={S}&seriesUID={SE}&objectUID={I}&contentType=image%2Fjpeg"
+              "&contentType=application%2Fdicom", True),
+    ("/wado", f"requestType=WADO&studyUID={S}&seriesUID={SE}&objectUID={I}&contentType=image%2Fjpeg", False),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/bulk/7fe00010", "", False),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/frames/1", "", False),
+    (f"/dicom-web/studies/{S}/series/{SE}/instances/{I}/rendered", "", False),
+    (f"/dicom-web/studies/{S}/series/{SE}/metadata", "", False),
+    ("/dicom-web/studies", f"StudyInstanceUID={S}", False),
+])
+def test_what_the_viewer_role_may_not_have(path: str, query: str, refused: bool) -> None:
+    from viewer.masking import refusal
+
+    read = classify("GET", path.encode(), query)
+    assert isinstance(read, Read)
+    answer = refusal(read, query)
+    assert (answer is not None) == refused
+    if answer is not None:
+        assert answer.status == 403 and "viewer" in answer.reason
+
+
+def test_a_viewer_cannot_search_by_patient_identifiers() -> None:
+    from viewer.masking import MASK, empty_search
+
+    def decide(query: str) -> bool | Refusal:
+        read = classify("GET", b"/dicom-web/studies", query)
+        assert isinstance(read, Read)
+        return empty_search(read, query)
+
+    assert isinstance(decide("PatientName=SMITH*"), Refusal)
+    assert isinstance(decide("00100020=MRN-123&limit=10"), Refusal)
+    assert isinstance(decide("patientbirthdate=19700101"), Refusal)
+    assert decide(f"PatientID={MASK}") is True  # OHIF's "other studies of this patient": none
+    assert decide("PatientName=&includefield=00100010") is False  # asks for the attribute (masked), filters nothing
+    assert decide(f"StudyInstanceUID={S}") is False

@@ -143,6 +143,13 @@ def open_session(username: str, **kwargs: Any) -> str:
         return auth.start_session(conn, username, ttl_s=get_settings().app_session_ttl, **kwargs)
 
 
+def recheck_due(at: AppTest) -> None:
+    """Make the next run check the session in the database (it is re-checked every 2 s)."""
+    from app.components.access import CHECKED_KEY, TOUCHED_KEY
+
+    at.session_state[CHECKED_KEY] = at.session_state[TOUCHED_KEY] = 0.0
+
+
 def new_app(role: str | None = None) -> AppTest:
     """The app from app/main.py, optionally with a session of that role's user logged in.
 
@@ -183,6 +190,11 @@ def frame_text(at: AppTest) -> str:
     for kind in ("markdown", "caption", "title", "subheader", "info", "warning", "error", "success", "code"):
         parts.extend(str(e.value) for e in at.get(kind))
     return "\n".join(parts)
+
+
+def study_no(row: dict[str, Any]) -> int:
+    """The study number of a Studies row: its "Study #" cell links to the study (study_detail?study=N)."""
+    return int(str(row["Study #"]).rsplit("=", 1)[-1])
 
 
 def table_rows(at: AppTest, column: str) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from core import auth
 from core.operations import cancel_job, retry_job
 from testkit import app_flows
-from tests.integration.app.conftest import USERS, AppEnv, assert_clean, table_rows
+from tests.integration.app.conftest import USERS, AppEnv, assert_clean, open_session, table_rows
 from viewer.audit import StudyAudit
 
 pytestmark = pytest.mark.integration
@@ -110,8 +110,13 @@ def test_admin_manages_users(app_env: AppEnv, open_page: Callable[..., AppTest])
     at.button(key="user_unlock").click().run()
     assert app_env.sql("SELECT failed_logins, locked_until FROM app_users WHERE username = 'nina'")[0] == (0, None)
 
+    stolen = open_session("nina")
     at.button(key="user_reset").click().run()
     new_password = at.code[0].value
+    # nina's sessions end with her old password; the admin's own goes on.
+    assert app_env.scalar("SELECT revoked_at FROM app_sessions WHERE username = 'nina'") is not None, stolen
+    assert app_env.scalar("SELECT count(*) FROM app_sessions WHERE username = :u AND revoked_at IS NULL",
+                          u=USERS["admin"]) == 1
     with app_env.engine.begin() as conn:
         assert auth.authenticate(conn, "nina", new_password).ok
         assert not auth.authenticate(conn, "nina", password).ok

@@ -26,7 +26,16 @@ from streamlit.testing.v1 import AppTest
 
 from app import auth_routes
 from core import auth
-from tests.integration.app.conftest import MAIN, PASSWORDS, USERS, AppEnv, assert_clean, new_app, open_session
+from tests.integration.app.conftest import (
+    MAIN,
+    PASSWORDS,
+    USERS,
+    AppEnv,
+    assert_clean,
+    new_app,
+    open_session,
+    recheck_due,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -218,8 +227,7 @@ def test_session_times_out_after_idle_minutes(app_env: AppEnv, monkeypatch: pyte
     assert at.title[0].value == "Overview"
     app_env.sql_exec("UPDATE app_sessions SET last_seen_at = now() - make_interval(secs => :s)",
                      s=app_env.settings.app_idle_timeout + 5)
-    at.session_state["_user_checked_at"] = 0.0  # the session re-check is due (it runs every 2 s)
-    at.session_state["_user_touched_at"] = 0.0
+    recheck_due(at)
     at.query_params["study"] = "14"
     at.run()
     assert "user" not in at.session_state
@@ -263,12 +271,12 @@ def test_role_change_and_deletion_apply_at_the_next_click(app_env: AppEnv) -> No
     at = new_app("operator").run()
     with app_env.engine.begin() as conn:
         auth.set_role(conn, "oscar", "viewer", actor="ada", source="ui")
-    at.session_state["_user_checked_at"] = 0.0
+    recheck_due(at)
     at.run()
     assert at.session_state["user"]["role"] == "viewer"
     with app_env.engine.begin() as conn:
         auth.delete_user(conn, "oscar", actor="ada", source="ui")
-    at.session_state["_user_checked_at"] = 0.0
+    recheck_due(at)
     at.run()
     assert "user" not in at.session_state and at.title[0].value == "Routing hub"
 
@@ -321,3 +329,28 @@ def test_password_rules(app_env: AppEnv) -> None:
     assert not auth.verify_password("x" * 100, auth.hash_password("a-long-password", rounds=4))
     with app_env.engine.begin() as conn, pytest.raises(auth.UserError, match="last admin"):
         auth.set_role(conn, "ada", "viewer", actor="ada", source="ui")
+
+
+def test_a_password_change_ends_the_users_other_sessions(app_env: AppEnv, client: TestClient) -> None:
+    """A changed or reset password logs out every session opened with the old one (a stolen
+    cookie included), except the caller's own; other users' sessions are untouched."""
+    idle = app_env.settings.app_idle_timeout
+    stolen, own, other = open_session("vera"), open_session("vera"), open_session("oscar")
+    with app_env.engine.begin() as conn:
+        ended = auth.set_password(conn, "vera", "a-new-password-1", actor="vera", source="ui", keep_session=own,
+                                  rounds=4)
+        assert ended == 1
+        assert auth.session_user(conn, stolen, idle_timeout_s=idle) is None
+        assert auth.session_user(conn, own, idle_timeout_s=idle).username == "vera"
+        assert auth.session_user(conn, other, idle_timeout_s=idle).username == "oscar"
+    # The gate refuses the stolen cookie at once.
+    client.cookies.set(auth.SESSION_COOKIE, stolen)
+    refused = client.get("/queue", headers={"accept": "text/html"})
+    assert refused.status_code == 303 and refused.headers["location"] == "/login?next=%2Fqueue&reason=expired"
+    # An admin's reset keeps none of the user's sessions (another user's id is never kept).
+    with app_env.engine.begin() as conn:
+        assert auth.set_password(conn, "vera", "a-newer-password", actor="ada", source="ui", keep_session=other,
+                                 rounds=4) == 1
+        assert auth.session_user(conn, own, idle_timeout_s=idle) is None
+        assert auth.session_user(conn, other, idle_timeout_s=idle) is not None
+    assert [a.after for a in app_env.audit("user.password")] == [{"sessions_ended": 1}, {"sessions_ended": 1}]

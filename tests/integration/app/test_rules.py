@@ -24,7 +24,7 @@ def rules_file(app_env: AppEnv, tmp_path: Path) -> Path:
     """A copy of the shipped routing.yml that the app edits and the worker's holder loads."""
     path = tmp_path / "rules" / "routing.yml"
     path.parent.mkdir()
-    shutil.copy(PROJECT_ROOT / "config" / "routing.yml", path)
+    shutil.copy(PROJECT_ROOT / "config" / "routing.example.yml", path)
     app_env.reconfigure(ROUTING_RULES=str(path))
     return path
 
