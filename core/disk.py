@@ -17,6 +17,15 @@ MIB = 1024 * 1024
 DOCS = "docs/operations.md, 'Disk space and recycling'"
 
 
+def human_size(size: float) -> str:
+    """A byte count as an operator reads it: '512 B', '1.5 MiB', '2.0 TiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 @dataclass(frozen=True)
 class StorageStatus:
     """One measurement: `status` is ok, low (below the threshold) or unknown (unreadable)."""

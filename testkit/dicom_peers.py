@@ -17,6 +17,7 @@ tls_args). tests/security/test_tls.py uses both against Orthanc.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -45,17 +46,29 @@ LOOPBACK = "127.0.0.1"
 _handed_out: set[int] = set()
 
 
+def _port_share() -> tuple[int, int]:
+    """(index, count): under pytest-xdist each worker process takes only ports from its own
+    blocks of 64 (block number modulo the worker count is its index), so two workers never
+    hand out the same port. (Blocks, not remainders: Linux gives bind() even ports.)"""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if count > 1 and worker.startswith("gw") and worker[2:].isdigit():
+        return int(worker[2:]) % count, count
+    return 0, 1
+
+
 def free_port() -> int:
     """A loopback port nobody listens on now and that this process has not handed out before.
 
     The kernel may give the same ephemeral port twice once it is released, so ports
     already handed out in this run are skipped (two peers must never collide).
     """
-    for _ in range(100):
+    index, count = _port_share()
+    for _ in range(100 * count):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((LOOPBACK, 0))
             port = int(sock.getsockname()[1])
-        if port not in _handed_out:
+        if (port >> 6) % count == index and port not in _handed_out:
             _handed_out.add(port)
             return port
     raise RuntimeError("no free port found")

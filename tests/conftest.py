@@ -39,6 +39,29 @@ from testkit.harness.stack import (
     write_env,
 )
 
+# --- parallel runs (pytest-xdist, `make test`) -------------------------------------------
+
+# Tests that must share one worker process, in collection order: the CPU hogs, kills and
+# floods of the reliability suite next to the browser tests, whose timing they would
+# disturb if the two ran side by side; and the bad-input suite before the log check that
+# reads its logs (tests/security/test_no_phi_in_logs.py).
+_SERIAL_GROUPS = {
+    "tests/reliability/": "heavy",
+    "tests/browser/": "heavy",
+    "tests/badinput/": "logs",
+    "tests/security/test_no_phi_in_logs.py": "logs",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    for item in items:
+        where = Path(str(item.path)).relative_to(root).as_posix()
+        group = next((g for prefix, g in _SERIAL_GROUPS.items() if where.startswith(prefix)), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 # --- configuration -------------------------------------------------------------------
 
 

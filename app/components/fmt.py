@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 TS_FORMAT = "%Y-%m-%d %H:%M:%S"
+# (unit, its name, the next smaller unit, its name) for `age`, largest first
+_AGE_UNITS = ((86400, "d", 3600, "h"), (3600, "h", 60, "min"), (60, "min", 1, "s"))
 
 
 def local(value: datetime | None, zone: ZoneInfo, fmt: str = TS_FORMAT) -> str:
@@ -22,7 +24,8 @@ def local(value: datetime | None, zone: ZoneInfo, fmt: str = TS_FORMAT) -> str:
 
 
 def age(seconds: float | None) -> str:
-    """A short human duration: 42 s, 3 min 12 s, 2 h 5 min, 4 d 3 h."""
+    """A short human duration: 42 s, 3 min 12 s, 2 h 5 min, 4 d 3 h; a zero second part is left
+    out (30 min, 1 h: thresholds read as set, not "1 h 0 min")."""
     if seconds is None:
         return "–"
     s = int(round(seconds))
@@ -30,11 +33,22 @@ def age(seconds: float | None) -> str:
     s = abs(s)
     if s < 60:
         return f"{sign}{s} s"
-    if s < 3600:
-        return f"{sign}{s // 60} min {s % 60} s"
-    if s < 86400:
-        return f"{sign}{s // 3600} h {s % 3600 // 60} min"
-    return f"{sign}{s // 86400} d {s % 86400 // 3600} h"
+    big, big_unit, small, small_unit = next(u for u in _AGE_UNITS if s >= u[0])
+    rest = s % big // small
+    return f"{sign}{s // big} {big_unit}" + (f" {rest} {small_unit}" if rest else "")
+
+
+def short_age(seconds: float | None) -> str:
+    """The duration in its largest unit only (42 s, 26 min, 2 h, 4 d), for a KPI card whose
+    column is too narrow for `age` (the exact value goes in the card's help)."""
+    if seconds is None:
+        return "–"
+    s = abs(int(round(seconds)))
+    sign = "-" if seconds < 0 and s else ""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{sign}{s // size} {unit}"
+    return f"{sign}{s} s"
 
 
 def dicom_datetime(date: str | None, time: str | None) -> str:

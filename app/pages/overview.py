@@ -19,7 +19,7 @@ from streamlit.delta_generator import DeltaGenerator
 from app.components.access import require_role
 from app.components.db import describe, reading, show_error
 from app.components.drill import STUDIES_PAGE, counted
-from app.components.fmt import age, local, table
+from app.components.fmt import age, local, short_age, table
 from app.components.holds import hold_banners
 from app.components.kpi import health_card, metric
 from app.components.live import live_section
@@ -205,8 +205,11 @@ def measure() -> None:
         metric("Dead", backlog[JobState.DEAD], "Jobs out of attempts; they wait for an operator (Queue page).")
     with cols[5]:
         oldest = backlog["oldest_queued_at"]
-        metric("Oldest queued job", age((now - oldest).total_seconds()) if oldest else "none",
-               "Age of the oldest job in the queued state.")
+        waited = (now - oldest).total_seconds() if oldest else None
+        # one unit only: the longer "1 h 26 min" is cut off in a sixth of the page
+        metric("Oldest queued job", short_age(waited) if oldest else "none",
+               "Age of the oldest job in the queued state"
+               + (f": {age(waited)}, queued at {local(oldest, zone)} {settings.tz}." if oldest else "."))
 
     # --- today -----------------------------------------------------------------------
     counts = data["today"]

@@ -140,13 +140,13 @@ def jobs_view(user: dict[str, Any]) -> None:
         st.subheader("Actions")
         chosen = st.multiselect("Jobs on this page", [r["id"] for r in page.rows], key="queue_selected",
                                 format_func=lambda i: f"#{i}", disabled=not operator, help=needs(Role.OPERATOR))
-        cols = st.columns([1, 1, 4])
-        if state in RETRYABLE and cols[0].button("Retry selected", key="queue_retry",
-                                                 disabled=not operator or not chosen) and can(Role.OPERATOR):
-            _each(chosen, retry_job, user["username"], "Retry")
-        if state in CANCELLABLE and cols[1].button("Cancel selected", key="queue_cancel",
-                                                   disabled=not operator or not chosen) and can(Role.OPERATOR):
-            _each(chosen, cancel_job, user["username"], "Cancel")
+        # only the actions this state allows, side by side from the left (no gap for a missing one)
+        actions = [a for a in (("Retry selected", "queue_retry", retry_job, "Retry", RETRYABLE),
+                               ("Cancel selected", "queue_cancel", cancel_job, "Cancel", CANCELLABLE))
+                   if state in a[4]]
+        for col, (label, key, action, verb, _) in zip(st.columns([1, 1, 4]), actions, strict=False):
+            if col.button(label, key=key, disabled=not operator or not chosen) and can(Role.OPERATOR):
+                _each(chosen, action, user["username"], verb)
 
     if state == JobState.DEAD and counts.get(JobState.DEAD, 0):
         st.subheader("Bulk retry")

@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.components import confirm
 from app.components.access import can, needs, require_role
 from app.components.db import reading, show_error, writing
+from app.components.errors import errors_in_full
 from app.components.fmt import dicom_datetime, local, table
 from app.components.links import viewer_links, web_viewer_loaded, web_viewer_url
 from app.components.live import live_section
@@ -31,8 +32,12 @@ from core.states import CANCELLABLE, RETRYABLE, AuditSource, JobState, Role, Ser
 STATE_KEY = "detail_study_id"
 RESEND_KINDS = {"all": "every series", SeriesKind.ORIGINAL: "original series only",
                 SeriesKind.AI_RESULT: "AI results only"}
-# Statuses in which the worker still changes the study by itself: its page refreshes itself.
-UNFINISHED = {StudyStatus.RECEIVED, StudyStatus.AI_PENDING, StudyStatus.AI_OVERDUE, StudyStatus.DELIVERING}
+# Statuses in which the study still changes without a click on this page, so the page refreshes
+# itself: the worker works on it, or (failed) an operator retries it here, on the Queue page or
+# through the API. A failed study's page is live from the start: it does not switch from still to
+# live at the Retry click (Streamlit can then leave the still page's elements behind, drawn twice).
+UNFINISHED = {StudyStatus.RECEIVED, StudyStatus.AI_PENDING, StudyStatus.AI_OVERDUE, StudyStatus.DELIVERING,
+              StudyStatus.FAILED}
 
 
 def _selected_study() -> int | None:
@@ -155,7 +160,7 @@ def render(user: dict) -> None:
     if first is None:
         st.warning(f"Study #{study_id} does not exist.")
         return
-    # A study still on its way refreshes itself; a finished one changes only by an action here.
+    # A study still on its way (or failed) refreshes itself; a delivered one changes only by an action here.
     live_section("detail", lambda: study_view(user, study_id, show_phi), live=first["status"] in UNFINISHED)
 
 
@@ -223,6 +228,7 @@ def study_view(user: dict, study_id: int, show_phi: bool) -> None:
             "instances_sent": "Instances sent",
             "created_at": "Created", "finished_at": "Finished",
         }, zone), hide_index=True, key="detail_jobs")
+        errors_in_full(jobs)  # why a send failed, whole (the table's cell cuts it), before the Retry button
         _job_actions(user, jobs)
         if not purged:
             _resend(user, study_id)

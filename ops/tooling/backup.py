@@ -48,6 +48,7 @@ import psycopg
 from psycopg import sql
 
 from core.db import migrate
+from core.disk import human_size
 from core.envfile import read_env_file, write_private
 from core.orthanc_client import orthanc_verify
 from core.settings import (
@@ -543,14 +544,6 @@ def _restore_plain(archive: Path, env_file: Path, control: StackControl, *, say:
 # --- command line ------------------------------------------------------------------------
 
 
-def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         return False
@@ -655,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         if not entries:
             print(f"no backups in {directory}")
         for path, listed, problem in entries:
-            size = _human(path.stat().st_size)
+            size = human_size(path.stat().st_size)
             if listed is None:
                 print(f"{path}  {size}  {problem if problem == ENCRYPTED else 'UNREADABLE: ' + str(problem)}")
             else:
@@ -676,10 +669,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the backup failed: {exc}", file=sys.stderr)
         return exitcodes.FAILED
     if encryption.is_encrypted(path):
-        print(f"backup written, encrypted with age: {path} ({_human(path.stat().st_size)})")
+        print(f"backup written, encrypted with age: {path} ({human_size(path.stat().st_size)})")
         return exitcodes.OK
     manifest = read_manifest(path)
-    print(f"backup written: {path} ({_human(path.stat().st_size)}, {manifest.counts.get('studies')} studies, "
+    print(f"backup written: {path} ({human_size(path.stat().st_size)}, {manifest.counts.get('studies')} studies, "
           f"{manifest.counts.get('storage_files')} files)")
     return exitcodes.OK
 

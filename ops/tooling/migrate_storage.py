@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.disk import human_size
 from core.settings import Settings, SettingsError, env_file_path, load_settings
 from ops import datadirs, pgcluster, storage_paths
 from ops.tooling import exitcodes
 from ops.tooling.control import ControlError, StackControl, control_for
-from ops.tooling.uninstall import _remove_tree
+from ops.tooling.uninstall import remove_tree
 
 Say = Callable[[str], None]
 JOURNAL_DIR = "storage-migration"
@@ -128,14 +129,6 @@ def _read_journal(journal: Path) -> dict[str, dict[str, Any]]:
     return verified
 
 
-def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 class _Progress:
     """'DICOM_STORAGE: 1200/5000 files, 1.2 GiB/4.0 GiB (30%)', at most every few seconds."""
 
@@ -154,8 +147,8 @@ class _Progress:
     def show(self) -> None:
         self.last = time.monotonic()
         percent = 100 * self.bytes / self.bytes_total if self.bytes_total else 100
-        self.say(f"{self.role}: {self.files}/{self.files_total} files, {_human(self.bytes)}/"
-                 f"{_human(self.bytes_total)} ({percent:.0f}%)")
+        self.say(f"{self.role}: {self.files}/{self.files_total} files, {human_size(self.bytes)}/"
+                 f"{human_size(self.bytes_total)} ({percent:.0f}%)")
 
 
 def copy_verified(source: Path, target: Path, journal: Path, role: str, say: Say = _quiet) -> tuple[int, int]:
@@ -274,7 +267,7 @@ def _check_space(moves: dict[str, dict[str, str]], trees: dict[str, Tree]) -> No
     for device, size in needed.items():
         free = shutil.disk_usage(where[device]).free
         if free < size:
-            raise MigrationError(f"{where[device]} has {_human(free)} free, the move needs {_human(size)} there: "
+            raise MigrationError(f"{where[device]} has {human_size(free)} free, the move needs {human_size(size)} there: "
                                  "free some space or choose another place")
 
 
@@ -311,7 +304,7 @@ def migrate(settings: Settings, control: StackControl, *, say: Say = _quiet, sta
     for role, move in moves.items():
         old, new = Path(move["from"]), Path(move["to"])
         tree = trees[role]
-        say(f"copying {role}: {len(tree.files)} files, {_human(tree.total_bytes)}, each checked with sha256")
+        say(f"copying {role}: {len(tree.files)} files, {human_size(tree.total_bytes)}, each checked with sha256")
         copied, skipped = copy_verified(old, new, _journal(settings, role), role, say)
         say(f"{role}: {copied} files copied and verified" + (f", {skipped} verified before" if skipped else ""))
         datadirs.mark(new, role)
@@ -354,7 +347,7 @@ def delete_old(settings: Settings, *, say: Say = _quiet) -> list[Path]:
             raise MigrationError(f"not deleting the old copy: {exc}") from None
         if old.exists():
             say(f"deleting the old copy {old}")
-            _remove_tree(old)
+            remove_tree(old)
             removed.append(old)
     shutil.rmtree(settings.state_dir / JOURNAL_DIR, ignore_errors=True)
     storage_paths.forget_migration(settings.state_dir)

@@ -54,7 +54,7 @@ def check_removable(settings: Settings) -> list[str]:
     return problems
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove `path`; of a mount point (a dedicated DICOM disk) only the contents."""
     if not path.exists():
         return
@@ -159,7 +159,7 @@ def uninstall(env_file: Path, mode: str, confirm: str | None, keep_backups: bool
         subprocess.run(compose.compose_argv(env_file, "down", "--volumes", "--remove-orphans"),
                        env=compose.compose_env(settings, env_file), check=False)
     for path in (settings.dicom_storage, settings.postgres_storage):
-        _remove_tree(path)
+        remove_tree(path)
     if settings.state_dir.exists():
         for entry in settings.state_dir.iterdir():
             if keep_backups and entry.name in ("backups", datadirs.MARKER):

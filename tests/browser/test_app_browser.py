@@ -421,3 +421,81 @@ def test_live_pages_follow_new_data_keep_filters_and_pause(
         finally:
             browser.close()
             engine.dispose()
+
+
+def _grid_row(page, table_key: str, text_in_row: str) -> int:  # noqa: ANN001 - playwright Page
+    """The data row of `table_key`'s grid that shows `text_in_row` in a cell, read from the
+    grid's accessibility table (glide-data-grid: one <td id="glide-cell-COL-ROW"> per cell)."""
+    cell = page.locator(f'.st-key-{table_key} td[id^="glide-cell-"]').filter(
+        has_text=re.compile(rf"^{re.escape(text_in_row)}$")).first
+    cell.wait_for(state="attached", timeout=30000)
+    return int(str(cell.get_attribute("id")).rsplit("-", 1)[1])
+
+
+def _click_row_checkbox(page, table_key: str, row: int, *, add: bool) -> None:  # noqa: ANN001
+    """Tick the selection checkbox of a data row: glide-data-grid draws it on a canvas, at the
+    grid's left edge, under a 35 px header, in rows of 35 px (Streamlit's defaults). With
+    `add`, Control is held so the row joins the selection instead of replacing it."""
+    canvas = page.locator(f'.st-key-{table_key} canvas').first
+    canvas.wait_for(state="visible", timeout=30000)
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    assert box is not None, "the grid's canvas has no box"
+    x, y = box["x"] + 16, box["y"] + 35 + row * 35 + 17
+    page.mouse.move(x, y)  # the grid tracks the pointer: a hover first makes the click land on the row
+    if add:
+        page.keyboard.down("Control")
+    try:
+        page.mouse.click(x, y)
+    finally:
+        if add:
+            page.keyboard.up("Control")
+
+
+def test_bulk_retry_of_selected_rows(app_server: str, qi_db: QiDatabase, seeded: dict[str, app_flows.Flow]) -> None:
+    """An operator ticks two failed studies in the Studies grid, presses Retry and confirms: exactly
+    their jobs are queued again, each retry audited; no other job moves."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import expect, sync_playwright
+
+    engine = make_engine(qi_db.url)
+    picked = [seeded["dead"], seeded["retrying"]]
+    picked_jobs = {job_id for flow in picked for job_id in flow.jobs.values()}
+
+    def job_states() -> dict[int, str]:
+        with engine.connect() as conn:
+            return {row.id: row.state for row in conn.execute(text("SELECT id, state FROM routing_jobs"))}
+
+    before = job_states()
+    assert {before[j] for j in picked_jobs} == {"dead", "failed"}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+            page.goto(f"{app_server}/studies")
+            _log_in(page, qi_db.settings)
+            expect(page.get_by_role("heading", name="Studies", exact=True)).to_be_visible(timeout=30000)
+            _settle(page)
+            for count, flow in enumerate(picked, start=1):
+                row = _grid_row(page, "studies_table", flow.accession)
+                _click_row_checkbox(page, "studies_table", row, add=count > 1)
+                expect(page.get_by_text(f"Selected: {count} stud{'y' if count == 1 else 'ies'}")).to_be_visible(
+                    timeout=30000)
+                _settle(page)
+            page.get_by_role("button", name="Retry…", exact=True).click()
+            expect(page.get_by_text("Retry the failed and dead jobs of 2 stud(ies)?")).to_be_visible(timeout=30000)
+            page.get_by_role("button", name="Confirm", exact=True).click()
+            expect(page.get_by_text("Retry: 2 of 2 studies done.")).to_be_visible(timeout=30000)
+            _settle(page)
+            _assert_no_exception(page, "Studies after a bulk retry")
+            _shot(page, "21-studies-bulk-retried")
+        finally:
+            browser.close()
+    after = job_states()
+    assert {j: s for j, s in after.items() if s != before[j]} == dict.fromkeys(picked_jobs, "queued")
+    with engine.connect() as conn:
+        audited = [tuple(row) for row in conn.execute(text(
+            "SELECT target, actor, source FROM audit_log WHERE action = 'job.retry' ORDER BY target"))]
+    engine.dispose()
+    assert sorted(audited) == sorted((f"job:{j}", qi_db.settings.app_admin_username, "ui") for j in picked_jobs)

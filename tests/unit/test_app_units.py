@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from app.components.destination_form import validate
-from app.components.fmt import age, dicom_datetime
+from app.components.fmt import age, dicom_datetime, short_age
 from app.components.rules_text import active_rules, checksum, describe_rule, write_atomically
 from core import auth
 from core.dicom_names import Modality
@@ -37,6 +37,9 @@ def test_passwords_round_trip_and_reject_garbage() -> None:
 
 def test_formatting() -> None:
     assert [age(s) for s in (None, 5, 192, 7500, 97200)] == ["–", "5 s", "3 min 12 s", "2 h 5 min", "1 d 3 h"]
+    assert [short_age(s) for s in (None, 5, 192, 7500, 97200)] == ["–", "5 s", "3 min", "2 h", "1 d"]
+    assert [age(s) for s in (60, 1800, 3600, 3660, 86400, -90)] == ["1 min", "30 min", "1 h", "1 h 1 min", "1 d",
+                                                                     "-1 min 30 s"]
     assert dicom_datetime("20261128", "034842.123") == "2026-11-28 03:48:42"
     assert dicom_datetime("20261128", None) == "2026-11-28"
     assert dicom_datetime(None, "1200") == "–"

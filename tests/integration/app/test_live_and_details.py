@@ -111,6 +111,12 @@ def test_study_detail_refreshes_only_while_the_study_is_unfinished(
     at.run()
     assert_clean(at)
     assert at.toggle(key="detail_live").value is True and "Measured at" in captions(at)
+    # A failed study waits for a retry (here, on the Queue page or through the API): live too,
+    # with why it failed in full above the Retry button.
+    at.query_params["study"] = str(flows["dead"].study_id)
+    at.run()
+    assert at.toggle(key="detail_live").value is True
+    assert "DicomAssociation - connection refused" in [c.value for c in at.code]
     at.query_params["study"] = str(flows["delivered"].study_id)
     at.run()
     assert not [t for t in at.toggle if t.key == "detail_live"]
