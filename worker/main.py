@@ -74,8 +74,11 @@ class SessionLock:
         return False
 
     def release(self) -> None:
+        """Give the lock up by ending the connection's session: closing alone would return the
+        connection to the pool with the session lock still held."""
         if self.conn is not None:
             with contextlib.suppress(DBAPIError):
+                self.conn.invalidate()
                 self.conn.close()
             self.conn = None
 
