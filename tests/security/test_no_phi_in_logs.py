@@ -13,6 +13,7 @@ so its logs are read too.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -93,7 +94,10 @@ def test_no_patient_name_or_id_in_any_log(
     wait_until(lambda: all_jobs_final(db, 1), timeout=90, what="the canary study delivered")
     assert pacs.instance_count == 1
 
-    logs = session_logs(tmp_path_factory.getbasetemp(), [clean_orthanc.logfile, pg_base_dir / "postgres.log"])
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # every worker's logs so far (make test runs pytest-xdist), not this worker's alone
+    logs = session_logs(base, [clean_orthanc.logfile, pg_base_dir / "postgres.log"])
     assert clean_orthanc.logfile in logs and worker.log in logs
     hits = phi_hits(logs, (CANARY_ID, f"CANARYNAME{TOKEN}", f"GIVEN{TOKEN}"))
     assert hits == [], "patient data in logs:\n" + "\n".join(hits[:20])
