@@ -21,7 +21,7 @@ FOLLOW ?=
 LINES ?= 100
 # make test PYTEST_ARGS="-k compose -x"
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` (tests/conftest.py keeps the CPU-heavy ones on one worker)
+# pytest-xdist workers for `make test`'s first pass (tests/conftest.py: the `serial` tests run after it, alone)
 TEST_WORKERS ?= 2
 
 .PHONY: help venv ohif env run start stop restart status logs lint typecheck audit test test-long
@@ -83,7 +83,8 @@ test: $(VENV_STAMP) ## ruff, mypy, the dependency audit, then the whole pytest s
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --config-file mypy.ini
 	$(VENV_PY) -m ops.tooling.dependency_audit --if-unavailable warn requirements.txt
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup -m "not long and not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest -m "serial and not long" $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: PYTEST_ARGS selected none
 
 test-long: $(VENV_STAMP) ## the reliability runs longer than 5 minutes (not part of make test or CI)
 	$(VENV)/bin/pytest -m long $(PYTEST_ARGS)

@@ -41,13 +41,16 @@ from testkit.harness.stack import (
 
 # --- parallel runs (pytest-xdist, `make test`) -------------------------------------------
 
-# Tests that must share one worker process, in collection order: the CPU hogs, kills and
-# floods of the reliability suite next to the browser tests, whose timing they would
-# disturb if the two ran side by side; and the bad-input suite before the log check that
+# `make test` runs two passes: every test not marked `serial` in pytest-xdist workers, then
+# the `serial` ones alone, one after another. Serial: the reliability suite, whose CPU hogs,
+# kills and floods (and exactly-once and round-trip checks) are meant for one loaded
+# machine, not for sharing it with another worker's tests.
+_SERIAL = ("tests/reliability/",)
+# Inside the parallel pass, tests that must share one worker, in collection order: the
+# browser tests (one chromium at a time), and the bad-input suite before the log check that
 # reads its logs (tests/security/test_no_phi_in_logs.py).
-_SERIAL_GROUPS = {
-    "tests/reliability/": "heavy",
-    "tests/browser/": "heavy",
+_WORKER_GROUPS = {
+    "tests/browser/": "browser",
     "tests/badinput/": "logs",
     "tests/security/test_no_phi_in_logs.py": "logs",
 }
@@ -57,7 +60,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     root = Path(str(config.rootpath))
     for item in items:
         where = Path(str(item.path)).relative_to(root).as_posix()
-        group = next((g for prefix, g in _SERIAL_GROUPS.items() if where.startswith(prefix)), None)
+        if where.startswith(_SERIAL):
+            item.add_marker(pytest.mark.serial)
+        group = next((g for prefix, g in _WORKER_GROUPS.items() if where.startswith(prefix)), None)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
 

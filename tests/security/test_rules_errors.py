@@ -157,7 +157,9 @@ def test_a_broken_rules_file_is_loud_once_and_shown_as_degraded_everywhere(
     try:
         wait_until(lambda: _answers(second), timeout=30, what="the second worker's /health")
         expected_also = _expected(db, settings, ALSO_BROKEN)
-        assert _health(second)[1]["problems"] == [expected_also]
+        # /health answers before the worker's main loop has read routing.yml the first time.
+        wait_until(lambda: _health(second)[1]["problems"] == [expected_also], timeout=30,
+                   what="the second worker's rules problem")
         assert _refused_lines(second) == 1 and len(_audits(db)) == 2
     finally:
         second.stop()
