@@ -83,8 +83,13 @@ test: $(VENV_STAMP) ## ruff, mypy, the dependency audit, then the whole pytest s
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --config-file mypy.ini
 	$(VENV_PY) -m ops.tooling.dependency_audit --if-unavailable warn requirements.txt
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup -m "not long and not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(VENV)/bin/pytest -m "serial and not long" $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: PYTEST_ARGS selected none
+	@# Both passes run even when the first fails; exit code 5 means PYTEST_ARGS selected no test of a pass.
+	@status=0; \
+	echo "==> pytest, parallel pass ($(TEST_WORKERS) workers)"; \
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup -m "not long and not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ] || status=1; \
+	echo "==> pytest, serial pass (the reliability suite, alone)"; \
+	$(VENV)/bin/pytest -m "serial and not long" $(PYTEST_ARGS) || [ $$? -eq 5 ] || status=1; \
+	exit $$status
 
 test-long: $(VENV_STAMP) ## the reliability runs longer than 5 minutes (not part of make test or CI)
 	$(VENV)/bin/pytest -m long $(PYTEST_ARGS)

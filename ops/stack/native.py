@@ -234,6 +234,8 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
         out("Orthanc ready")
         _start(layout, "worker", wait=False)
         probes = _wait_healthy(settings, layout, ["postgres", "orthanc", "dicom", "worker", "api", "app", "viewer"])
+        for name in ("orthanc", "worker", "api", "app", "viewer"):
+            _wait_running(layout, name)  # past supervisord's startsecs too, so `make status` says RUNNING
         out("Worker, API, app and viewer ready")
         if all(p.ok for p in probes):
             storage_paths.record_start(settings, "native")  # the next start compares (ops/storage_paths.py)

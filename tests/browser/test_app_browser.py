@@ -289,7 +289,7 @@ def test_session_survives_a_reload_keeps_the_url_and_ends_for_good(
             # A reload lands on the same study, still logged in.
             page.reload()
             expect(_study_header(page, study_id)).to_be_visible(timeout=30000)
-            expect(page.get_by_role("button", name="Log out")).to_be_visible()
+            expect(page.get_by_role("button", name="Log out")).to_be_visible(timeout=30000)  # the sidebar draws last
             assert page.url == wanted
             _settle(page)
             _assert_no_exception(page, "Study detail after a reload")

@@ -72,7 +72,9 @@ def test_worker_alerts_a_dead_job_once_and_resolves_it_without_phi(
 
     with db.begin() as conn:
         operations.cancel_job(conn, job["id"], actor="ana", source="cli")
-    wait_until(lambda: ("resolve", "PACS") in webhook.messages("job_dead"), timeout=30, what="the resolve message")
+    wait_until(lambda: ("resolve", "PACS") in webhook.messages("job_dead")
+               and any("[RESOLVED" in str(m.message["Subject"]) for m in smtp.mails),
+               timeout=30, what="the resolve message on both channels")
     assert webhook.messages("job_dead") == [("open", "PACS"), ("resolve", "PACS")]
 
     secret = values["ALERT_WEBHOOK_SECRET"]
