@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 
 from core.settings import PROJECT_ROOT
-from testkit.harness.procs import spawn
+from testkit.harness.procs import spawn, terminate
 from testkit.harness.stack import write_env
 from testkit.harness.waiting import wait_until
 
@@ -56,11 +55,6 @@ class ApiProcess:
         """SIGTERM (uvicorn's graceful shutdown) and wait; returns the exit code."""
         if self.proc is None:
             return None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
+        code = terminate(self.proc, timeout=timeout)
         self.proc = None
         return code

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import httpx
 
 from core.settings import PROJECT_ROOT
 from ops.stack.ohif import ensure_ohif
-from testkit.harness.procs import spawn
+from testkit.harness.procs import spawn, terminate
 from testkit.harness.stack import write_env
 from testkit.harness.waiting import wait_until
 
@@ -55,11 +54,6 @@ class ViewerProcess:
         """SIGTERM (uvicorn's graceful shutdown) and wait; returns the exit code."""
         if self.proc is None:
             return None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
+        code = terminate(self.proc, timeout=timeout)
         self.proc = None
         return code

@@ -16,7 +16,7 @@ from core.settings import PROJECT_ROOT
 from core.states import JobState
 from testkit.dicom_peers import send_datasets
 from testkit.harness.ports import free_port
-from testkit.harness.procs import spawn
+from testkit.harness.procs import spawn, terminate
 from testkit.harness.stack import write_env
 from testkit.harness.waiting import wait_until
 
@@ -86,12 +86,7 @@ class WorkerProcess:
         """SIGTERM and wait for a graceful exit; returns the exit code."""
         if self.proc is None:
             return None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
+        code = terminate(self.proc, timeout=timeout)
         self.proc = None
         return code
 
