@@ -251,8 +251,9 @@ def jobs_started(conn: Connection, job_ids: Sequence[int], *, orthanc_job_id: st
                  adopted: bool = False) -> None:
     """Record that Orthanc job `orthanc_job_id` carries these jobs: one statement per batch.
 
-    `adopted` marks a store found in Orthanc's job list after its sender died before
-    recording it; `at` is then Orthanc's creation time of that job.
+    `at` is when the store request left (the intent), which precedes Orthanc's creation
+    of the job. `adopted` marks a store found in Orthanc's job list after its sender died
+    before recording it; `at` is then Orthanc's creation time of that job.
 
     Set-based on purpose: the dispatcher records a whole batch at once, and per-job
     statements (each firing the QI dirty-marking trigger) were most of its database time.

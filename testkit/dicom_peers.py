@@ -295,6 +295,7 @@ class StorageSCP:
 class _PendingStudy:
     datasets: list[Dataset] = field(default_factory=list)
     last_received: float = 0.0
+    received: int = 0  # instances in this round
 
 
 class AINode(StorageSCP):
@@ -347,6 +348,7 @@ class AINode(StorageSCP):
         self._pending: dict[str, _PendingStudy] = {}
         self.returned = 0  # instances sent back to Orthanc successfully
         self.returned_studies: list[str] = []
+        self.rounds: list[tuple[str, int]] = []  # (StudyInstanceUID, instances received) per round taken up
         self.errors: list[str] = []
         self._returning = 0  # rounds taken off `_pending` whose results are not sent yet
         self._stop = threading.Event()
@@ -395,6 +397,7 @@ class AINode(StorageSCP):
             pending = self._pending.setdefault(uid, _PendingStudy())
             if not pending.datasets:  # the patient and study modules are all we need
                 pending.datasets.append(ds)
+            pending.received += 1
             pending.last_received = time.monotonic()
 
     def _delay(self, study_uid: str) -> float:
@@ -406,7 +409,9 @@ class AINode(StorageSCP):
         with self._lock:
             ready = [uid for uid, p in self._pending.items() if now - p.last_received >= self.quiet_s + self._delay(uid)]
             self._returning += len(ready)
-            return [(uid, self._pending.pop(uid).datasets) for uid in ready]
+            taken = [(uid, self._pending.pop(uid)) for uid in ready]
+            self.rounds.extend((uid, p.received) for uid, p in taken)
+            return [(uid, p.datasets) for uid, p in taken]
 
     def _due_retries(self) -> list[tuple[float, str, list[Dataset]]]:
         now = time.monotonic()

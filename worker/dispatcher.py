@@ -437,7 +437,11 @@ class Dispatcher:
         ids = _ids(batch)
         destination = batch[0].destination
         resources = self._resources(ids)
-        self._write(lambda conn: recorder.jobs_intended(conn, ids, at=datetime.now(UTC)))
+        # The send starts when the request leaves, not when Orthanc's answer is back: under
+        # load Orthanc may be storing before it answers, and a later stamp would shorten
+        # every duration measured from `delivery_started` (the AI round trip of a resend).
+        intended = datetime.now(UTC)
+        self._write(lambda conn: recorder.jobs_intended(conn, ids, at=intended))
         try:
             orthanc_job = self.orthanc.store_async(destination, resources)
         except OrthancUnavailable as exc:  # the request may have reached Orthanc: keep the intent
@@ -447,8 +451,7 @@ class Dispatcher:
             self._fail(batch, str(exc), exc.orthanc_status, start, count_attempt=True)
             return None
         failpoints.hit(Failpoint.AFTER_STORE_ACCEPTED, destination)
-        now = datetime.now(UTC)
-        self._write(lambda conn: recorder.jobs_started(conn, ids, orthanc_job_id=orthanc_job, at=now))
+        self._write(lambda conn: recorder.jobs_started(conn, ids, orthanc_job_id=orthanc_job, at=intended))
         return orthanc_job
 
     def _poll(self, batch: list[ClaimedJob], orthanc_job: str, start: float) -> None:

@@ -8,6 +8,7 @@ the storage SCPs.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,28 @@ def test_sigkill_mid_batch_routes_every_study_once(env, workers, db, pacs, clean
     wait_until(lambda: all_jobs_final(db, 12) and pacs.instance_count == 24, timeout=90, what="every study delivered")
     assert pacs.total_receipts == 24 and not pacs.duplicates()
     assert [j["state"] for j in jobs(db)] == ["succeeded"] * 12
+
+
+def test_a_send_is_dated_before_orthanc_created_its_store(env, workers, db, pacs, clean_orthanc, hub_settings,
+                                                          tmp_path):
+    """`delivery_started` is when the store request left, so it precedes the job Orthanc created.
+
+    Dated when Orthanc's answer came back instead, it would follow the job's creation,
+    and on a loaded machine the first instances' arrival too, shortening every duration
+    measured from it (docs/qi.md, the AI round trip of a resend)."""
+    clean_orthanc.rest.put_modality("PACS", pacs.aet, pacs.port)
+    workers({**env, "ROUTING_RULES": rules_file(tmp_path, ALL_TO_PACS)})
+    for i in range(3):
+        send(make_study(1, 1, f"CR DATED {i}"), hub_settings)
+    wait_until(lambda: all_jobs_final(db, 3), timeout=60, what="every study delivered")
+    with db.connect() as conn:
+        started = conn.execute(text(
+            "SELECT detail->>'orthanc_job', at FROM events WHERE type = 'delivery_started'")).all()
+    assert started
+    for orthanc_job, at in started:
+        created = datetime.strptime(clean_orthanc.rest.get(f"/jobs/{orthanc_job}")["CreationTime"],
+                                    "%Y%m%dT%H%M%S.%f").replace(tzinfo=UTC)
+        assert at <= created, f"send dated {at}, after Orthanc created its store job at {created}"
 
 
 def test_two_workers_deliver_each_job_exactly_once(env, workers, db, pacs, clean_orthanc, hub_settings, tmp_path):

@@ -173,6 +173,18 @@ def verify_run(engine: Engine, rest: OrthancRest, topo: Topology, originals: set
     return figures
 
 
+def ai_rounds(topo: Topology) -> str:
+    """The AI node's rounds of the studies it processed more than once, for a failure message.
+
+    Round sizes tell a repeat (a round re-sending instances, also a duplicate receipt)
+    from a split (one store's instances arriving more than the node's quiet time apart)."""
+    sizes: dict[str, list[int]] = defaultdict(list)
+    for uid, received in topo.ai.rounds:
+        sizes[uid].append(received)
+    twice = {uid: n for uid, n in sizes.items() if len(n) > 1}
+    return f"{len(topo.ai.returned_studies)} rounds returned; instances per round of studies seen twice: {twice}"
+
+
 DURATION_COLUMNS = ("wait_stable_s", "to_ai_s", "ai_round_trip_s", "result_settle_s", "to_destinations_s",
                     "turnaround_s")
 

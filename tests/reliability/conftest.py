@@ -23,6 +23,11 @@ from testkit.harness.worker_proc import rules_file
 from tests.integration.conftest import db, env, workers  # noqa: F401
 
 SEED_ENV = "RELIABILITY_SEED"
+# The AI node's "study complete" time in this suite. Beside a CPU hog on every core, two
+# instances of one store job have arrived 0.7 s apart (the session node's 0.5 s quiet
+# time plus its 0.2 s inference), and the node then processed the study as two rounds:
+# no instance twice, yet "the AI processed a study twice". mercure waits minutes.
+AI_QUIET_S = 3.0
 LEG_LENGTH = "XR EXTREMITY BILATERAL BONE LENGTH"
 RULES = """
 version: 1
@@ -67,8 +72,10 @@ def topology(env: dict, make_pacs: Callable[..., StorageSCP], ai_node: AINode, c
     """PACS1, PACS2 and MERCURE registered in an emptied Orthanc, with the suite's rules.
 
     Retries are fast and plentiful: a job must outlast every outage of the run, and
-    `dead` would be a failure of the test, not a designed outcome.
+    `dead` would be a failure of the test, not a designed outcome. The AI node waits
+    AI_QUIET_S for a study to be complete, so that a round is the hub's send, not the load's gap.
     """
+    ai_node.quiet_s = AI_QUIET_S
     pacs1, pacs2 = make_pacs("PACS1"), make_pacs("PACS2")
     rest = clean_orthanc.rest
     for name, scp in (("PACS1", pacs1), ("PACS2", pacs2), ("MERCURE", ai_node)):

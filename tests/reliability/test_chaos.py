@@ -25,7 +25,7 @@ from testkit.harness.faults import FaultInjector
 from testkit.harness.flapping import Flapper
 from testkit.harness.load import send_concurrently
 from testkit.synthetic import make_study
-from tests.reliability.checks import negative_durations, verify_run
+from tests.reliability.checks import ai_rounds, negative_durations, verify_run
 from tests.reliability.conftest import LEG_LENGTH
 from tests.reliability.test_soak import SENDERS, wait_final
 
@@ -67,7 +67,7 @@ def run_chaos(topology, workers, db, orthanc, hub_settings, seed: int, studies_n
     print(f"seed {seed}: faults {injector.done}")
     figures = verify_run(db, orthanc.rest, topology, originals, uids, uids, duplicates_allowed_after_retries=False)
     print(figures.summary())
-    assert len(topology.ai.returned_studies) == studies_n, f"seed {seed}: the AI node processed a study twice"
+    assert len(topology.ai.returned_studies) == studies_n, f"seed {seed}: the AI node processed a study twice: {ai_rounds(topology)}"
     assert negative_durations(db) == []
     with db.connect() as conn:
         rows = dict(conn.execute(text(

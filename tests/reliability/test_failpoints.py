@@ -22,7 +22,7 @@ from core.failpoints import Failpoint
 from testkit.harness.faults import CpuHog
 from testkit.harness.worker_proc import send
 from testkit.synthetic import make_study
-from tests.reliability.checks import negative_durations, verify_run
+from tests.reliability.checks import ai_rounds, negative_durations, verify_run
 from tests.reliability.conftest import LEG_LENGTH
 from tests.reliability.test_soak import wait_final
 
@@ -60,7 +60,7 @@ def test_a_kill_at_each_step_repeats_and_loses_nothing(point, scope, topology, w
     figures = verify_run(db, orthanc.rest, topology, originals, uids, uids, duplicates_allowed_after_retries=False)
     assert all(not p.duplicates for p in figures.peers)
     assert topology.ai.returned_studies and len(topology.ai.returned_studies) == STUDIES, \
-        "the AI node processed a study twice"
+        f"the AI node processed a study twice: {ai_rounds(topology)}"
     assert negative_durations(db) == []
     if point is Failpoint.AFTER_STORE_ACCEPTED:
         # The store Orthanc had accepted was found in its job list and followed, not resent.
