@@ -372,12 +372,14 @@ def study_series(conn: Connection, study_id: int) -> list[dict[str, Any]]:
 def study_jobs(conn: Connection, study_id: int) -> list[dict[str, Any]]:
     return _rows(
         conn,
-        "SELECT j.id, j.purpose, j.destination, j.rule_name, j.payload, j.state, j.attempts, j.next_attempt_at, "
+        "SELECT j.id, j.purpose, j.destination, j.rule_name, j.payload, j.state, j.attempts, "
+        # A finished job has no next attempt, whatever its last schedule was.
+        "CASE WHEN j.state IN (:queued, :failed) THEN j.next_attempt_at END AS next_attempt_at, "
         "j.orthanc_job_id, j.last_error, j.last_error_code, j.instances_sent, j.created_at, j.started_at, "
         "j.finished_at, (SELECT count(*) FROM job_series js WHERE js.job_id = j.id) AS series, "
         "(SELECT bool_or(is_resend) FROM job_series js WHERE js.job_id = j.id) AS resend "
         "FROM routing_jobs j WHERE j.study_id = :id ORDER BY j.created_at, j.id",
-        {"id": study_id},
+        {"id": study_id, "queued": JobState.QUEUED, "failed": JobState.FAILED},
     )
 
 
@@ -388,6 +390,7 @@ class Stage:
     name: str
     at: datetime | None
     note: str = ""
+    applies: bool = True  # False: this study never reaches it (no AI route), so it is not pending
 
 
 def study_stages(
@@ -421,8 +424,8 @@ def study_stages(
     ai_note = "" if ai_jobs else "no AI route"
     return [
         Stage("Study Received", study.get("first_received_at")),
-        Stage(f"Sent to {ai_name}", first(EventType.AI_SENT), ai_note),
-        Stage("AI Results Back", first(EventType.AI_RESULT_RECEIVED), ai_note),
+        Stage(f"Sent to {ai_name}", first(EventType.AI_SENT), ai_note, applies=bool(ai_jobs)),
+        Stage("AI Results Back", first(EventType.AI_RESULT_RECEIVED), ai_note, applies=bool(ai_jobs)),
         Stage("Routed to Destinations", routed_at, note),
     ]
 

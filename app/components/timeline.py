@@ -61,7 +61,7 @@ def timeline_figure(stages: Sequence[Stage], events: Sequence[dict[str, Any]], z
             marker={"size": 9, "color": colours, "symbol": "line-ns-open", "line": {"width": 2}},
             text=hover, hovertemplate="%{text}<br>%{x|%Y-%m-%d %H:%M:%S}<extra></extra>", showlegend=False,
         ))
-    pending = [s.name for s in stages if s.at is None]
+    pending = [s.name for s in stages if s.at is None and s.applies]
     title = "Pending: " + ", ".join(pending) if pending else "All stages reached"
     fig.update_layout(
         title={"text": title, "font": {"size": 13}},

@@ -499,3 +499,68 @@ def test_bulk_retry_of_selected_rows(app_server: str, qi_db: QiDatabase, seeded:
             "SELECT target, actor, source FROM audit_log WHERE action = 'job.retry' ORDER BY target"))]
     engine.dispose()
     assert sorted(audited) == sorted((f"job:{j}", qi_db.settings.app_admin_username, "ui") for j in picked_jobs)
+
+
+def _live(page, key: str):  # noqa: ANN001, ANN202 - playwright Page and Locator
+    """The current copy of element `key`: while a refreshing fragment reruns, Streamlit keeps
+    the previous copy in the page, marked stale, until the new one is drawn."""
+    return page.locator(f'.st-key-{key}[data-stale="false"]')
+
+
+@pytest.mark.parametrize("app_overrides", [{"APP_REFRESH_S": "2"}])
+def test_operator_finds_a_failed_study_retries_it_and_sees_it_delivered_without_a_reload(
+    app_server: str, qi_db: QiDatabase, seeded: dict[str, app_flows.Flow]
+) -> None:
+    """The common path of issue 16, by clicks alone: the Overview's failed studies, the Studies
+    list, the study, why its send failed, Retry, and the delivery the worker then records
+    appearing on the same page, which was never reloaded."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import expect, sync_playwright
+
+    engine = make_engine(qi_db.url)
+    dead = seeded["dead"]
+    [job_id] = dead.jobs.values()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+            page.goto(app_server)
+            _log_in(page, qi_db.settings)
+            expect(page.get_by_role("heading", name="Overview")).to_be_visible(timeout=30000)
+            loads = []
+            page.on("load", lambda _: loads.append(page.url))  # a reload or typed URL would fire it
+
+            # The Overview's failed studies lead to the Studies list, filtered to exactly them.
+            page.locator('a[href*="status=failed"]').click()
+            expect(page.get_by_role("heading", name="Studies", exact=True)).to_be_visible(timeout=30000)
+            assert "status=failed" in page.url
+            _settle(page)
+            assert _grid_row(page, "studies_table", dead.accession) == 0
+
+            # The study opens from the list; its failed send says why, whole.
+            page.get_by_role("button", name="Open study", exact=True).click()
+            expect(_study_header(page, dead.study_id)).to_be_visible(timeout=30000)
+            expect(page.get_by_test_id("stCode").filter(has_text="DicomAssociation - connection refused").first
+                   ).to_be_visible(timeout=30000)
+            _settle(page)
+
+            # Retry queues the job again, audited.
+            _live(page, "detail_retry").get_by_role("button", name="Retry").click()
+            expect(page.get_by_text(f"Retry of job #{job_id}: done.")).to_be_visible(timeout=30000)
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT state FROM routing_jobs WHERE id = :j"), {"j": job_id}).scalar() \
+                    == "queued"
+                assert conn.execute(text("SELECT count(*) FROM audit_log WHERE action = 'job.retry' "
+                                         "AND target = :t"), {"t": f"job:{job_id}"}).scalar() == 1
+
+            # The worker delivers it; the open page shows the study delivered by itself.
+            with engine.begin() as conn:
+                app_flows.send_ok(conn, job_id, datetime.now(UTC))
+            expect(page.get_by_text(re.compile(r"^Status\s+delivered"))).to_be_visible(timeout=30000)
+            _assert_no_exception(page, "Study detail after a retry")
+            _shot(page, "22-study-retried-and-delivered")
+            assert loads == [], f"the path reloaded the page: {loads}"
+        finally:
+            browser.close()
+            engine.dispose()

@@ -89,3 +89,18 @@ def test_a_resend_does_not_route_a_study_that_was_not(db: Engine) -> None:
     status, qi_row, stages = history(db, study.study_id)
     assert (status, qi_row[:3]) == ("unrouted", ("unrouted", "unrouted", None))
     assert stages[3] == ("Routed to Destinations", None, "")
+
+
+def test_a_finished_job_shows_no_next_attempt(db: Engine) -> None:
+    """The study page's jobs table: a job delivered after a failed attempt keeps the retry's
+    schedule in its row, which is no next attempt once it succeeded."""
+    with db.begin() as conn:
+        r = qi_fixture.Recorder(conn, "1.2.826.0.1.3680043.10.80")
+        study = r.arrive("R2", at(0), modality="CR", source="MOD_A", wait_s=10)
+        pacs = r.route(study, at(10.2), "PACS", "direct_pacs")
+        r.attempt(pacs, at(11), at(12), error="Association rejected")
+        waiting = queries.study_jobs(conn, study.study_id)
+        r.attempt(pacs, at(45), at(46))
+        done = queries.study_jobs(conn, study.study_id)
+    assert [(j["state"], j["next_attempt_at"]) for j in waiting] == [("failed", at(42))]
+    assert [(j["state"], j["next_attempt_at"]) for j in done] == [("succeeded", None)]

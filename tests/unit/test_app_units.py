@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from app.components.destination_form import validate
 from app.components.fmt import age, dicom_datetime, short_age
 from app.components.rules_text import active_rules, checksum, describe_rule, write_atomically
+from app.components.timeline import timeline_figure
 from core import auth
 from core.dicom_names import Modality
 from core.queries import Stage, study_stages
@@ -61,6 +63,20 @@ def test_stages_follow_jobs_and_events() -> None:
     jobs[2]["state"], jobs[2]["finished_at"] = "succeeded", t0 + timedelta(seconds=120)
     assert study_stages({"first_received_at": t0}, events, jobs, "MERCURE")[3].at == t0 + timedelta(seconds=120)
 
+
+
+def test_the_timeline_counts_only_stages_the_study_reaches_as_pending() -> None:
+    """A study with no AI route, delivered, has reached all its stages; one with an AI route
+    still waiting for the AI says so."""
+    t0 = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    zone = ZoneInfo("America/Los_Angeles")
+    delivered = [{"purpose": "delivery", "state": "succeeded", "finished_at": t0 + timedelta(seconds=30)}]
+    direct = study_stages({"first_received_at": t0}, [], delivered, "MERCURE")
+    assert [s.applies for s in direct] == [True, False, False, True]
+    assert timeline_figure(direct, [], zone).layout.title.text == "All stages reached"
+    to_ai = [{"purpose": "ai", "state": "queued", "finished_at": None}, *delivered]
+    waiting = study_stages({"first_received_at": t0}, [], to_ai, "MERCURE")
+    assert timeline_figure(waiting, [], zone).layout.title.text == "Pending: Sent to MERCURE, AI Results Back"
 
 
 def test_destination_validation_names_each_bad_field() -> None:
