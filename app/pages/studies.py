@@ -176,6 +176,7 @@ def _bulk(study_ids: list[int], user: dict, verb: str, action: Callable[..., obj
     message = f"{verb}: {done} of {len(study_ids)} stud{'y' if len(study_ids) == 1 else 'ies'} done." + (
         " Refused: " + "; ".join(refused[:5]) if refused else "")
     st.session_state[FLASH_KEY] = ("success" if not refused else "warning", message)
+    st.session_state.pop("studies_table", None)  # the rows acted on are deselected, so the next action starts afresh
     st.rerun()
 
 

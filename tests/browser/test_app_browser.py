@@ -488,6 +488,9 @@ def test_bulk_retry_of_selected_rows(app_server: str, qi_db: QiDatabase, seeded:
             page.get_by_role("button", name="Confirm", exact=True).click()
             expect(page.get_by_text("Retry: 2 of 2 studies done.")).to_be_visible(timeout=30000)
             _settle(page)
+            # The rows acted on are no longer selected: a second click cannot repeat the action on them.
+            expect(page.get_by_text("Bulk actions (select rows above)")).to_be_visible(timeout=30000)
+            expect(page.get_by_role("button", name="Retry…", exact=True)).to_be_disabled()
             _assert_no_exception(page, "Studies after a bulk retry")
             _shot(page, "21-studies-bulk-retried")
         finally:
