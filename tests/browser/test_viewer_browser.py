@@ -12,8 +12,6 @@ open is audited once. Screenshots go to test-artifacts/browser/.
 
 from __future__ import annotations
 
-import os
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,30 +20,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 from sqlalchemy import Engine, text
 
 from core import auth
 from core.db import make_engine
-from core.settings import PROJECT_ROOT
 from core.states import AuditSource, Role
 from testkit import app_flows
 from testkit.harness.ports import free_port
-from testkit.harness.procs import spawn, tail, terminate
 from testkit.harness.stack import OrthancServer, QiDatabase, write_env
 from testkit.harness.viewer_proc import ViewerProcess
-from testkit.harness.waiting import wait_until
 from testkit.ohif_page import MIN_LIT, MIN_STD, wait_for_image
 from testkit.synthetic import make_study
+from tests.browser.kit import ARTIFACTS, log_in, streamlit_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
-ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "browser"
-CHROMIUM = Path("/usr/bin/chromium")
-# As tests/browser/test_app_browser.py, without --disable-gpu: OHIF draws with WebGL (SwiftShader here).
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-background-networking", "--disable-dev-shm-usage",
-                 "--disable-extensions", "--no-first-run", "--mute-audio"]
 PASSWORD = "viewer-password-1"
 UID_PREFIX = "1.2.826.0.1.3680043.10.1"
 
@@ -97,10 +87,6 @@ def viewer_stack(qi_db: QiDatabase, clean_orthanc: OrthancServer, hub_values: di
             assert secret not in log
 
 
-def _browser(pw: Any) -> Any:
-    return pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-
-
 def _shot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
@@ -113,51 +99,42 @@ def _fetch_status(page: Any, path: str, method: str = "GET") -> int:
     return status
 
 
-def test_a_viewer_logs_in_and_sees_the_study(viewer_stack: ViewerStack) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed")
-    from playwright.sync_api import expect, sync_playwright
+def test_a_viewer_logs_in_and_sees_the_study(viewer_stack: ViewerStack, gl_browser: Any) -> None:
+    from playwright.sync_api import expect
 
     stack = viewer_stack
-    with sync_playwright() as pw:
-        browser = _browser(pw)
-        try:
-            # Without a session: the study's URL shows the login form, remembering the study.
-            anonymous = browser.new_context()
-            page = anonymous.new_page()
-            page.goto(stack.study_url)
-            expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=30000)
-            where = urlsplit(page.url)
-            assert where.path == "/login"
-            assert parse_qs(where.query)["next"] == [f"/viewer?StudyInstanceUIDs={stack.study_uid}"]
-            _shot(page, "viewer-00-login")
-            # ... and neither OHIF's files nor DICOMweb answer.
-            for path in ("/dicom-web/studies", f"/dicom-web/studies/{stack.study_uid}/series", "/app-config.js"):
-                assert anonymous.request.get(stack.gateway.url + path).status == 401, path
-            assert stack.audit("viewer.study_open") == []
+    # Without a session: the study's URL shows the login form, remembering the study.
+    anonymous = gl_browser.new_context()
+    page = anonymous.new_page()
+    page.goto(stack.study_url)
+    expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=30000)
+    where = urlsplit(page.url)
+    assert where.path == "/login"
+    assert parse_qs(where.query)["next"] == [f"/viewer?StudyInstanceUIDs={stack.study_uid}"]
+    _shot(page, "viewer-00-login")
+    # ... and neither OHIF's files nor DICOMweb answer.
+    for path in ("/dicom-web/studies", f"/dicom-web/studies/{stack.study_uid}/series", "/app-config.js"):
+        assert anonymous.request.get(stack.gateway.url + path).status == 401, path
+    assert stack.audit("viewer.study_open") == []
 
-            # Log in as a viewer: back on the study, whose image is drawn.
-            page.get_by_label("User name", exact=True).fill("vera")
-            page.get_by_label("Password", exact=True).fill(PASSWORD)
-            page.get_by_role("button", name="Log in").click()
-            page.wait_for_url(stack.study_url, timeout=30000)
-            stats = wait_for_image(page, timeout_ms=90_000)
-            assert stats["width"] > 100 and stats["height"] > 100
-            assert stats["lit"] > MIN_LIT and stats["std"] > MIN_STD, stats
-            _shot(page, "viewer-01-study")
-            cookie = next(c for c in anonymous.cookies() if c["name"] == auth.SESSION_COOKIE)
-            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    # Log in as a viewer: back on the study, whose image is drawn.
+    log_in(page, "vera", PASSWORD)
+    page.wait_for_url(stack.study_url, timeout=30000)
+    stats = wait_for_image(page, timeout_ms=90_000)
+    assert stats["width"] > 100 and stats["height"] > 100
+    assert stats["lit"] > MIN_LIT and stats["std"] > MIN_STD, stats
+    _shot(page, "viewer-01-study")
+    cookie = next(c for c in anonymous.cookies() if c["name"] == auth.SESSION_COOKIE)
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
-            # The page's own requests, with the session: writes and Orthanc's REST API are refused.
-            assert _fetch_status(page, "/dicom-web/studies", "POST") == 405
-            assert _fetch_status(page, f"/dicom-web/studies/{stack.study_uid}", "DELETE") == 405
-            assert _fetch_status(page, "/tools/find", "POST") == 405
-            assert _fetch_status(page, "/dicom-web/servers") == 403
-            assert _fetch_status(page, "/instances") == 404
-            assert _fetch_status(page, "/app/explorer.html") == 404
-            assert _fetch_status(page, f"/dicom-web/studies/{stack.study_uid}/series") == 200
-        finally:
-            browser.close()
+    # The page's own requests, with the session: writes and Orthanc's REST API are refused.
+    assert _fetch_status(page, "/dicom-web/studies", "POST") == 405
+    assert _fetch_status(page, f"/dicom-web/studies/{stack.study_uid}", "DELETE") == 405
+    assert _fetch_status(page, "/tools/find", "POST") == 405
+    assert _fetch_status(page, "/dicom-web/servers") == 403
+    assert _fetch_status(page, "/instances") == 404
+    assert _fetch_status(page, "/app/explorer.html") == 404
+    assert _fetch_status(page, f"/dicom-web/studies/{stack.study_uid}/series") == 200
     # One entry for the whole study open (its search, series, metadata, frames and thumbnails).
     [entry] = stack.audit("viewer.study_open")
     assert (entry.actor, entry.source, entry.target) == ("vera", AuditSource.VIEWER, f"study:{stack.study_id}")
@@ -168,62 +145,33 @@ def test_a_viewer_logs_in_and_sees_the_study(viewer_stack: ViewerStack) -> None:
 @pytest.fixture
 def app_server(viewer_stack: ViewerStack, tmp_path: Path) -> Iterator[str]:
     """The operations app on OPERATOR_UI_PORT, as the stack runs it (app/server.py)."""
-    port = viewer_stack.values["OPERATOR_UI_PORT"]
-    log = tmp_path / "streamlit.log"
-    proc = spawn(
-        [sys.executable, "-m", "streamlit", "run", "app/server.py", "--server.address", "127.0.0.1",
-         "--server.port", port, "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        log, env={**os.environ, "HUB_ENV_FILE": str(viewer_stack.env_file)}, cwd=PROJECT_ROOT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"streamlit exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            return httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok"
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, timeout=60, what="the Streamlit server")
+    with streamlit_app(viewer_stack.env_file, int(viewer_stack.values["OPERATOR_UI_PORT"]),
+                       tmp_path / "streamlit.log") as url:
         yield url
-    finally:
-        terminate(proc)
-        assert "Traceback" not in log.read_text(errors="replace"), tail(log, 80)
 
 
 def test_the_app_study_page_opens_the_study_in_ohif_without_a_second_login(
-    viewer_stack: ViewerStack, app_server: str
+    viewer_stack: ViewerStack, app_server: str, gl_browser: Any
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     stack = viewer_stack
-    with sync_playwright() as pw:
-        browser = _browser(pw)
-        try:
-            context = browser.new_context(viewport={"width": 1440, "height": 1000})
-            page = context.new_page()
-            page.goto(f"{app_server}/study_detail?study={stack.study_id}")
-            page.get_by_label("User name", exact=True).fill("vera")
-            page.get_by_label("Password", exact=True).fill(PASSWORD)
-            page.get_by_role("button", name="Log in").click()
-            link = page.get_by_role("link", name="Open in OHIF viewer")
-            expect(link).to_be_visible(timeout=30000)
-            assert link.get_attribute("href") == stack.study_url
-            # A viewer is not shown Orthanc's own pages (they ask for Orthanc's password).
-            expect(page.get_by_role("link", name="Open in Orthanc Explorer")).to_have_count(0)
-            with context.expect_page() as opened:
-                link.click()
-            viewer = opened.value
-            viewer.wait_for_url(stack.study_url, timeout=30000)  # the app's session: no second login
-            stats = wait_for_image(viewer, timeout_ms=90_000)
-            assert stats["lit"] > MIN_LIT and stats["std"] > MIN_STD, stats
-            _shot(viewer, "viewer-02-from-the-app")
-        finally:
-            browser.close()
+    context = gl_browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.goto(f"{app_server}/study_detail?study={stack.study_id}")
+    log_in(page, "vera", PASSWORD)
+    link = page.get_by_role("link", name="Open in OHIF viewer")
+    expect(link).to_be_visible(timeout=30000)
+    assert link.get_attribute("href") == stack.study_url
+    # A viewer is not shown Orthanc's own pages (they ask for Orthanc's password).
+    expect(page.get_by_role("link", name="Open in Orthanc Explorer")).to_have_count(0)
+    with context.expect_page() as opened:
+        link.click()
+    viewer = opened.value
+    viewer.wait_for_url(stack.study_url, timeout=30000)  # the app's session: no second login
+    stats = wait_for_image(viewer, timeout_ms=90_000)
+    assert stats["lit"] > MIN_LIT and stats["std"] > MIN_STD, stats
+    _shot(viewer, "viewer-02-from-the-app")
     [entry] = stack.audit("viewer.study_open")
     assert (entry.actor, entry.target) == ("vera", f"study:{stack.study_id}")
     assert [(e.actor, e.source) for e in stack.audit("auth.login")] == [("vera", AuditSource.UI)]
