@@ -508,3 +508,43 @@ def test_operator_finds_a_failed_study_retries_it_and_sees_it_delivered_without_
         assert loads == [], f"the path reloaded the page: {loads}"
     finally:
         engine.dispose()
+
+
+def test_a_chart_bar_click_lists_exactly_the_studies_it_counts(
+    app_server: str, qi_db: QiDatabase, seeded: dict[str, app_flows.Flow], browser: Any
+) -> None:
+    """Drill-down in a real browser: a click on a bar of the Volumes page's modality chart opens
+    the Studies list filtered to that bar, and lists as many studies as the bar counts."""
+    from playwright.sync_api import expect
+
+    page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+    page.goto(app_server)
+    _log_in(page, qi_db.settings)
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible(timeout=30000)
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Volumes", exact=True).click()
+    chart = page.locator(".st-key-chart_volumes_modality .js-plotly-plot")
+    bar = chart.locator(".barlayer .point path").first
+    bar.wait_for(state="visible", timeout=30000)
+    _settle(page)
+    # What the bar shows: plotly's customdata of its trace's first point ([query string, count]).
+    query, count = chart.evaluate("plot => plot.data.find(t => t.type === 'bar').customdata[0]")
+    assert int(count) >= 2, "the seeded day has several studies of one modality"
+    # Plotly takes clicks on its drag layer above the bars: click where the bar is drawn.
+    bar.scroll_into_view_if_needed()
+    box = bar.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)  # plotly finds the point under the pointer on hover
+    page.mouse.click(x, y)
+    page.wait_for_url(re.compile(r"/studies\?"), timeout=30000)
+    assert query.split("&")[0] in page.url
+    noun = "study" if int(count) == 1 else "studies"
+    expect(page.get_by_text(re.compile(rf"^{int(count)} {noun} behind: "))).to_be_visible(timeout=30000)
+    _settle(page)
+    # The grid's accessibility table has one <td id="glide-cell-COL-ROW"> per cell: count the rows.
+    page.locator('.st-key-studies_table td[id^="glide-cell-"]').first.wait_for(state="attached", timeout=30000)
+    cells = page.locator('.st-key-studies_table td[id^="glide-cell-"]').evaluate_all(
+        "cells => cells.map(c => c.id.split('-').pop())")
+    assert len(set(cells)) == int(count), f"{int(count)} counted, rows listed: {sorted(set(cells))}"
+    _assert_no_exception(page, "Studies after a chart click")
+    _shot(page, "23-studies-from-a-chart-bar")
