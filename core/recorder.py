@@ -53,6 +53,22 @@ class SeriesInfo:
     last_received_at: datetime | None = None
 
 
+
+# PostgreSQL NOTIFY channel on which every worker hears that jobs became due (worker/wakeup.py).
+WORK_CHANNEL = "hub_work"
+
+
+def announce_work(conn: Connection) -> None:
+    """Tell every worker, when this transaction commits, that jobs became due.
+
+    An operator's retry, resend or release (the app, the API, the CLI) is then sent at
+    once, not at the worker's next idle claim (POLL_INTERVAL). NOTIFY is transactional and
+    PostgreSQL delivers one of identical notifications per transaction, so calling it per
+    job costs one statement and sends one message.
+    """
+    conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": WORK_CHANNEL})
+
+
 def add_event(
     conn: Connection,
     study_id: int,
@@ -240,6 +256,7 @@ def queue_job(
         conn, study_id, EventType.DELIVERY_QUEUED, at, job_id=job_id, destination=destination,
         detail={"purpose": purpose, "rule": rule_name, "series": len(inserted), "resend": resend},
     )
+    announce_work(conn)
     return job_id
 
 
@@ -557,6 +574,7 @@ def requeue_job(conn: Connection, job_id: int, *, at: datetime) -> None:
         ),
         {"id": job_id, "now": at, "queued": JobState.QUEUED},
     )
+    announce_work(conn)
 
 
 def cancel_job(conn: Connection, job_id: int, *, at: datetime) -> None:
@@ -582,6 +600,7 @@ def hold_destination(conn: Connection, destination: str, *, actor: str, reason: 
 def release_destination(conn: Connection, destination: str) -> None:
     """Lift a destination's hold, whoever put it there."""
     conn.execute(text("DELETE FROM destination_holds WHERE destination = :d"), {"d": destination})
+    announce_work(conn)
 
 
 # --- set-based loading of finished history ---
@@ -754,6 +773,8 @@ def outage_ended(conn: Connection, destination: str, *, at: datetime) -> bool:
              "WHERE destination = :d AND ended_at IS NULL"),
         {"d": destination, "at": at},
     )
+    if lifted:
+        announce_work(conn)
     return lifted
 
 

@@ -36,6 +36,7 @@ from worker.retention import Retention
 from worker.rules_watch import RulesHolder, watch
 from worker.storage import StorageWatch
 from worker.tailer import CURSOR_LOCK_KEY, ChangeFailed, Tailer, check_ai_overdue
+from worker.wakeup import WorkListener
 
 log = logging.getLogger("worker")
 HEARTBEAT_S = 2.0
@@ -106,6 +107,7 @@ class Worker:
         self.retention = Retention(settings, self.engine, self.orthanc,
                                    SessionLock(self.engine, retention.RETENTION_LOCK_KEY))
         self.tailer.on_commit = self.dispatcher.wake.set
+        self.listener = WorkListener(self.engine, self.dispatcher.wake.set)
         self.stop = threading.Event()
         self.started_at = datetime.now(UTC)
         self.owns_cursor = False
@@ -186,6 +188,8 @@ class Worker:
         alerter.start()
         purger = threading.Thread(target=self.retention.run_forever, args=(self.stop,), name="retention", daemon=True)
         purger.start()
+        listener = threading.Thread(target=self.listener.run_forever, args=(self.stop,), name="wakeup", daemon=True)
+        listener.start()
         observer = None
         backoff = 1.0
         last_overdue = 0.0
@@ -253,6 +257,7 @@ class Worker:
         prober.join(10)
         alerter.join(10)
         purger.join(30)
+        listener.join(10)
         self.cursor_lock.release()
         self.liveness.release()
         try:

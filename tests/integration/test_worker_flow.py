@@ -279,6 +279,30 @@ def test_sigterm_leaves_consistent_state(env, workers, db, pacs, clean_orthanc, 
 
 
 
+def test_a_release_wakes_an_idle_worker_at_once(env, workers, db, pacs, clean_orthanc, hub_settings, tmp_path):
+    """An operator's release reaches the worker by NOTIFY (core.recorder.announce_work, worker/wakeup.py),
+    not at its next idle claim: with POLL_INTERVAL at its maximum of 60 s, the held study is
+    delivered well within the 60 s the idle dispatcher would otherwise sleep."""
+    from core.operations import hold_destination, release_destination
+
+    clean_orthanc.rest.put_modality("PACS", pacs.aet, pacs.port)
+    with db.begin() as conn:
+        assert hold_destination(conn, "PACS", actor="ops", source="cli", reason="PACS downtime")
+    send(make_study(1, 2, "CR WAKE"), hub_settings)
+    # Stable before the worker starts: its first read of /changes routes the study, and
+    # after that it polls only every 60 s.
+    wait_until(lambda: all(clean_orthanc.rest.get(f"/studies/{s}")["IsStable"]
+                           for s in clean_orthanc.rest.get("/studies")), timeout=30, what="the study stable")
+    workers({**env, "ROUTING_RULES": rules_file(tmp_path, ALL_TO_PACS), "POLL_INTERVAL": "60"})
+    wait_until(lambda: len(jobs(db)) == 1, timeout=30, what="the job queued")
+    time.sleep(1)  # the dispatcher has found it held and is idle
+    assert pacs.instance_count == 0
+    with db.begin() as conn:
+        assert release_destination(conn, "PACS", actor="ops", source="cli")
+    wait_until(lambda: all_jobs_final(db, 1) and pacs.instance_count == 2, timeout=30,
+               what="delivery right after the release (the idle claim would come 60 s later)")
+
+
 def test_held_destination_waits_without_spending_attempts(env, workers, db, pacs, clean_orthanc, hub_settings,
                                                           tmp_path):
     from core.operations import hold_destination, release_destination
