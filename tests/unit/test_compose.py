@@ -18,6 +18,8 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +249,26 @@ def test_storage_volumes(raw: dict[str, Any], rendered: dict[str, Any], env_valu
         assert spec["file"].startswith("${STATE_DIR}/"), name
 
 
+def test_orthanc_logs_pass_through_the_log_filter(raw: dict[str, Any], tmp_path: Path) -> None:
+    """The container runs Orthanc as natively: through ops/logredact.py, which execs the image's
+    entrypoint. The same chain is run here: the filter, an entrypoint script that execs the
+    program, and a program that prints what Orthanc prints for an instance without UIDs."""
+    orthanc = raw["services"]["orthanc"]
+    argv = orthanc["entrypoint"]
+    assert argv[:4] == ["python3", "-I", "/opt/hub/logredact.py", "--"] and argv[4] == "/docker-entrypoint.sh"
+    mounted = _mounts(orthanc)["/opt/hub/logredact.py"]
+    assert mounted.endswith(":ro")
+    assert (COMPOSE_FILE.parent / mounted.split(":")[0]).resolve() == PROJECT_ROOT / "ops" / "logredact.py"
+    entrypoint = tmp_path / "docker-entrypoint.sh"
+    entrypoint.write_text('#!/bin/sh\necho "Startup command: exec Orthanc $1" >&2\n'
+                          "exec printf 'E1206 08:41:03.106930 main.cpp:2017] Store has failed: PatientID=SECRET^ID\\n'\n")
+    entrypoint.chmod(0o755)
+    out = subprocess.run([sys.executable, "-I", str(PROJECT_ROOT / "ops" / "logredact.py"), "--", str(entrypoint),
+                          *orthanc["command"]], capture_output=True, text=True, timeout=30, check=True)
+    assert "SECRET" not in out.stdout and "PatientID=<redacted>" in out.stdout
+    assert "Startup command: exec Orthanc /tmp/orthanc.json" in out.stdout
+
+
 def test_orthanc_settings_match_the_native_stack(raw: dict[str, Any], init_settings: Settings,
                                                  orthanc_config: dict[str, Any]) -> None:
     """One template for both stacks: the same settings, the same values but for the paths
@@ -276,8 +298,12 @@ def test_orthanc_settings_are_stated_only_in_the_template(raw: dict[str, Any]) -
     # none anywhere in the file (comments aside), no .env, secrets or configs for Orthanc.
     for text in strings(raw):
         assert "ORTHANC__" not in text and "ORTHANC_JSON" not in text, text
-    for key in ("env_file", "secrets", "configs", "command", "entrypoint"):
+    for key in ("env_file", "secrets", "configs"):
         assert key not in orthanc, key
+    # The entry point is the log filter before the image's own (test_orthanc_logs_pass_through_the_log_filter),
+    # and the command the image's own: the configuration its entrypoint generates, no option of Orthanc's.
+    assert orthanc["command"] == ["/tmp/orthanc.json"]
+    assert orthanc["entrypoint"][-1] == "/docker-entrypoint.sh"
     # /etc/orthanc is the volume `init` writes, and nothing else is mounted into it.
     mounts = _mounts(orthanc)
     assert mounts[ORTHANC_CONFIG_DIR] == f"orthanc-config:{ORTHANC_CONFIG_DIR}:ro"
