@@ -30,7 +30,15 @@ class OrthancError(RuntimeError):
 
 
 class OrthancUnavailable(OrthancError):
-    """Orthanc could not be reached at all (connection refused, timeout)."""
+    """Orthanc could not be reached at all (connection refused, timeout).
+
+    `refused`: the connection itself failed, so the request never reached Orthanc and
+    may safely go to another node (OrthancNodes), even a POST that starts a store.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 class OrthancJobState(StrEnum):
@@ -120,8 +128,12 @@ class OrthancClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float = 30.0) -> OrthancClient:
-        return cls(settings.orthanc_url, settings.orthanc_username,
-                   settings.orthanc_password.get_secret_value(), timeout, verify=orthanc_verify(settings))
+        """A client of node 1, or of every node when ORTHANC_NODES > 1 (OrthancNodes)."""
+        auth = (settings.orthanc_username, settings.orthanc_password.get_secret_value())
+        if settings.orthanc_nodes > 1:
+            return OrthancNodes([cls(url, *auth, timeout, verify=orthanc_verify(settings))
+                                 for url in settings.orthanc_urls])
+        return cls(settings.orthanc_url, *auth, timeout, verify=orthanc_verify(settings))
 
     def close(self) -> None:
         self._http.close()
@@ -138,7 +150,8 @@ class OrthancClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise OrthancUnavailable(f"Orthanc is unreachable: {type(exc).__name__}: {exc}") from exc
+            raise OrthancUnavailable(f"Orthanc is unreachable: {type(exc).__name__}: {exc}",
+                                     refused=isinstance(exc, httpx.ConnectError)) from exc
         if response.status_code >= 400:
             raise _error_from(response)
         if not response.content:
@@ -171,6 +184,10 @@ class OrthancClient:
 
     def study(self, orthanc_id: str) -> dict[str, Any]:
         return self.get(f"/studies/{orthanc_id}")
+
+    def stable_on_every_node(self, study_id: str) -> bool:
+        """Orthanc's IsStable for the study (OrthancNodes: on every node that answers)."""
+        return bool(self.study(study_id).get("IsStable"))
 
     def instance_metadata(self, orthanc_id: str) -> dict[str, str]:
         return self.get(f"/instances/{orthanc_id}/metadata", expand="")
@@ -260,6 +277,150 @@ class OrthancClient:
     def series_disk_size(self, orthanc_id: str) -> int:
         """Bytes the series' instances take in Orthanc's storage (GET /series/{id}/statistics)."""
         return int(self.get(f"/series/{orthanc_id}/statistics")["DiskSize"])
+
+
+# A node unreachable this long is taken for dead: Orthanc keeps store jobs in memory only
+# (SaveJobs is off), so its jobs are gone and are reported as unknown (404), which makes
+# the worker send them again through a live node (docs/scaling.md, "Failure modes").
+NODE_GONE_S = 30.0
+
+
+class OrthancNodes(OrthancClient):
+    """Several Orthanc nodes sharing one index and one storage, seen as one Orthanc.
+
+    Resources, changes and metadata live in the shared index, so any node answers for
+    them: requests go to the node that last answered and fail over to the next when it
+    cannot be reached. A request that may have reached a node (a timeout, a dropped
+    connection) is not sent to another one: only a refused connection is, so a store is
+    never started twice. Jobs live in one node's memory (the Orthanc Book, "Scalability",
+    multiple writers): the node that accepted a store is remembered, a job of unknown
+    node is looked for on each, and /jobs is the union of every reachable node's list.
+    Modalities are cached by each node (DicomModalitiesInDatabase): changes go to all.
+    """
+
+    def __init__(self, nodes: list[OrthancClient], clock: Any = time.monotonic):
+        if not nodes:
+            raise ValueError("at least one Orthanc node")
+        self.nodes = nodes
+        self.current = 0
+        self.clock = clock
+        self.down_since: dict[int, float] = {}
+        self.job_node: dict[str, int] = {}
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def _on(self, index: int, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            answer = self.nodes[index].request(method, path, **kwargs)
+        except OrthancUnavailable:
+            self.down_since.setdefault(index, self.clock())
+            raise
+        self.down_since.pop(index, None)
+        return answer
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if method in ("PUT", "DELETE") and path.startswith("/modalities/"):
+            # Each node caches its modalities (DicomModalitiesInDatabase): change them on all,
+            # in the same order, so that each writes the same list back to the shared index.
+            answers = [self._on(index, method, path, **kwargs) for index in range(len(self.nodes))]
+            return answers[0]
+        last: OrthancUnavailable | None = None
+        for step in range(len(self.nodes)):
+            index = (self.current + step) % len(self.nodes)
+            try:
+                answer = self._on(index, method, path, **kwargs)
+            except OrthancUnavailable as exc:
+                if method != "GET" and not exc.refused:
+                    raise
+                last = exc
+                continue
+            self.current = index
+            return answer
+        assert last is not None
+        raise last
+
+    def gone(self, index: int) -> bool:
+        """Node `index` has not answered for NODE_GONE_S: taken for dead, its jobs lost."""
+        since = self.down_since.get(index)
+        return since is not None and self.clock() - since >= NODE_GONE_S
+
+    def stable_on_every_node(self, study_id: str) -> bool:
+        """False while any reachable node still counts the study unstable (its own timer).
+
+        A node that does not answer is skipped: its timers died with it, and the
+        stability sweep stands in for its announcement.
+        """
+        for index in range(len(self.nodes)):
+            try:
+                study = self._on(index, "GET", f"/studies/{study_id}")
+            except OrthancUnavailable:
+                continue
+            except OrthancError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            if not study.get("IsStable"):
+                return False
+        return True
+
+    def store_async(self, modality: str, resources: list[str], timeout: int = 60) -> str:
+        job_id = super().store_async(modality, resources, timeout)
+        self.job_node[job_id] = self.current
+        return job_id
+
+    def _job_request(self, method: str, job_id: str, suffix: str = "", **kwargs: Any) -> Any:
+        """A request about one job, to the node that holds it.
+
+        404 when no node knows it, counting a node that is gone (NODE_GONE_S) as not
+        knowing it; OrthancUnavailable while a node that may hold it does not answer.
+        """
+        path = f"/jobs/{job_id}{suffix}"
+        known = self.job_node.get(job_id)
+        order = [known] if known is not None else []
+        order += [i for i in range(len(self.nodes)) if i != known]
+        unreachable: OrthancUnavailable | None = None
+        for index in order:
+            try:
+                answer = self._on(index, method, path, **kwargs)
+            except OrthancUnavailable as exc:
+                if not self.gone(index):
+                    unreachable = exc
+                continue
+            except OrthancError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            self.job_node[job_id] = index
+            return answer
+        if unreachable is not None:
+            raise unreachable
+        self.job_node.pop(job_id, None)
+        raise OrthancError(f"Orthanc {method} {path} -> HTTP 404: no live node knows this job", status=404)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._job_request("GET", job_id)
+
+    def cancel_job(self, job_id: str) -> None:
+        self._job_request("POST", job_id, "/cancel", json={})
+
+    def resume_job(self, job_id: str) -> None:
+        self._job_request("POST", job_id, "/resume", json={})
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job of every reachable node; raises only when no node answers."""
+        found: list[dict[str, Any]] = []
+        answered = False
+        for index in range(len(self.nodes)):
+            try:
+                found += self._on(index, "GET", "/jobs", params={"expand": ""})
+                answered = True
+            except OrthancUnavailable:
+                continue
+        if not answered:
+            raise OrthancUnavailable("no Orthanc node is reachable")
+        return found
 
 
 def orthanc_verify(settings: Settings) -> ssl.SSLContext | bool:

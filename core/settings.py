@@ -8,10 +8,12 @@ operator's shell `TZ` must not silently override the site's `.env`. Only
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
 import ssl
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,28 @@ _URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?", re.IGNORECASE)
 _EMAIL = re.compile(r"[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+")
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost"
+    return True
+
+
+@dataclass(frozen=True)
+class OrthancNode:
+    """One Orthanc node: its number (1 = the first) and its ports."""
+
+    index: int
+    web_port: int
+    dicom_port: int
+
+    @property
+    def name(self) -> str:
+        """Its program / service name: `orthanc`, then `orthanc2`, `orthanc3`..."""
+        return "orthanc" if self.index == 1 else f"orthanc{self.index}"
+
+
 class SettingsError(ValueError):
     """Configuration is invalid; the message lists every variable and broken rule."""
 
@@ -74,6 +98,12 @@ class Settings(BaseSettings):
     worker_health_port: int = Port
     grafana_port: int = Port
     dicom_port: int = Port
+    # Orthanc nodes sharing one PostgreSQL index and one DICOM_STORAGE (docs/scaling.md).
+    # Node 1 listens on ORTHANC_WEB_PORT and DICOM_PORT; node k (2..ORTHANC_NODES) on the
+    # (k-1)-th entry of ORTHANC_NODE_WEB_PORTS and ORTHANC_NODE_DICOM_PORTS.
+    orthanc_nodes: int = Field(ge=1, le=8)
+    orthanc_node_web_ports: tuple[int, ...]
+    orthanc_node_dicom_ports: tuple[int, ...]
     bind_address: str
     worker_health_host: str
     orthanc_host: str
@@ -190,6 +220,15 @@ class Settings(BaseSettings):
     def _modality_name(cls, value: str) -> str:
         return check_modality_name(value)
 
+    @field_validator("orthanc_node_web_ports", "orthanc_node_dicom_ports", mode="before")
+    @classmethod
+    def _port_list(cls, value: Any) -> tuple[int, ...]:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+        ports = tuple(int(v) for v in items if str(v).strip())
+        if any(not 1 <= p <= 65535 for p in ports):
+            raise ValueError("ports must be between 1 and 65535")
+        return ports
+
     @field_validator("ai_result_aets", mode="before")
     @classmethod
     def _aets(cls, value: Any) -> tuple[str, ...]:
@@ -305,6 +344,13 @@ class Settings(BaseSettings):
                 "routing_api_port", "worker_health_port", "grafana_port", "dicom_port",
             )
         }
+        extra = self.orthanc_nodes - 1
+        for key in ("orthanc_node_web_ports", "orthanc_node_dicom_ports"):
+            if len(getattr(self, key)) < extra:
+                raise ValueError(f"ORTHANC_NODES={self.orthanc_nodes} needs {extra} port(s) in {key.upper()}")
+        for node in self.orthanc_node_list[1:]:
+            ports[f"orthanc_node_web_ports (node {node.index})"] = node.web_port
+            ports[f"orthanc_node_dicom_ports (node {node.index})"] = node.dicom_port
         seen: dict[int, str] = {}
         for name, port in ports.items():
             if port in seen:
@@ -328,6 +374,40 @@ class Settings(BaseSettings):
     @property
     def orthanc_url(self) -> str:
         return f"{'https' if self.https else 'http'}://{self.orthanc_host}:{self.orthanc_web_port}"
+
+    @property
+    def orthanc_node_list(self) -> list[OrthancNode]:
+        """Every Orthanc node, node 1 first (ORTHANC_NODES; docs/scaling.md)."""
+        extra = zip(self.orthanc_node_web_ports, self.orthanc_node_dicom_ports, strict=False)
+        nodes = [OrthancNode(1, self.orthanc_web_port, self.dicom_port)]
+        nodes += [OrthancNode(k, web, dicom) for k, (web, dicom) in enumerate(extra, start=2)]
+        return nodes[:self.orthanc_nodes]
+
+    @property
+    def orthanc_urls(self) -> list[str]:
+        """The REST API of every node, node 1 first: the worker fails over between them."""
+        return [self.orthanc_node_url(node) for node in self.orthanc_node_list]
+
+    def orthanc_node_url(self, node: OrthancNode) -> str:
+        """Node `node`'s REST API. Natively every node is on ORTHANC_HOST (an address); in
+        compose ORTHANC_HOST is the first node's service name and node k's is `orthanc<k>`."""
+        host = self.orthanc_host
+        if node.index > 1 and not _is_address(host):
+            host = f"{host}{node.index}"
+        return f"{'https' if self.https else 'http'}://{host}:{node.web_port}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def orthanc_node_suffix(self) -> str:
+        """Node 1's suffix for what each node keeps to itself (its web viewer's SQLite cache,
+        which one process locks); ops/orthanc_config.py renders node k with `-k`."""
+        return ""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def orthanc_index_lock(self) -> bool:
+        """The PostgreSQL plugin's `Lock`: one Orthanc per index unless ORTHANC_NODES > 1."""
+        return self.orthanc_nodes == 1
 
     # --- DICOM TLS and HTTPS --------------------------------------------------------
 

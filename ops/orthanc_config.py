@@ -119,10 +119,24 @@ def _text(text: str, values: Mapping[str, Any]) -> str:
 
 
 def render_orthanc_config(settings: Settings, *, lua_scripts: list[Path] | None = None,
-                          target: Target = NATIVE) -> dict[str, Any]:
-    """Return Orthanc's JSON configuration (as a dict) for `settings`, from the template."""
+                          target: Target = NATIVE, node: int = 1) -> dict[str, Any]:
+    """Return Orthanc's JSON configuration (as a dict) for `settings`, from the template.
+
+    `node` (1..ORTHANC_NODES): every node shares the index, the storage and every other
+    setting (the Orthanc Book asks that nodes sharing a database share their
+    configuration); only the ports differ, node k's ${ORTHANC_WEB_PORT} and ${DICOM_PORT}
+    being its entries of ORTHANC_NODE_WEB_PORTS and ORTHANC_NODE_DICOM_PORTS, and what
+    one process keeps to itself (${ORTHANC_NODE_SUFFIX}: `-k`) (docs/scaling.md).
+    """
+    nodes = {n.index: n for n in settings.orthanc_node_list}
+    if node not in nodes:
+        raise ValueError(f"Orthanc node {node} is not configured (ORTHANC_NODES={settings.orthanc_nodes})")
     template = read_template()
-    return _fill(template, template_values(settings, placeholders(template), target, lua_scripts))
+    values = template_values(settings, placeholders(template), target, lua_scripts)
+    if node != 1:
+        values.update({"ORTHANC_WEB_PORT": nodes[node].web_port, "DICOM_PORT": nodes[node].dicom_port,
+                       "ORTHANC_NODE_SUFFIX": f"-{node}"})
+    return _fill(template, values)
 
 
 def orthanc_config_text(config: Mapping[str, Any]) -> str:
@@ -133,10 +147,11 @@ def orthanc_config_text(config: Mapping[str, Any]) -> str:
 
 
 def write_orthanc_config(settings: Settings, path: Path, *, lua_scripts: list[Path] | None = None,
-                         target: Target = NATIVE) -> Path:
+                         target: Target = NATIVE, node: int = 1) -> Path:
     """Write the rendered configuration to `path` with mode 600 (it holds passwords)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, orthanc_config_text(render_orthanc_config(settings, lua_scripts=lua_scripts, target=target)))
+    write_private(path, orthanc_config_text(
+        render_orthanc_config(settings, lua_scripts=lua_scripts, target=target, node=node)))
     return path
 
 

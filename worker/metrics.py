@@ -27,6 +27,10 @@ STABILITY_RECOVERED = Counter(
     "hub_stability_recovered", "Studies routed by the stability sweep (Orthanc never announced them stable)",
     registry=REGISTRY,
 )
+GAPS_FILLED = Counter(
+    "hub_changes_out_of_order", "Changes handled after later ones (committed late by a concurrent Orthanc node)",
+    registry=REGISTRY,
+)
 ROUTED_JOBS = Counter("hub_jobs_queued", "Jobs queued by the rules", ["purpose"], registry=REGISTRY)
 STORAGE_FREE = Gauge(
     "hub_dicom_storage_free_bytes", "Free bytes on DICOM_STORAGE (Orthanc refuses new data at 0)", registry=REGISTRY

@@ -4,6 +4,13 @@ Each change that produces records is handled in one transaction together with th
 cursor advance, so a crash at any point neither loses nor repeats work. Changes that
 produce nothing (NewInstance, patients) only move the cursor, in the next commit.
 Only one worker owns the cursor at a time (a PostgreSQL advisory lock).
+
+With several Orthanc nodes on one index (ORTHANC_NODES > 1), /changes of any node
+reads the one shared Changes table, but two nodes write it concurrently: a change can
+commit after one with a higher Seq, once the cursor has passed it. The tailer therefore
+remembers the Seqs missing below its cursor (`gaps`) and reads them again until they
+appear or GAP_WAIT_S has passed (a rolled-back write leaves a Seq that never appears).
+docs/architecture.md, "Exactly once", and docs/scaling.md say why this is enough.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from core.sender_checks import AiSenders
 from core.settings import Settings
 from core.states import EventType, SeriesKind, StudyStatus
 from worker import ingest
-from worker.metrics import CHANGES_FAILED, CHANGES_PROCESSED, CURSOR_LAG, STABILITY_RECOVERED
+from worker.metrics import CHANGES_FAILED, CHANGES_PROCESSED, CURSOR_LAG, GAPS_FILLED, STABILITY_RECOVERED
 from worker.router import Candidate, resend_grown_series, route, unrouted_series
 from worker.rules_watch import RulesHolder
 
@@ -40,6 +47,13 @@ GROUP_S = 0.25
 # no older than a day (a resource deleted before routing must not be asked for forever).
 STABILITY_GRACE_S = 10
 STABILITY_WINDOW = timedelta(days=1)
+# A Seq missing below the cursor is looked for again this long: far longer than an
+# Orthanc index transaction lasts, even on a loaded machine.
+GAP_WAIT_S = 60.0
+# A jump wider than this is not transactions committing out of order (a handful at a
+# time) but a cleared change log or a cursor reset: no gaps are recorded for it.
+GAP_SPAN_MAX = 1000
+GAPS_MAX = 10000
 
 
 class ChangeFailed(RuntimeError):
@@ -67,6 +81,7 @@ class Tailer:
         self.last_seen = 0
         self.cursor = 0
         self.failures: dict[int, int] = {}
+        self.gaps: dict[int, float] = {}  # Seq missing below the cursor -> when first missed (monotonic)
         self.on_commit: Callable[[], None] | None = None  # wakes the dispatcher when jobs may be new
 
     def step(self) -> int:
@@ -81,6 +96,7 @@ class Tailer:
                 write_cursor(conn, 0)
             return 0
         changes = page["Changes"]
+        self._note_gaps(cursor, changes)
         index = 0
         while index < len(changes):
             index = self._commit_group(changes, index)
@@ -89,7 +105,58 @@ class Tailer:
         self.cursor = max(self.cursor, cursor)
         self.last_seen = last
         CURSOR_LAG.set(max(0, last - self.cursor))
-        return len(changes)
+        return len(changes) + (self.fill_gaps() if self.gaps else 0)
+
+    def _note_gaps(self, cursor: int, changes: list[dict[str, Any]]) -> None:
+        """Remember the Seqs this page skips: a concurrent writer (another Orthanc node) may commit them later."""
+        if cursor == 0:
+            return  # a fresh or reset cursor: whatever lies below the first change is not ours to wait for
+        now = time.monotonic()
+        previous = cursor
+        for change in changes:
+            seq = int(change["Seq"])
+            if previous + 1 < seq <= previous + GAP_SPAN_MAX and len(self.gaps) < GAPS_MAX:
+                for missing in range(previous + 1, seq):
+                    self.gaps.setdefault(missing, now)
+            previous = max(previous, seq)
+
+    def fill_gaps(self) -> int:
+        """Handle changes that appeared in remembered gaps; returns how many were handled.
+
+        Each is handled in its own transaction, without touching the cursor (which is
+        past it already). Handling is idempotent (records upsert; routing takes only
+        unrouted series, FOR UPDATE), so a change seen both here and in a page costs
+        nothing twice. A gap that stays empty for GAP_WAIT_S is forgotten.
+        """
+        now = time.monotonic()
+        for seq in [s for s, since in self.gaps.items() if now - since > GAP_WAIT_S]:
+            del self.gaps[seq]
+        if not self.gaps:
+            return 0
+        first = min(self.gaps)
+        page = self.orthanc.changes(first - 1, self.settings.changes_batch)
+        handled = 0
+        for change in page["Changes"]:
+            seq = int(change["Seq"])
+            if seq not in self.gaps:
+                continue
+            if change["ChangeType"] in HANDLED:
+                try:
+                    with self.engine.begin() as conn:
+                        self.handle(conn, change)
+                except (OperationalError, InterfaceError, OrthancUnavailable):
+                    raise
+                except Exception:
+                    if not self._skip_after_failure(change, seq):
+                        continue
+                handled += 1
+                GAPS_FILLED.inc()
+                log.info("handled a change committed after later ones (concurrent Orthanc nodes)",
+                         extra={"fields": {"seq": seq, "type": change["ChangeType"]}})
+            del self.gaps[seq]
+        if handled and self.on_commit is not None:
+            self.on_commit()
+        return handled
 
     def _commit_group(self, changes: list[dict[str, Any]], start: int) -> int:
         """Handle changes from `start` in one transaction that also advances the cursor.
@@ -180,6 +247,8 @@ class Tailer:
         recorded = [
             ingest.known_series(conn, sid) or self._record(conn, sid, now) for sid in study.get("Series", [])
         ]
+        if self._still_arriving_elsewhere(study):
+            return
         for study_row in {r.study_id for r in recorded if r.kind == SeriesKind.ORIGINAL}:
             first = recorder.mark_study_stable(conn, study_row, at)
             recorder.add_event(conn, study_row, EventType.STABLE, at, detail={"first": bool(first)})
@@ -192,6 +261,21 @@ class Tailer:
         route(conn, candidates, rules, self.settings.ai_modality, now)
         resend_grown_series(conn, study.get("Series", []), now)
 
+
+    def _still_arriving_elsewhere(self, study: dict[str, Any]) -> bool:
+        """With several nodes, a StableStudy says only that *its* node got nothing for StableAge.
+
+        Each node keeps its own stability timers (in memory), so a node that received
+        part of the study more recently still reports it unstable. Routing now would
+        send a partial study, then resend it whole once the rest is recorded; instead
+        it waits for that node's own StableStudy (or, if that node dies, for the
+        stability sweep). With one node this check is skipped: its change is the news.
+        """
+        if self.settings.orthanc_nodes == 1 or self.orthanc.stable_on_every_node(study["ID"]):
+            return False
+        log.info("study still receiving at another Orthanc node; routing waits for its stability",
+                 extra={"fields": {"study": study["ID"]}})
+        return True
 
     def sweep_missed_stability(self) -> int:
         """Route studies whose StableStudy change never came; returns how many.

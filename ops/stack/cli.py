@@ -76,6 +76,7 @@ def summary(settings: Settings, env_file: Path, mode: str, probes: list[Probe]) 
         f"(user {settings.orthanc_username}, password ORTHANC_PASSWORD)",
         f"  Orthanc REST API   {orthanc}/   DICOMweb {orthanc}/dicom-web/",
         f"  DICOM (C-STORE)    AET {settings.orthanc_aet} on port {settings.dicom_port}"
+        + "".join(f", node {n.index} on {n.dicom_port} (REST {n.web_port})" for n in settings.orthanc_node_list[1:])
         + ("   (DICOM TLS only)" if settings.dicom_tls else ""),
         f"  Workflow API       http://{local}:{settings.routing_api_port}/v1/   (bearer tokens: app, Admin > "
         f"API tokens; schema /openapi.json)",
@@ -166,6 +167,10 @@ def _cmd_bootstrap(args: argparse.Namespace, env_file: Path) -> int:
         # volume orthanc-config), rendered from the same template as the native one.
         path = write_orthanc_config(settings, Path(args.orthanc_config), target=COMPOSE)
         _out(f"wrote Orthanc's configuration {path}")
+    if args.orthanc2_config and settings.orthanc_nodes >= 2:
+        # ORTHANC_NODES=2: the second node's (its ports), for the `orthanc2` service.
+        path = write_orthanc_config(settings, Path(args.orthanc2_config), target=COMPOSE, node=2)
+        _out(f"wrote the second Orthanc node's configuration {path}")
     password = Path(args.superuser_password_file).read_text().strip() if args.superuser_password_file else None
     result = bootstrap_databases(settings, password)
     _out("database ready" + ("; first app admin created" if result.admin_created else ""))
@@ -188,6 +193,8 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--superuser-password-file")
     boot.add_argument("--orthanc-config", metavar="PATH",
                       help="also write Orthanc's configuration for the compose stack's Orthanc container to PATH")
+    boot.add_argument("--orthanc2-config", metavar="PATH",
+                      help="with ORTHANC_NODES=2, also write the second Orthanc node's configuration to PATH")
     return p
 
 

@@ -29,14 +29,16 @@ from ops.stack.probes import Probe, probe_all, wait_healthy
 Out = Callable[[str], None]
 COMPOSE_FILE = PROJECT_ROOT / "stack" / "docker-compose.yml"
 PROJECT_NAME = "routing-hub"
-SERVICES: tuple[str, ...] = ("postgres", "init", "orthanc", "worker", "api", "app", "viewer", "grafana")
+SERVICES: tuple[str, ...] = ("postgres", "init", "orthanc", "orthanc2", "worker", "api", "app", "viewer", "grafana")
+# ORTHANC_NODES=2 runs the service `orthanc2` (its compose profile); compose runs at most two nodes.
+COMPOSE_MAX_NODES = 2
 # Files in STATE_DIR that compose mounts as secrets (generated here, mode 600).
 SECRET_FILES = ("postgres-superuser.secret", "grafana-admin.secret")
 # Passed through from the caller's environment: how to reach the engine, which profiles.
 PASSTHROUGH = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH",
                "DOCKER_TLS_VERIFY", "COMPOSE_PROFILES")
 # Variables the compose file uses that are not settings of `.env`: compose_env sets them.
-DERIVED = ("ORTHANC_CONFIG_DIGEST",)
+DERIVED = ("ORTHANC_CONFIG_DIGEST", "ORTHANC2_WEB_PORT", "ORTHANC2_DICOM_PORT")
 
 
 class ComposeError(RuntimeError):
@@ -77,7 +79,13 @@ def compose_env(settings: Settings, env_file: Path) -> dict[str, str]:
         "STATE_DIR": str(settings.state_dir),
         "HUB_ENV_FILE": str(env_file.resolve()),
         "ORTHANC_CONFIG_DIGEST": orthanc_config_digest(settings),
+        # The second node's ports (the first entries of the lists; published only with its profile).
+        "ORTHANC2_WEB_PORT": str((settings.orthanc_node_web_ports or (0,))[0]),
+        "ORTHANC2_DICOM_PORT": str((settings.orthanc_node_dicom_ports or (0,))[0]),
     })
+    if settings.orthanc_nodes >= 2:
+        profiles = [p for p in env.get("COMPOSE_PROFILES", "").split(",") if p]
+        env["COMPOSE_PROFILES"] = ",".join(dict.fromkeys([*profiles, "orthanc2"]))
     return env
 
 
@@ -125,9 +133,18 @@ def check_no_tls(settings: Settings) -> None:
                            "run it with STACK_MODE=native, or switch them off in .env")
 
 
+def check_nodes(settings: Settings) -> None:
+    """The compose file has two Orthanc services; more nodes are for the native stack (or a
+    deployment of one's own: docs/scaling.md)."""
+    if settings.orthanc_nodes > COMPOSE_MAX_NODES:
+        raise ComposeError(f"ORTHANC_NODES={settings.orthanc_nodes}: the compose stack runs at most "
+                           f"{COMPOSE_MAX_NODES} Orthanc nodes; use STACK_MODE=native")
+
+
 def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
     check_env_file(env_file)
     check_no_tls(settings)
+    check_nodes(settings)
     ensure_secret_files(settings.state_dir)
     try:  # before the directories are created: changed storage paths must not start an empty hub
         moved = storage_paths.check_before_start(settings)

@@ -20,6 +20,13 @@ _MAX_SOCKET_PATH = 100
 SERVICES: tuple[str, ...] = ("postgres", "orthanc", "worker", "api", "app", "viewer")
 
 
+def services(settings: Settings) -> tuple[str, ...]:
+    """SERVICES with one `orthanc<k>` program per further Orthanc node (ORTHANC_NODES)."""
+    extra = tuple(node.name for node in settings.orthanc_node_list[1:])
+    at = SERVICES.index("orthanc") + 1
+    return (*SERVICES[:at], *extra, *SERVICES[at:])
+
+
 @dataclass(frozen=True)
 class StackLayout:
     """Paths of one native stack, derived from its STATE_DIR."""
@@ -49,6 +56,10 @@ class StackLayout:
     @property
     def orthanc_config(self) -> Path:
         return self.state_dir / "orthanc.json"
+
+    def node_config(self, node: int) -> Path:
+        """Orthanc node `node`'s configuration (ORTHANC_NODES): node 1's is `orthanc_config`."""
+        return self.orthanc_config if node == 1 else self.state_dir / f"orthanc{node}.json"
 
     @property
     def lock_file(self) -> Path:

@@ -23,7 +23,7 @@ from core.settings import Settings, read_config
 from ops import datadirs, pgcluster, storage_paths, tls
 from ops.orthanc_config import LOG_FILTER, orthanc_config_text, render_orthanc_config
 from ops.stack import bootstrap, ohif, supervisor
-from ops.stack.layout import SERVICES, StackLayout
+from ops.stack.layout import StackLayout, services
 from ops.stack.probes import PROBE_SERVICE, Probe, probe_all, wait_healthy
 from ops.stack.procscan import stack_processes, terminate_in_order
 from ops.stack.supervisor_conf import probe_host, render_supervisord_conf
@@ -86,16 +86,16 @@ def _render_files(settings: Settings, env_file: Path, layout: StackLayout, tls_f
     `tls_files` (ops/tls.py: certificates, key, HTTPS PEM) are part of Orthanc's
     fingerprint: a renewed certificate restarts Orthanc.
     """
-    config = render_orthanc_config(settings)
-    orthanc_text = orthanc_config_text(config)
-    _write_if_changed(layout.orthanc_config, orthanc_text)
-    lua = [Path(p).read_bytes() for p in config.get("LuaScripts", []) if Path(p).is_file()]
     values = read_config(env_file)
-    fingerprints = {
+    fingerprints = {"hub": _digest(*(f"{k}={values[k]}" for k in sorted(values)))}
+    for node in settings.orthanc_node_list:  # ORTHANC_NODES: one configuration per node
+        config = render_orthanc_config(settings, node=node.index)
+        orthanc_text = orthanc_config_text(config)
+        _write_if_changed(layout.node_config(node.index), orthanc_text)
+        lua = [Path(p).read_bytes() for p in config.get("LuaScripts", []) if Path(p).is_file()]
         # The log filter Orthanc starts through is part of it too: a new one restarts Orthanc.
-        "orthanc": _digest(orthanc_text, *lua, LOG_FILTER.read_bytes(), *(p.read_bytes() for p in tls_files)),
-        "hub": _digest(*(f"{k}={values[k]}" for k in sorted(values))),
-    }
+        fingerprints[node.name] = _digest(orthanc_text, *lua, LOG_FILTER.read_bytes(),
+                                          *(p.read_bytes() for p in tls_files))
     text = render_supervisord_conf(settings, env_file, layout, fingerprints)
     return _write_if_changed(layout.supervisord_conf, text)
 
@@ -107,6 +107,9 @@ def _port_ports(settings: Settings) -> list[tuple[str, str, int]]:
         ("POSTGRES_PORT", bind, settings.postgres_port),
         ("ORTHANC_WEB_PORT", "0.0.0.0", settings.orthanc_web_port),
         ("DICOM_PORT", "0.0.0.0", settings.dicom_port),
+        *((f"ORTHANC_NODE_WEB_PORTS (node {n.index})", "0.0.0.0", n.web_port) for n in settings.orthanc_node_list[1:]),
+        *((f"ORTHANC_NODE_DICOM_PORTS (node {n.index})", "0.0.0.0", n.dicom_port)
+          for n in settings.orthanc_node_list[1:]),
         ("ROUTING_API_PORT", bind, settings.routing_api_port),
         ("WORKER_HEALTH_PORT", settings.worker_health_host, settings.worker_health_port),
         ("OPERATOR_UI_PORT", bind, settings.operator_ui_port),
@@ -200,7 +203,7 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
         conf_changed = _render_files(settings, env_file, layout, tls_files)
         up = supervisor.is_up(layout)
         if up and conf_changed:
-            restarted = supervisor.update(layout, SERVICES)
+            restarted = supervisor.update(layout, services(settings))
             if restarted:
                 out("The configuration changed: restarting " + ", ".join(restarted))
         if bootstrap.init_cluster(settings):
@@ -228,13 +231,17 @@ def run(settings: Settings, env_file: Path, out: Out = print) -> list[Probe]:
             + ("; first app admin created" if result.admin_created else ""))
         # Side by side: the API, the app and the viewer need only PostgreSQL; the worker
         # starts once Orthanc answers. Health probes (not startsecs) say when each is up.
-        for name in ("orthanc", "api", "app", "viewer"):
+        # Node 1 first: on a new index it creates the schema the other nodes then share.
+        _start(layout, "orthanc", wait=False)
+        for name in ("api", "app", "viewer"):
             _start(layout, name, wait=False)
         _wait_healthy(settings, layout, ["orthanc", "dicom"])
-        out("Orthanc ready")
+        for node in settings.orthanc_node_list[1:]:
+            _start(layout, node.name)
+        out("Orthanc ready" if settings.orthanc_nodes == 1 else f"{settings.orthanc_nodes} Orthanc nodes ready")
         _start(layout, "worker", wait=False)
         probes = _wait_healthy(settings, layout, ["postgres", "orthanc", "dicom", "worker", "api", "app", "viewer"])
-        for name in ("orthanc", "worker", "api", "app", "viewer"):
+        for name in (*(n.name for n in settings.orthanc_node_list), "worker", "api", "app", "viewer"):
             _wait_running(layout, name)  # past supervisord's startsecs too, so `make status` says RUNNING
         out("Worker, API, app and viewer ready")
         if all(p.ok for p in probes):
@@ -276,7 +283,7 @@ def status(settings: Settings, env_file: Path, out: Out = print) -> bool:
     if supervisor.is_up(layout):
         infos = supervisor.processes(layout)
         out(f"supervisord   RUNNING   pid {supervisor.supervisord_pid(layout)}   {layout.supervisord_conf}")
-        for name in SERVICES:
+        for name in services(settings):
             info = infos.get(name)
             state = info.state if info else "MISSING"
             healthy &= state == "RUNNING"
@@ -294,13 +301,14 @@ def status(settings: Settings, env_file: Path, out: Out = print) -> bool:
     return healthy
 
 
-def logs(settings: Settings, services: list[str], follow: bool, lines: int) -> int:
+def logs(settings: Settings, names_asked: list[str], follow: bool, lines: int) -> int:
     """Show (or follow) the services' logs with tail(1)."""
     layout = StackLayout.for_settings(settings)
-    names = services or [*SERVICES, "supervisord"]
-    unknown = [n for n in names if n not in (*SERVICES, "supervisord")]
+    known = services(settings)
+    names = names_asked or [*known, "supervisord"]
+    unknown = [n for n in names if n not in (*known, "supervisord")]
     if unknown:
-        raise StackError(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}, supervisord")
+        raise StackError(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(known)}, supervisord")
     files = [str(layout.log_file(n)) for n in names if layout.log_file(n).exists() or follow]
     if not files:
         raise StackError(f"no logs yet in {layout.logs_dir}")

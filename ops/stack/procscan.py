@@ -48,11 +48,12 @@ def _hub_env_file(pid: int) -> str | None:
 
 
 def _role(cmdline: tuple[str, ...], pid: int, settings: Settings, layout: StackLayout, env_file: Path) -> str | None:
-    conf, orthanc_json = str(layout.supervisord_conf), str(layout.orthanc_config)
+    conf = str(layout.supervisord_conf)
+    orthanc_jsons = {str(layout.node_config(n.index)) for n in settings.orthanc_node_list}
     datadir = str(settings.postgres_storage.resolve())
     if conf in cmdline and any("supervisord" in part for part in cmdline):
         return "supervisord"
-    if orthanc_json in cmdline:
+    if orthanc_jsons.intersection(cmdline):
         return "orthanc"
     if cmdline and cmdline[0].endswith("/postgres") and datadir in cmdline:
         return "postgres"

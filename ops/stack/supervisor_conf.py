@@ -1,7 +1,8 @@
 """supervisord's configuration for the native stack, rendered from Settings.
 
 Six programs: PostgreSQL (in the foreground, as the `postgres` user when we are
-root), Orthanc, the worker, the workflow API (uvicorn, `python -m api`, on
+root), Orthanc (one program per node with ORTHANC_NODES > 1: orthanc, orthanc2, ...,
+each with its own configuration file; docs/scaling.md), the worker, the workflow API (uvicorn, `python -m api`, on
 ROUTING_API_PORT; it proxies the worker's /health and /metrics from
 WORKER_HEALTH_PORT), the Streamlit app and the viewer gateway (uvicorn, `python -m
 viewer`, on OHIF_PORT: OHIF's files from ops/stack/ohif.py's install, and DICOMweb
@@ -116,19 +117,19 @@ def render_supervisord_conf(
             **common,
             "killasgroup": "false",  # the postmaster stops its own backends
         }),
-        _section("program:orthanc", {
-            "command": _command(orthanc_argv(layout.orthanc_config)),
+        *(_section(f"program:{node.name}", {
+            "command": _command(orthanc_argv(layout.node_config(node.index))),
             "environment": _environment({**orthanc_env(settings, base={}),
-                                         "HUB_CONFIG_FINGERPRINT": fingerprints.get("orthanc", "")}),
+                                         "HUB_CONFIG_FINGERPRINT": fingerprints.get(node.name, "")}),
             "directory": layout.state_dir,
-            "priority": "20",
+            "priority": str(20 + node.index - 1),
             "autostart": "false",
             "startsecs": "5",
             "stopsignal": "TERM",
             "stopwaitsecs": "60",
-            "stdout_logfile": layout.log_file("orthanc"),
+            "stdout_logfile": layout.log_file(node.name),
             **common,
-        }),
+        }) for node in settings.orthanc_node_list),
         _section("program:worker", {
             "command": _command([python_executable(), "-m", "worker"]),
             "environment": _environment(hub_env),

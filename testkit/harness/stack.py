@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from core.envfile import generate_secret, read_env_file, render_env, write_private
-from core.settings import DEFAULTS_FILE, Settings, settings_from_values
+from core.settings import DEFAULTS_FILE, OrthancNode, Settings, settings_from_values
 from ops import datadirs, pgcluster, tls
 from ops.orthanc_config import orthanc_argv, orthanc_env, render_orthanc_config, write_orthanc_config
 from ops.rules_file import create_rules_file
@@ -244,8 +244,14 @@ class OrthancServer:
     tz: str | None = None  # None: the settings' TZ
     # Top-level configuration keys to replace (a value of None removes the key).
     overrides: dict[str, Any] | None = None
+    # Which node of ORTHANC_NODES (1..): its ports and configuration (ops/orthanc_config.py).
+    node: int = 1
     proc: subprocess.Popen[bytes] | None = None
     rest: OrthancRest | None = None
+
+    @property
+    def _node(self) -> OrthancNode:
+        return next(n for n in self.settings.orthanc_node_list if n.index == self.node)
 
     @property
     def logfile(self) -> Path:
@@ -258,7 +264,7 @@ class OrthancServer:
     @property
     def url(self) -> str:
         scheme = "https" if self.settings.https else "http"
-        return f"{scheme}://127.0.0.1:{self.settings.orthanc_web_port}"
+        return f"{scheme}://127.0.0.1:{self._node.web_port}"
 
     @property
     def auth(self) -> tuple[str, str]:
@@ -270,14 +276,14 @@ class OrthancServer:
 
     @property
     def dicom_port(self) -> int:
-        return self.settings.dicom_port
+        return self._node.dicom_port
 
     def start(self, timeout: float = 90) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         datadirs.create_owned(self.settings.dicom_storage, "DICOM_STORAGE")  # as `make run` does
         tls.prepare(self.settings, out=lambda _line: None)  # DICOM TLS / HTTPS: as `make run` does
         if self.overrides:
-            config = render_orthanc_config(self.settings)
+            config = render_orthanc_config(self.settings, node=self.node)
             for key, value in self.overrides.items():
                 if value is None:
                     config.pop(key, None)
@@ -285,7 +291,7 @@ class OrthancServer:
                     config[key] = value
             write_private(self.config_path, json.dumps(config, indent=2))
         else:
-            write_orthanc_config(self.settings, self.config_path)
+            write_orthanc_config(self.settings, self.config_path, node=self.node)
         env = orthanc_env(self.settings)
         if self.tz:
             env["TZ"] = self.tz
@@ -313,6 +319,16 @@ class OrthancServer:
             self.rest = None
         if self.proc is not None:
             terminate(self.proc, signal.SIGTERM, timeout=60)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash: no shutdown, its in-memory jobs and stability timers are lost."""
+        if self.rest is not None:
+            self.rest.close()
+            self.rest = None
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
             self.proc = None
 
     def log_text(self) -> str:

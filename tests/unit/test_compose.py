@@ -47,6 +47,9 @@ PUBLISHED: dict[str, tuple[str, bool | str]] = {
     "WORKER_HEALTH_PORT": ("worker", "loopback"),
     "GRAFANA_PORT": ("grafana", True),
     "DICOM_PORT": ("orthanc", False),
+    # ORTHANC_NODES=2: compose_env derives them from ORTHANC_NODE_*_PORTS (compose.DERIVED).
+    "ORTHANC2_WEB_PORT": ("orthanc2", False),
+    "ORTHANC2_DICOM_PORT": ("orthanc2", False),
 }
 # The Orthanc service's environment: its process's and the image's plugin switches, never
 # an Orthanc setting (those are in the template only).
@@ -69,7 +72,8 @@ def raw() -> dict[str, Any]:
 def env_values(defaults: dict[str, str]) -> dict[str, str]:
     """A site's .env: the defaults with generated secrets and non-default ports."""
     values = {**defaults, **{key: generate_secret() for key in GENERATED_SECRETS}}
-    values.update({key: str(9100 + i) for i, key in enumerate(PUBLISHED)})
+    values.update({key: str(9100 + i) for i, key in enumerate(PUBLISHED) if key in defaults})
+    values.update({"ORTHANC_NODE_WEB_PORTS": "9120,9122", "ORTHANC_NODE_DICOM_PORTS": "9121,9123"})
     values.update({"DICOM_STORAGE": "/srv/hub/dicom", "POSTGRES_STORAGE": "/srv/hub/pg", "STATE_DIR": "/srv/hub/state"})
     settings_from_values(values)  # a valid configuration
     return values
@@ -106,7 +110,8 @@ def interpolate(node: Any, values: dict[str, str]) -> Any:
 
 @pytest.fixture(scope="module")
 def rendered(raw: dict[str, Any], env_values: dict[str, str]) -> dict[str, Any]:
-    return interpolate(raw, env_values)
+    derived = {"ORTHANC2_WEB_PORT": "9120", "ORTHANC2_DICOM_PORT": "9121"}  # as compose_env derives them
+    return interpolate(raw, {**env_values, **derived})
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +149,9 @@ def _keys(node: Any, prefix: str = "") -> set[str]:
 
 
 def test_services(raw: dict[str, Any]) -> None:
-    assert set(raw["services"]) == {"postgres", "init", "orthanc", "worker", "api", "app", "viewer", "grafana"}
+    assert set(raw["services"]) == {"postgres", "init", "orthanc", "orthanc2", "worker", "api", "app", "viewer",
+                                    "grafana"}
+    assert set(raw["services"]) == set(compose.SERVICES)
     for name in HUB_SERVICES:
         build = raw["services"][name]["build"]
         assert (COMPOSE_FILE.parent / build["context"] / build["dockerfile"]).resolve() == (
@@ -175,7 +182,7 @@ def test_published_ports_map_to_their_settings(raw: dict[str, Any]) -> None:
     seen: dict[str, str] = {}
     for name, service in raw["services"].items():
         for spec in _ports(service):
-            match = re.fullmatch(r"(?:\$\{BIND_ADDRESS\}:|127\.0\.0\.1:)?\$\{([A-Z_]+_PORT)\}:(.+)", spec)
+            match = re.fullmatch(r"(?:\$\{BIND_ADDRESS\}:|127\.0\.0\.1:)?\$\{([A-Z0-9_]+_PORT)\}:(.+)", spec)
             assert match, f"{name}: published port {spec!r} is not a *_PORT setting"
             var = match.group(1)
             assert var in PUBLISHED, f"{name}: unknown port setting {var}"
@@ -367,7 +374,33 @@ def test_healthchecks_and_startup_order(raw: dict[str, Any]) -> None:
 
 def test_grafana_is_optional(raw: dict[str, Any]) -> None:
     assert raw["services"]["grafana"]["profiles"] == ["grafana"]
-    assert [n for n, s in raw["services"].items() if s.get("profiles")] == ["grafana"]
+    assert [n for n, s in raw["services"].items() if s.get("profiles")] == ["orthanc2", "grafana"]
+
+
+def test_second_orthanc_node(raw: dict[str, Any], rendered: dict[str, Any], env_values: dict[str, str],
+                             tmp_path: Path) -> None:
+    """ORTHANC_NODES=2: `orthanc2` is `orthanc` on its own ports and configuration, behind a
+    profile that compose_env enables; `init` renders node 2's configuration for it."""
+    first, second = raw["services"]["orthanc"], raw["services"]["orthanc2"]
+    assert second["profiles"] == ["orthanc2"]
+    same = ("image", "environment", "entrypoint", "command", "depends_on", "restart")
+    assert {k: second[k] for k in same} == {k: first[k] for k in same}
+    mounts = {m.replace("orthanc2-config:", "orthanc-config:") for m in second["volumes"]}
+    assert mounts == set(first["volumes"]) and "orthanc2-config" in raw["volumes"]
+    assert _ports(rendered["services"]["orthanc2"]) == ["9121:9121", "9120:9120"]
+    two = settings_from_values({**env_values, "ORTHANC_NODES": "2"})
+    env = compose.compose_env(two, tmp_path / ".env")
+    assert "orthanc2" in env["COMPOSE_PROFILES"].split(",")
+    assert (env["ORTHANC2_WEB_PORT"], env["ORTHANC2_DICOM_PORT"]) == ("9120", "9121")
+    assert "orthanc2" not in compose.compose_env(settings_from_values(env_values), tmp_path / ".env").get(
+        "COMPOSE_PROFILES", "")
+    with pytest.raises(compose.ComposeError, match="at most 2"):
+        compose.check_nodes(settings_from_values({**env_values, "ORTHANC_NODES": "3"}))
+    command = raw["services"]["init"]["command"]
+    config = command[command.index("--orthanc2-config") + 1]
+    assert f"orthanc2-config:{Path(config).parent}" in raw["services"]["init"]["volumes"]
+    node2 = render_orthanc_config(two, target=COMPOSE, node=2)
+    assert (node2["HttpPort"], node2["DicomPort"], node2["PostgreSQL"]["Lock"]) == (9120, 9121, False)
 
 
 def test_compose_env_comes_from_the_env_file_only(
