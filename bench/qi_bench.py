@@ -12,8 +12,12 @@ What is measured, and why:
 - export: the per-study CSV of the most recent days holding >= --export-rows studies,
   in a child process, reporting seconds and peak RSS (flat memory = streaming). A
   10x smaller export is run too, so the RSS of both can be compared.
-- refresh: recomputing 1000 dirty studies (qi_refresh), and the worker-side cost of
-  the dirty-marking triggers (recorder calls with and without them, rolled back).
+- refresh: recomputing 1000 dirty studies (qi_refresh; with migration 0012 also without
+  the triggers of the per-day tables, and their full recomputation), and the worker-side
+  cost of the dirty-marking triggers (recorder calls with and without them, rolled back).
+- --before DIR: the pages also with older definitions of some db/sql functions (installed
+  in a schema qi_before, put first in the search_path), renders alternating, so that
+  before and after are measured on the same data in one run.
 """
 
 from __future__ import annotations
@@ -92,24 +96,98 @@ PAGES: dict[str, Query] = {
 }
 
 
-def bench_pages(url: str, zone: ZoneInfo, end: date, days: int, repeat: int) -> dict[str, dict[str, float]]:
+def bench_pages(url: str, zone: ZoneInfo, end: date, days: int, repeat: int,
+                variants: dict[str, str | None] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """variant -> page -> p50/p95/max. A variant is a search_path put before `public` for the
+    page's transaction (None: as deployed); variants alternate render by render, so that a
+    busy machine weighs on each the same."""
+    variants = variants or {"": None}
     engine = make_engine(url, pool_size=1)
-    results: dict[str, dict[str, float]] = {}
+    timings: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
     try:
         for name, page in PAGES.items():
-            timings = []
             for i in range(repeat):
                 last = end - timedelta(days=i)
                 flt = QiFilter(last - timedelta(days=days - 1), last)
-                with engine.connect() as conn, conn.begin():
-                    conn.execute(text("SET TRANSACTION READ ONLY"))
-                    started = time.perf_counter()
-                    page(conn, flt, zone)
-                    timings.append(time.perf_counter() - started)
-            results[name] = {"p50": statistics.median(timings), "p95": float(np.percentile(timings, 95)), "max": max(timings)}
+                for variant, schema in variants.items():
+                    with engine.connect() as conn, conn.begin():
+                        conn.execute(text("SET TRANSACTION READ ONLY"))
+                        if schema is not None:
+                            conn.execute(text("SELECT set_config('search_path', :p, true)"), {"p": f"{schema}, public"})
+                        started = time.perf_counter()
+                        page(conn, flt, zone)
+                        timings[variant].setdefault(name, []).append(time.perf_counter() - started)
     finally:
         engine.dispose()
-    return results
+    return {variant: {name: {"p50": statistics.median(t), "p95": float(np.percentile(t, 95)), "max": max(t)}
+                      for name, t in pages.items()} for variant, pages in timings.items()}
+
+
+BEFORE_SCHEMA = "qi_before"
+
+
+def install_before(url: str, directory: Path) -> None:
+    """Create the schema qi_before holding the definitions in `directory` (*.sql, e.g. the
+    files of db/sql a change replaced, from git), so that the pages can be timed with the
+    old and the new definitions on the same data, in one run."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {BEFORE_SCHEMA} CASCADE"))
+            conn.execute(text(f"CREATE SCHEMA {BEFORE_SCHEMA}"))
+            conn.execute(text(f"SET LOCAL search_path = {BEFORE_SCHEMA}, public"))
+            for path in sorted(directory.glob("*.sql")):
+                conn.exec_driver_sql(path.read_text())
+    finally:
+        engine.dispose()
+
+
+def drop_before(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {BEFORE_SCHEMA} CASCADE"))
+    finally:
+        engine.dispose()
+
+
+# The core.qi calls of the pages, timed one by one with --calls (where a page's time goes).
+CALLS = ("stage_stats", "stage_histogram", "sla_compliance", "delivery_times", "ai_outcomes", "ai_overdue_studies",
+         "study_outcomes", "delivery_outcomes", "attempt_failures", "top_errors", "volume", "volume_heatmap",
+         "filter_options")
+
+
+def bench_calls(url: str, zone: ZoneInfo, end: date, days: int, repeat: int) -> dict[str, float]:
+    """Median seconds of each core.qi call of each page (label: page, function, keyword arguments)."""
+    timings: dict[str, list[float]] = {}
+    originals = {name: getattr(qi, name) for name in CALLS}
+    page_name = ""
+
+    def timed(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def call(conn: Connection, f: QiFilter, z: ZoneInfo, **kw: object) -> object:
+            started = time.perf_counter()
+            try:
+                return fn(conn, f, z, **kw)
+            finally:
+                args = ", ".join(f"{k}={v}" for k, v in kw.items())
+                timings.setdefault(f"{page_name}: {name}({args})", []).append(time.perf_counter() - started)
+        return call
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        for name, fn in originals.items():
+            setattr(qi, name, timed(name, fn))
+        for page_name, page in PAGES.items():  # noqa: B007 - read by timed()
+            for i in range(repeat):
+                last = end - timedelta(days=i)
+                with engine.connect() as conn, conn.begin():
+                    conn.execute(text("SET TRANSACTION READ ONLY"))
+                    page(conn, QiFilter(last - timedelta(days=days - 1), last), zone)
+    finally:
+        for name, fn in originals.items():
+            setattr(qi, name, fn)
+        engine.dispose()
+    return {label: statistics.median(t) for label, t in timings.items()}
 
 
 EXPORT_CHILD = """
@@ -158,13 +236,33 @@ def bench_export(url: str, zone: ZoneInfo, start: date, end: date, fmt: str, out
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_refresh(url: str, studies: int = 1000) -> dict[str, float]:
+def bench_refresh(url: str, studies: int = 1000) -> dict[str, float | None]:
     """Mark the newest `studies` studies dirty, time qi_refresh; then the triggers' write cost."""
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
             conn.execute(text("UPDATE studies SET updated_at = now() WHERE id IN "
                               "(SELECT id FROM studies ORDER BY id DESC LIMIT :n)"), {"n": studies})
+        hist: dict[str, float] = {}
+        with engine.connect() as conn:
+            hist["present"] = conn.execute(text("SELECT to_regclass('qi_stage_hist') IS NOT NULL")).scalar_one()
+        if hist["present"]:
+            # the same refresh without the per-day tables' triggers (rolled back), then the
+            # full recomputation of both tables that a change of TZ makes (rolled back)
+            with engine.connect() as conn:
+                trans = conn.begin()
+                for trigger in ("ins", "upd", "del"):
+                    conn.execute(text(f"ALTER TABLE qi_study_fact DISABLE TRIGGER qi_stage_hist_{trigger}"))
+                started = time.perf_counter()
+                qi.refresh(conn, limit=studies)
+                hist["refresh_without_s"] = time.perf_counter() - started
+                trans.rollback()
+            with engine.connect() as conn:
+                trans = conn.begin()
+                started = time.perf_counter()
+                conn.execute(text("SELECT qi_stage_hist_fill(NULL), qi_study_cube_fill(NULL)"))
+                hist["fill_all_s"] = time.perf_counter() - started
+                trans.rollback()
         with engine.begin() as conn:
             started = time.perf_counter()
             done = qi.refresh(conn, limit=studies)
@@ -181,7 +279,8 @@ def bench_refresh(url: str, studies: int = 1000) -> dict[str, float]:
     finally:
         engine.dispose()
     return {"refreshed": done, "refresh_s": refresh_s, "record_ms_per_study_with_triggers": writes[True] * 1000,
-            "record_ms_per_study_without_triggers": writes[False] * 1000}
+            "record_ms_per_study_without_triggers": writes[False] * 1000,
+            "refresh_without_hist_s": hist.get("refresh_without_s"), "hist_fill_all_s": hist.get("fill_all_s")}
 
 
 def _record_flows(conn: Connection, n: int) -> float:
@@ -224,6 +323,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--export-rows", type=int, default=100_000)
     parser.add_argument("--skip-writes", action="store_true", help="do not time refresh and triggers")
+    parser.add_argument("--skip-export", action="store_true", help="do not time the per-study export")
+    parser.add_argument("--calls", action="store_true", help="also time each core.qi call of each page")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="directory of old db/sql definitions: time the pages with them too, interleaved")
     args = parser.parse_args(argv)
     url = args.url if "+psycopg" in args.url else args.url.replace("postgresql://", "postgresql+psycopg://", 1)
     zone = ZoneInfo(args.tz)
@@ -233,18 +336,54 @@ def main(argv: list[str] | None = None) -> None:
                   for t in ("studies", "series", "routing_jobs", "events", "qi_dirty")}
         newest = conn.execute(text("SELECT max(first_received_at) FROM qi_study_fact")).scalar_one()
         settings = dict(conn.execute(text("SHOW shared_buffers")).mappings().one())
+        hist = conn.execute(text(
+            "SELECT (SELECT count(*) FROM qi_stage_hist), pg_total_relation_size('qi_stage_hist'), "
+            "pg_total_relation_size('qi_study_fact') WHERE to_regclass('qi_stage_hist') IS NOT NULL")).first()
     engine.dispose()
     end = date.fromisoformat(args.end) if args.end else newest.astimezone(zone).date()
     print(f"database: {', '.join(f'{k}={v:,}' for k, v in counts.items())}; shared_buffers={settings}")
+    if hist is not None:
+        print(f"per-day histograms (0012): qi_stage_hist {hist[0]:,} rows, {hist[1] / 1e6:.0f} MB "
+              f"(qi_study_fact {hist[2] / 1e6:.0f} MB)")
     print(f"host: {os.cpu_count()} CPUs; windows ending {end} ({args.tz}); {args.repeat} renders each\n")
-    for days in args.days:
-        print(f"QI page queries, last {days} days (seconds per page render):")
-        for name, r in bench_pages(url, zone, end, days, args.repeat).items():
-            print(f"  {name:<26} p50 {r['p50']:.3f}  p95 {r['p95']:.3f}  max {r['max']:.3f}")
+    variants: dict[str, str | None] = {"": None}
+    if args.before:
+        install_before(url, args.before)
+        variants = {"before": BEFORE_SCHEMA, "after": None}
+    try:
+        for days in args.days:
+            print(f"QI page queries, last {days} days (seconds per page render):")
+            results = bench_pages(url, zone, end, days, args.repeat, variants)
+            for name in PAGES:
+                cells = [f"{v + ' ' if v else ''}p50 {results[v][name]['p50']:.3f}  p95 {results[v][name]['p95']:.3f}  "
+                         f"max {results[v][name]['max']:.3f}" for v in variants]
+                print(f"  {name:<26} " + "   |   ".join(cells))
+            print()
+    finally:
+        if args.before:
+            drop_before(url)
+    for days in args.days if args.calls else []:
+        print(f"core.qi calls, last {days} days (median seconds per call, {min(args.repeat, 5)} renders):")
+        for label, seconds in bench_calls(url, zone, end, days, min(args.repeat, 5)).items():
+            print(f"  {seconds:.3f}  {label}")
         print()
-    start, stop, rows = export_range(url, zone, end, args.export_rows)
+    if not args.skip_export:
+        bench_exports(url, zone, end, args.export_rows)
+    if not args.skip_writes:
+        r = bench_refresh(url)
+        print(f"\nqi_refresh of {r['refreshed']} dirty studies: {r['refresh_s']:.2f} s")
+        if r["refresh_without_hist_s"] is not None:
+            print(f"  the same without the per-day tables' triggers: {r['refresh_without_hist_s']:.2f} s; "
+                  f"recomputing both tables whole (a TZ change): {r['hist_fill_all_s']:.1f} s")
+        print(f"recorder, one delivered AI study (~20 statements): {r['record_ms_per_study_with_triggers']:.1f} ms "
+              f"with the dirty-marking triggers, {r['record_ms_per_study_without_triggers']:.1f} ms without")
+
+
+def bench_exports(url: str, zone: ZoneInfo, end: date, export_rows: int) -> None:
+    """The per-study CSV export of about `export_rows` studies and of a tenth of them."""
+    start, stop, rows = export_range(url, zone, end, export_rows)
     out = Path("/tmp") / f"qi-bench-export-{os.getpid()}.csv"
-    small_start, small_stop, small_rows = export_range(url, zone, end, max(1, args.export_rows // 10))
+    small_start, small_stop, small_rows = export_range(url, zone, end, max(1, export_rows // 10))
     try:
         small = bench_export(url, zone, small_start, small_stop, "csv", out)
         big = bench_export(url, zone, start, stop, "csv", out)
@@ -256,11 +395,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"per-study CSV export {small_start}..{small_stop}: {small['rows']:,} rows in {small['seconds']:.2f} s, "
           f"peak RSS {small['maxrss_mb']:.0f} MB")
     assert big["rows"] == rows and small["rows"] == small_rows
-    if not args.skip_writes:
-        r = bench_refresh(url)
-        print(f"\nqi_refresh of {r['refreshed']} dirty studies: {r['refresh_s']:.2f} s")
-        print(f"recorder, one delivered AI study (~20 statements): {r['record_ms_per_study_with_triggers']:.1f} ms "
-              f"with the dirty-marking triggers, {r['record_ms_per_study_without_triggers']:.1f} ms without")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ GROUPS: tuple[str, ...] = ("none", "modality", "source_aet", "destination", "rul
 SLA_METRICS: tuple[str, ...] = ("turnaround", "ai_round_trip", "to_destinations")
 READER_ROLE = "grafana_ro"
 # What a read-only reader (Grafana) may select: views without patient names or ids.
-READABLE_RELATIONS: tuple[str, ...] = ("qi_settings", "qi_study", "qi_delivery", "qi_attempt")
+# qi_stage_hist and qi_study_cube (migration 0012) hold per-day counts and durations only;
+# the aggregates grafana_ro may call read them.
+READABLE_RELATIONS: tuple[str, ...] = ("qi_settings", "qi_study", "qi_delivery", "qi_attempt", "qi_stage_hist",
+                                       "qi_study_cube")
 
 # One line per metric, shown under each chart and in the docs.
 DEFINITIONS: dict[str, str] = {

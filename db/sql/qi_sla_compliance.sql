@@ -1,4 +1,6 @@
 -- SLA compliance per metric: met / (met + breached); pending is shown, not counted.
+-- Without filters and groups from the per-day histograms (qi_sla_compliance_hist, the
+-- same counts); otherwise every study of the window is read here.
 -- Common arguments of the aggregates: README.md.
 CREATE OR REPLACE FUNCTION qi_sla_compliance(p_from timestamptz, p_to timestamptz, p_grain text DEFAULT 'day',
                                              p_group text DEFAULT 'none', p_modality text[] DEFAULT NULL,
@@ -7,6 +9,9 @@ CREATE OR REPLACE FUNCTION qi_sla_compliance(p_from timestamptz, p_to timestampt
 RETURNS TABLE (bucket date, bucket_start timestamptz, grp text, metric text, threshold_s integer,
                n_met bigint, n_breached bigint, n_pending bigint, n_due bigint, compliance double precision)
 LANGUAGE sql STABLE AS $$
+    SELECT * FROM qi_sla_compliance_hist(p_from, p_to, p_grain)
+    WHERE qi_hist_usable(p_from, p_to, p_group, p_modality, p_source, p_destination, p_rule)
+    UNION ALL
     SELECT a.bucket, a.bucket::timestamp AT TIME ZONE q.tz, a.grp, v.metric, v.threshold_s,
            v.met, v.breached, v.pending, v.met + v.breached,
            v.met::double precision / NULLIF(v.met + v.breached, 0)
@@ -31,6 +36,6 @@ LANGUAGE sql STABLE AS $$
                                ('ai_round_trip', q.sla_ai_round_trip_s, a.rt_met, a.rt_breached, a.rt_pending),
                                ('to_destinations', q.sla_to_destinations_s, a.td_met, a.td_breached, a.td_pending))
         AS v (metric, threshold_s, met, breached, pending)
-    WHERE v.met + v.breached + v.pending > 0
+    WHERE v.met + v.breached + v.pending > 0 AND NOT qi_hist_usable(p_from, p_to, p_group, p_modality, p_source, p_destination, p_rule)
     ORDER BY 1, 3, 4
 $$;

@@ -1,5 +1,6 @@
 -- Histogram of one stage: bins of p_bin_s seconds; values >= p_max_s share the last
 -- bin (bin_end = Infinity).
+-- Without filters, from the per-day histograms (qi_stage_histogram_hist, same counts).
 -- Common arguments of the aggregates: README.md.
 CREATE OR REPLACE FUNCTION qi_stage_histogram(p_stage text, p_bin_s double precision, p_max_s double precision,
                                               p_from timestamptz, p_to timestamptz, p_modality text[] DEFAULT NULL,
@@ -7,6 +8,9 @@ CREATE OR REPLACE FUNCTION qi_stage_histogram(p_stage text, p_bin_s double preci
                                               p_rule text[] DEFAULT NULL)
 RETURNS TABLE (bin_start double precision, bin_end double precision, n bigint)
 LANGUAGE sql STABLE AS $$
+    SELECT * FROM qi_stage_histogram_hist(p_stage, p_bin_s, p_max_s, p_from, p_to)
+    WHERE qi_hist_usable(p_from, p_to, 'none', p_modality, p_source, p_destination, p_rule)
+    UNION ALL
     SELECT h.lo, CASE WHEN h.lo >= p_max_s THEN 'Infinity'::double precision ELSE h.lo + p_bin_s END,
            count(*)
     FROM (
@@ -20,6 +24,7 @@ LANGUAGE sql STABLE AS $$
         ) x
         WHERE x.v IS NOT NULL
     ) h
+    WHERE NOT qi_hist_usable(p_from, p_to, 'none', p_modality, p_source, p_destination, p_rule)
     GROUP BY h.lo
-    ORDER BY h.lo
+    ORDER BY 1
 $$;

@@ -3,6 +3,10 @@
 -- than unpivoting every study first. Groups by the constant 'all' when p_group is 'none'
 -- (the group qi_group_keys gives every study then), so PostgreSQL does not sort every
 -- study by an unknown group key before the percentiles sort their own values.
+-- Without filters and groups (the pages' default) the answer comes from the per-day
+-- histograms (qi_stage_stats_hist, the same numbers without reading every study); with
+-- any filter or group every study of the window is read here. qi_hist_usable folds to a
+-- constant, so only one branch runs.
 -- Common arguments of the aggregates: README.md.
 CREATE OR REPLACE FUNCTION qi_stage_stats(p_from timestamptz, p_to timestamptz, p_grain text DEFAULT 'day',
                                           p_group text DEFAULT 'none', p_modality text[] DEFAULT NULL,
@@ -11,6 +15,9 @@ CREATE OR REPLACE FUNCTION qi_stage_stats(p_from timestamptz, p_to timestamptz, 
 RETURNS TABLE (bucket date, bucket_start timestamptz, grp text, stage text, n bigint,
                p50 double precision, p90 double precision, p95 double precision, max double precision)
 LANGUAGE sql STABLE AS $$
+    SELECT * FROM qi_stage_stats_hist(p_from, p_to, p_grain, p_stages)
+    WHERE qi_hist_usable(p_from, p_to, p_group, p_modality, p_source, p_destination, p_rule)
+    UNION ALL
     SELECT a.bucket, a.bucket::timestamp AT TIME ZONE q.tz, a.grp, v.stage, v.n,
            v.pc[1], v.pc[2], v.pc[3], v.mx
     FROM (
@@ -51,6 +58,6 @@ LANGUAGE sql STABLE AS $$
                                ('result_settle', a.rs_n, a.rs_pc, a.rs_mx),
                                ('to_destinations', a.td_n, a.td_pc, a.td_mx),
                                ('turnaround', a.tt_n, a.tt_pc, a.tt_mx)) AS v (stage, n, pc, mx)
-    WHERE v.n > 0
+    WHERE v.n > 0 AND NOT qi_hist_usable(p_from, p_to, p_group, p_modality, p_source, p_destination, p_rule)
     ORDER BY 1, 3, 4
 $$;

@@ -38,7 +38,13 @@ from tests.integration import qi_fixture
 PREVIOUS = "0007"
 REVISION = "0008"
 # Objects that later migrations loading db/sql add (a downgrade to 0007 drops them).
-ADDED_AFTER = frozenset({"qi_drill_studies"})
+ADDED_AFTER = frozenset({"qi_drill_studies", "qi_hist_stages", "qi_hist_bounds", "qi_hist_bucket",
+                         "qi_stage_hist_fill", "qi_stage_hist_sync", "qi_hist_usable", "qi_hist_days",
+                         "qi_hist_delta", "qi_stage_stats_hist", "qi_stage_histogram_hist",
+                         "qi_study_cube_fill", "qi_cube_rows", "qi_cube_delta", "qi_sla_compliance_hist"})
+# Objects whose definition a later migration loading db/sql changed (its downgrade restores them).
+CHANGED_AFTER = frozenset({"qi_stage_stats", "qi_stage_histogram", "qi_study_outcomes", "qi_volume",
+                           "qi_volume_heatmap", "qi_sla_compliance"})
 VERSIONS = Path(__file__).resolve().parents[2] / "db" / "migrations" / "versions"
 
 
@@ -231,7 +237,9 @@ def test_downgrade_to_0007_and_upgrade_round_trip(db: Engine, qi_db: QiDatabase,
     db.dispose()
     command.upgrade(config, "head")
     assert snapshot(db) == at_head
-    assert at_0007 == {**at_head, "objects": [o for o in at_head["objects"] if o.name not in ADDED_AFTER]}
+    assert {o.name for o in at_0007["objects"]} == {o.name for o in at_head["objects"]} - ADDED_AFTER
+    assert {**at_0007, "objects": [o for o in at_0007["objects"] if o.name not in CHANGED_AFTER]} == {
+        **at_head, "objects": [o for o in at_head["objects"] if o.name not in ADDED_AFTER | CHANGED_AFTER]}
     # and what the downgrade left is what 0007 creates
     with new_database(pg_server, qi_db) as url:
         command.upgrade(alembic_config(url), PREVIOUS)
