@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 import psycopg
+from psycopg import sql
 from sqlalchemy import Engine
 
 from core.recorder import WORK_CHANNEL
@@ -46,7 +47,7 @@ class WorkListener:
 
     def _listen(self, stop: threading.Event) -> None:
         with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f"LISTEN {WORK_CHANNEL}")
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(WORK_CHANNEL)))
             self.wake()  # whatever was announced while not listening
             while not stop.is_set():
                 for _ in conn.notifies(timeout=WAIT_S):
