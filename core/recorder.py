@@ -53,7 +53,6 @@ class SeriesInfo:
     last_received_at: datetime | None = None
 
 
-
 # PostgreSQL NOTIFY channel on which every worker hears that jobs became due (worker/wakeup.py).
 WORK_CHANNEL = "hub_work"
 
