@@ -20,7 +20,7 @@ import httpx
 import psycopg
 
 from core.orthanc_client import orthanc_verify
-from core.settings import Settings
+from core.settings import OrthancNode, Settings
 from ops.stack.supervisor_conf import probe_host
 
 TIMEOUT_S = 3.0
@@ -56,34 +56,39 @@ def probe_postgres(settings: Settings) -> Probe:
         return Probe("postgres", False, url, _first_line(exc))
 
 
-def probe_orthanc(settings: Settings) -> Probe:
-    url = f"{settings.orthanc_url}/app/explorer.html"
+def probe_orthanc(settings: Settings, node: OrthancNode | None = None) -> Probe:
+    """Node `node`'s REST API (node 1 by default), with the .env credentials."""
+    node = node or settings.orthanc_node_list[0]
+    name, base = node.name, settings.orthanc_node_url(node)
+    url = f"{base}/app/explorer.html"
     auth = (settings.orthanc_username, settings.orthanc_password.get_secret_value())
     try:
-        response = httpx.get(f"{settings.orthanc_url}/system", auth=auth, timeout=TIMEOUT_S,
-                             verify=orthanc_verify(settings))
+        response = httpx.get(f"{base}/system", auth=auth, timeout=TIMEOUT_S, verify=orthanc_verify(settings))
     except httpx.HTTPError as exc:
-        return Probe("orthanc", False, url, f"REST API not answering: {_first_line(exc)}")
+        return Probe(name, False, url, f"REST API not answering: {_first_line(exc)}")
     except OSError as exc:  # the CA file of HTTPS=on cannot be read
-        return Probe("orthanc", False, url, f"cannot verify Orthanc's HTTPS: {_first_line(exc)}")
+        return Probe(name, False, url, f"cannot verify Orthanc's HTTPS: {_first_line(exc)}")
     if response.status_code == 401:
-        return Probe("orthanc", False, url, "REST API refused the credentials from .env (401)")
+        return Probe(name, False, url, "REST API refused the credentials from .env (401)")
     if response.status_code != 200:
-        return Probe("orthanc", False, url, f"/system answered HTTP {response.status_code}")
+        return Probe(name, False, url, f"/system answered HTTP {response.status_code}")
     version = response.json().get("Version", "?")
-    return Probe("orthanc", True, url, f"REST API answers with the .env credentials (Orthanc {version})")
+    return Probe(name, True, url, f"REST API answers with the .env credentials (Orthanc {version})")
 
 
-def probe_dicom(settings: Settings) -> Probe:
+def probe_dicom(settings: Settings, node: OrthancNode | None = None) -> Probe:
+    """Node `node`'s DICOM port (node 1 by default): a C-ECHO, or the port open without dcmtk."""
+    node = node or settings.orthanc_node_list[0]
+    name = "dicom" if node.index == 1 else f"dicom{node.index}"
     host = probe_host(settings.orthanc_host)
-    url = f"dicom://{settings.orthanc_aet}@{host}:{settings.dicom_port}"
+    url = f"dicom://{settings.orthanc_aet}@{host}:{node.dicom_port}"
     echoscu = shutil.which("echoscu", path="/usr/bin:/usr/local/bin")
     if echoscu is None:
         try:
-            with socket.create_connection((host, settings.dicom_port), timeout=TIMEOUT_S):
-                return Probe("dicom", True, url, "port open (install dcmtk for a C-ECHO)")
+            with socket.create_connection((host, node.dicom_port), timeout=TIMEOUT_S):
+                return Probe(name, True, url, "port open (install dcmtk for a C-ECHO)")
         except OSError as exc:
-            return Probe("dicom", False, url, _first_line(exc))
+            return Probe(name, False, url, _first_line(exc))
     seconds = str(int(TIMEOUT_S))
     # DICOM_TLS=on: the port speaks TLS only; echo as the hub itself (its certificate, the CA).
     tls = (["+tls", str(settings.tls_key_path), str(settings.tls_cert_path), "+cf", str(settings.tls_ca_path)]
@@ -93,14 +98,14 @@ def probe_dicom(settings: Settings) -> Probe:
     try:
         proc = subprocess.run(
             [echoscu, "-aet", "HUBSTATUS", "-aec", settings.orthanc_aet, "-to", seconds, "-ta", seconds,
-             "-td", seconds, *tls, host, str(settings.dicom_port)],
+             "-td", seconds, *tls, host, str(node.dicom_port)],
             capture_output=True, text=True, timeout=TIMEOUT_S * 4, check=False,
         )
     except subprocess.TimeoutExpired:
-        return Probe("dicom", False, url, "C-ECHO timed out")
+        return Probe(name, False, url, "C-ECHO timed out")
     if proc.returncode == 0:
-        return Probe("dicom", True, url, "C-ECHO succeeded")
-    return Probe("dicom", False, url, f"C-ECHO failed: {(proc.stderr or proc.stdout).strip()[:200]}")
+        return Probe(name, True, url, "C-ECHO succeeded")
+    return Probe(name, False, url, f"C-ECHO failed: {(proc.stderr or proc.stdout).strip()[:200]}")
 
 
 def worker_health_url(settings: Settings) -> str:
@@ -205,7 +210,9 @@ PROBE_SERVICE = {"postgres": "postgres", "orthanc": "orthanc", "dicom": "orthanc
 
 
 def probe_all(settings: Settings) -> list[Probe]:
-    return [probe(settings) for probe in PROBES.values()]
+    """Every service's probe; with ORTHANC_NODES > 1, each further node's REST API and DICOM port too."""
+    extra = [probe(settings, node) for node in settings.orthanc_node_list[1:] for probe in (probe_orthanc, probe_dicom)]
+    return [probe(settings) for probe in PROBES.values()] + extra
 
 
 def wait_healthy(

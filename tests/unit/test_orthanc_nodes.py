@@ -148,3 +148,16 @@ def test_modality_changes_reach_every_node() -> None:
     for node in (a, b):
         assert [c for c in node.calls if c[1] == "/modalities/PACS"] == [("PUT", "/modalities/PACS"),
                                                                          ("DELETE", "/modalities/PACS")]
+
+
+def test_status_probes_every_node(make_settings: Callable[..., Settings]) -> None:
+    """`make status` (probe_all) checks node 2's REST API and DICOM port too, on node 2's ports;
+    nothing listens there in this test, so both report it."""
+    from ops.stack.probes import probe_all
+
+    settings = two(make_settings)
+    probes = {p.name: p for p in probe_all(settings)}
+    assert {"orthanc", "dicom", "orthanc2", "dicom2"} <= set(probes)
+    assert ":18047/" in probes["orthanc2"].url and probes["dicom2"].url.endswith(":14243")
+    assert not probes["orthanc2"].ok and not probes["dicom2"].ok
+    assert str(settings.orthanc_web_port) in probes["orthanc"].url
