@@ -186,8 +186,12 @@ class OrthancClient:
         return self.get(f"/studies/{orthanc_id}")
 
     def stable_on_every_node(self, study_id: str) -> bool:
-        """Orthanc's IsStable for the study (OrthancNodes: on every node that answers)."""
-        return bool(self.study(study_id).get("IsStable"))
+        """Whether no node still counts the study unstable, asked after its StableStudy change.
+
+        With one Orthanc that change is the answer, so nothing is read; OrthancNodes asks
+        each node, whose stability timers are its own.
+        """
+        return True
 
     def instance_metadata(self, orthanc_id: str) -> dict[str, str]:
         return self.get(f"/instances/{orthanc_id}/metadata", expand="")

@@ -269,9 +269,9 @@ class Tailer:
         part of the study more recently still reports it unstable. Routing now would
         send a partial study, then resend it whole once the rest is recorded; instead
         it waits for that node's own StableStudy (or, if that node dies, for the
-        stability sweep). With one node this check is skipped: its change is the news.
+        stability sweep). With one node its change is the news (OrthancClient reads nothing).
         """
-        if self.settings.orthanc_nodes == 1 or self.orthanc.stable_on_every_node(study["ID"]):
+        if self.orthanc.stable_on_every_node(study["ID"]):
             return False
         log.info("study still receiving at another Orthanc node; routing waits for its stability",
                  extra={"fields": {"study": study["ID"]}})
