@@ -29,6 +29,9 @@ SEED_ENV = "RELIABILITY_SEED"
 # no instance twice, yet "the AI processed a study twice". mercure waits minutes.
 AI_QUIET_S = 3.0
 LEG_LENGTH = "XR EXTREMITY BILATERAL BONE LENGTH"
+# Retries fast and plentiful: a job must outlast every outage of a run, and `dead` would be
+# a failure of the test, not a designed outcome.
+OUTLASTING_RETRIES = {"RETRY_BASE": "0.5", "RETRY_CAP": "2", "RETRY_MAX_ATTEMPTS": "100"}
 RULES = """
 version: 1
 rules:
@@ -71,8 +74,7 @@ def topology(env: dict, make_pacs: Callable[..., StorageSCP], ai_node: AINode, c
              tmp_path: Path) -> Topology:
     """PACS1, PACS2 and MERCURE registered in an emptied Orthanc, with the suite's rules.
 
-    Retries are fast and plentiful: a job must outlast every outage of the run, and
-    `dead` would be a failure of the test, not a designed outcome. The AI node waits
+    Retries outlast every outage of the run (OUTLASTING_RETRIES). The AI node waits
     AI_QUIET_S for a study to be complete, so that a round is the hub's send, not the load's gap.
     """
     ai_node.quiet_s = AI_QUIET_S
@@ -80,6 +82,5 @@ def topology(env: dict, make_pacs: Callable[..., StorageSCP], ai_node: AINode, c
     rest = clean_orthanc.rest
     for name, scp in (("PACS1", pacs1), ("PACS2", pacs2), ("MERCURE", ai_node)):
         rest.put_modality(name, scp.aet, scp.port)
-    values = {**env, "ROUTING_RULES": rules_file(tmp_path, RULES), "RETRY_BASE": "0.5", "RETRY_CAP": "2",
-              "RETRY_MAX_ATTEMPTS": "100"}
+    values = {**env, "ROUTING_RULES": rules_file(tmp_path, RULES), **OUTLASTING_RETRIES}
     return Topology(pacs1, pacs2, ai_node, values)

@@ -50,6 +50,7 @@ from tests.integration.app.conftest import (  # noqa: F401 - navigation_mode is 
     navigation_mode,
     new_app,
 )
+from tests.reliability.conftest import OUTLASTING_RETRIES
 from worker.storage import StorageWatch
 
 DISK_MB = 12  # the tmpfs holding DICOM_STORAGE
@@ -136,9 +137,7 @@ def stack(small_disk: Path, pg_server: PostgresServer, qi_db: QiDatabase, hub_va
         "ROUTING_API_PORT": str(free_port()),
         "ROUTING_RULES": str(rules),
         "DISK_FREE_WARN_MB": str(WARN_MB),
-        "RETRY_BASE": "0.5",
-        "RETRY_CAP": "2",
-        "RETRY_MAX_ATTEMPTS": "100",
+        **OUTLASTING_RETRIES,
         "POLL_INTERVAL": "0.2",
     }
     settings = settings_from_values(values)

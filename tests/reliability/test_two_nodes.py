@@ -44,6 +44,7 @@ from testkit.harness.stack import OrthancServer, PostgresServer, QiDatabase
 from testkit.harness.waiting import wait_until
 from testkit.harness.worker_proc import rules_file
 from testkit.synthetic import make_study
+from tests.reliability.conftest import OUTLASTING_RETRIES
 
 pytestmark = pytest.mark.integration
 
@@ -90,9 +91,7 @@ def two_nodes(pg_server: PostgresServer, qi_db: QiDatabase, hub_values: dict[str
         "ROUTING_API_PORT": str(free_port()),
         "ROUTING_RULES": rules_file(tmp_path, RULES),
         "STABLE_AGE": str(STABLE_AGE_S),
-        "RETRY_BASE": "0.5",
-        "RETRY_CAP": "2",
-        "RETRY_MAX_ATTEMPTS": "100",
+        **OUTLASTING_RETRIES,
         "POLL_INTERVAL": "0.2",
     }
     settings = settings_from_values(values)
