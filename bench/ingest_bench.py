@@ -1,6 +1,7 @@
 """Ingest headroom: Orthanc's C-STORE intake with and without the worker running.
 
     .venv/bin/python -m bench.ingest_bench [--studies 60] [--instances 10] [--senders 4] [--rounds 3]
+                                           [--baseline DIR]
 
 One real PostgreSQL, one real Orthanc (TCP_NODELAY=1) and a dcmtk `storescp --ignore`
 peer. The study set is written to files once and pushed by `--senders` parallel dcmtk
@@ -10,7 +11,12 @@ realistic case: ingest and forwarding share the machine). Before every round all
 studies are deleted from Orthanc, and every round sends its own fresh studies of the
 same size (new UIDs, so the worker records and forwards each of them).
 
-During B rounds the worker's cursor lag (Orthanc's last change minus the worker's
+With `--baseline DIR` (a checkout of another revision, e.g. `git worktree add DIR REV`,
+migrated by this tree's schema) each round adds a side C: the same with DIR's worker, so
+a change to the worker is measured before and after in one run, under the same load (B
+and C take turns going first).
+
+During B (and C) rounds the worker's cursor lag (Orthanc's last change minus the worker's
 cursor) is sampled every 0.2 s; the report gives its maximum above the settled lag
 before the round, and the time from the end
 of ingest until the worker has routed every study of the round (this includes Orthanc's
@@ -30,6 +36,7 @@ from pathlib import Path
 
 from bench.stack import BenchStack, bench_stack, print_footer
 from bench.worker_bench import cpu_seconds
+from core.settings import PROJECT_ROOT
 from testkit.harness.ports import free_port
 from testkit.harness.stack import OrthancRest
 from testkit.harness.waiting import wait_until
@@ -96,7 +103,9 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=10)
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs")
+    parser.add_argument("--baseline", type=Path, help="a checkout whose worker runs as side C, for a before/after")
     args = parser.parse_args()
+    workers = {"B": PROJECT_ROOT, **({"C": args.baseline.resolve()} if args.baseline else {})}
 
     with bench_stack("ingest") as stack:
         settings, base = stack.settings, stack.base
@@ -116,65 +125,73 @@ def main() -> int:
                 paths.extend(write_datasets(make_study(1, args.instances, f"CR INGEST {name} {i}"), study_dir))
             return [paths[i::args.senders] for i in range(args.senders)]
 
-        sets = {(r, side): study_set(f"{r}{side}") for r in range(args.rounds) for side in "AB"}
+        sets = {(r, side): study_set(f"{r}{side}") for r in range(args.rounds) for side in ["A", *workers]}
         total = args.studies * args.instances
 
         def clear_orthanc() -> None:
             for study_id in rest.get("/studies"):
                 rest.delete(f"/studies/{study_id}")
 
-        a_rates, b_rates, lags_max, drain = [], [], [], []
-        cpu: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+        rates: dict[str, list[float]] = {side: [] for side in ["A", *workers]}
+        lags_max: dict[str, list[int]] = {side: [] for side in workers}
+        drain: dict[str, list[float]] = {side: [] for side in workers}
+        cpu: dict[str, list[dict[str, float]]] = {side: [] for side in rates}
         for r in range(args.rounds):
             clear_orthanc()
             window = CpuWindow(pids)
-            a_rates.append(total / push(sets[r, "A"], settings))
+            rates["A"].append(total / push(sets[r, "A"], settings))
             cpu["A"].append(window.spent())
-            clear_orthanc()
-            worker = stack.worker(name=f"worker-{r}")
-            baseline = settled_lag(stack, rest)
-            jobs_before = stack.count_jobs()
-            samples: list[int] = []
-            stop = threading.Event()
+            # B and C take turns going first, so neither gains from the machine's drift within a round.
+            for side, code in (list(workers.items())[::-1] if r % 2 else workers.items()):
+                clear_orthanc()
+                worker = stack.worker(name=f"worker-{r}{side}", code=code)
+                baseline = settled_lag(stack, rest)
+                jobs_before = stack.count_jobs()
+                samples: list[int] = []
+                stop = threading.Event()
 
-            def sample(out: list[int] = samples, done: threading.Event = stop) -> None:
-                while not done.wait(LAG_SAMPLE_S):
-                    out.append(stack.cursor_lag(rest))
+                def sample(out: list[int] = samples, done: threading.Event = stop) -> None:
+                    while not done.wait(LAG_SAMPLE_S):
+                        out.append(stack.cursor_lag(rest))
 
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            window = CpuWindow({**pids, "worker": worker.proc.pid})
-            b_rates.append(total / push(sets[r, "B"], settings))
-            cpu["B"].append(window.spent())
-            ended = time.perf_counter()
-            wait_until(lambda before=jobs_before: stack.count_jobs() - before >= args.studies, timeout=300,
-                       interval=0.05, what="every study of the round routed")
-            drain.append(time.perf_counter() - ended)
-            stop.set()
-            sampler.join()
-            lags_max.append(max(samples, default=0) - baseline)
-            worker.stop(60)
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                window = CpuWindow({**pids, "worker": worker.proc.pid})
+                rates[side].append(total / push(sets[r, side], settings))
+                cpu[side].append(window.spent())
+                ended = time.perf_counter()
+                wait_until(lambda before=jobs_before: stack.count_jobs() - before >= args.studies, timeout=300,
+                           interval=0.05, what="every study of the round routed")
+                drain[side].append(time.perf_counter() - ended)
+                stop.set()
+                sampler.join()
+                lags_max[side].append(max(samples, default=0) - baseline)
+                worker.stop(60)
 
-    ratio = statistics.median(b_rates) / statistics.median(a_rates)
-    pair_ratio = statistics.median(b / a for a, b in zip(a_rates, b_rates, strict=True))
+    a_rates = rates["A"]
     print(f"{args.studies} studies x {args.instances} instances = {total} per round, {args.senders} "
-          f"storescu senders, {args.rounds} A/B pairs (A without the worker, B with it forwarding to a peer)")
-    print()
-    print("| round | A: Orthanc alone (inst/s) | B: with the worker (inst/s) | B/A | max cursor lag (changes) "
-          "| last study routed, s after ingest |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for i, (a, b, m, d) in enumerate(zip(a_rates, b_rates, lags_max, drain, strict=True), 1):
-        print(f"| {i} | {a:.0f} | {b:.0f} | {b / a:.2f} | {m} | {d:.2f} |")
-    print()
-    print(f"median A {statistics.median(a_rates):.0f} inst/s, median B {statistics.median(b_rates):.0f} inst/s; "
-          f"ratio of medians {ratio:.2f}, median of pair ratios {pair_ratio:.2f}")
+          f"storescu senders, {args.rounds} rounds (A without the worker, B with this tree's worker forwarding "
+          f"to a peer{f', C the same with the worker of {args.baseline}' if args.baseline else ''})")
+    for side in workers:
+        side_rates = rates[side]
+        ratio = statistics.median(side_rates) / statistics.median(a_rates)
+        pair_ratio = statistics.median(b / a for a, b in zip(a_rates, side_rates, strict=True))
+        print()
+        print(f"| round | A: Orthanc alone (inst/s) | {side}: with the worker (inst/s) | {side}/A "
+              "| max cursor lag (changes) | last study routed, s after ingest |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for i, (a, b, m, d) in enumerate(zip(a_rates, side_rates, lags_max[side], drain[side], strict=True), 1):
+            print(f"| {i} | {a:.0f} | {b:.0f} | {b / a:.2f} | {m} | {d:.2f} |")
+        print()
+        print(f"median A {statistics.median(a_rates):.0f} inst/s, median {side} {statistics.median(side_rates):.0f} "
+              f"inst/s; ratio of medians {ratio:.2f}, median of pair ratios {pair_ratio:.2f}")
     print()
     print("CPU seconds per 1,000 instances while the senders run (median over rounds; 2 cores):")
     print()
     parts = ["Orthanc", "PostgreSQL and rest", "senders", "peer", "worker"]
     print("| side | " + " | ".join(parts) + " |")
     print("|---|" + "---:|" * len(parts))
-    for side in "AB":
+    for side in rates:
         medians = [statistics.median(w.get(part, 0.0) for w in cpu[side]) * 1000 / total for part in parts]
         print(f"| {side} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
     print()

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from core.db import migrate
 from core.envfile import generate_secret
-from core.settings import Settings, settings_from_values
+from core.settings import PROJECT_ROOT, Settings, settings_from_values
 from ops import pgcluster
 from testkit.harness.stack import OrthancRest, OrthancServer, PostgresServer, make_values, remove_tree
 from testkit.harness.worker_proc import WorkerProcess
@@ -61,11 +61,11 @@ class BenchStack:
         self._cleanup.callback(_terminate, peer)
         return peer
 
-    def worker(self, rules: str = ALL_TO_PEER, name: str = "worker") -> WorkerProcess:
-        """Start `python -m worker` with `rules` and wait until its /health answers."""
+    def worker(self, rules: str = ALL_TO_PEER, name: str = "worker", code: Path = PROJECT_ROOT) -> WorkerProcess:
+        """Start `python -m worker` of the tree `code` with `rules` and wait until its /health answers."""
         path = self.base / f"{name}-routing.yml"
         path.write_text(rules)
-        worker = WorkerProcess({**self.values, "ROUTING_RULES": str(path)}, self.base, name)
+        worker = WorkerProcess({**self.values, "ROUTING_RULES": str(path)}, self.base, name, code=code)
         self._cleanup.callback(worker.stop)
         return worker.start()
 

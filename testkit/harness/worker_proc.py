@@ -33,13 +33,14 @@ class WorkerProcess:
     """
 
     def __init__(self, values: dict[str, str], directory: Path, name: str = "worker",
-                 extra_env: dict[str, str] | None = None, *, behind_api: bool = False):
+                 extra_env: dict[str, str] | None = None, *, behind_api: bool = False, code: Path = PROJECT_ROOT):
         if not behind_api:
             values = {**values, "WORKER_HEALTH_PORT": values["ROUTING_API_PORT"], "ROUTING_API_PORT": str(free_port())}
         self.values = values
         self.extra_env = extra_env or {}  # process environment, e.g. HUB_FAILPOINT (settings come from .env)
         self.env_file = write_env(values, directory / f"{name}.env")
         self.log = directory / f"{name}.log"
+        self.code = code  # the tree whose worker runs: another revision's, for a before/after benchmark
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,7 +55,7 @@ class WorkerProcess:
     def start_nowait(self) -> WorkerProcess:
         """Spawn the process and return at once (as supervisord restarts a worker)."""
         env = {**os.environ, "HUB_ENV_FILE": str(self.env_file), "PYTHONUNBUFFERED": "1", **self.extra_env}
-        self.proc = spawn([sys.executable, "-m", "worker"], self.log, env=env, cwd=PROJECT_ROOT)
+        self.proc = spawn([sys.executable, "-m", "worker"], self.log, env=env, cwd=self.code)
         return self
 
     def healthy(self) -> bool:
