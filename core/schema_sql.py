@@ -202,6 +202,18 @@ def recache_clean_studies(conn: Connection) -> None:
         conn.execute(text(statement))
 
 
+def is_newest_loader(revision: str) -> bool:
+    """Whether `revision` is the newest migration that loads db/sql, i.e. whether its
+    load_in_migration creates the db/sql objects. Triggers a migration creates on those
+    functions need them: an older loader leaves them to the newest (0012's to 0014)."""
+    from alembic import op
+
+    context = op.get_context()
+    assert context.config is not None
+    loaders = loader_revisions(ScriptDirectory.from_config(context.config))
+    return bool(loaders) and loaders[0] == revision
+
+
 def load_in_migration(revision: str) -> list[str]:
     """What the upgrade() of a migration that sets LOADS_DB_SQL = True calls.
 

@@ -1,4 +1,8 @@
 -- AI results: rates over studies sent to the AI.
+-- Without filters and groups over a long window (qi_hist_usable, qi_hist_long) the answer
+-- comes from the per-day tables (qi_ai_outcomes_hist: the same numbers, reading only the
+-- sent studies still without a result); otherwise every study of the window is read here.
+-- Both conditions fold to constants, so only one branch runs.
 -- Common arguments of the aggregates: README.md.
 CREATE OR REPLACE FUNCTION qi_ai_outcomes(p_from timestamptz, p_to timestamptz, p_grain text DEFAULT 'day',
                                           p_group text DEFAULT 'none', p_modality text[] DEFAULT NULL,
@@ -9,6 +13,10 @@ RETURNS TABLE (bucket date, bucket_start timestamptz, grp text, ai_routed bigint
                waiting bigint, overdue bigint, overdue_rate double precision, no_result bigint,
                no_result_rate double precision)
 LANGUAGE sql STABLE AS $$
+    SELECT * FROM qi_ai_outcomes_hist(p_from, p_to, p_grain)
+    WHERE qi_hist_usable(p_from, p_to, p_group, p_modality, p_source, p_destination, p_rule)
+      AND qi_hist_long(p_from, p_to)
+    UNION ALL
     SELECT a.bucket, a.bucket::timestamp AT TIME ZONE q.tz, a.grp, a.ai_routed, a.not_sent, a.sent,
            a.on_time + a.late, a.on_time, a.late, a.overdue_missing, a.waiting,
            a.late + a.overdue_missing, (a.late + a.overdue_missing)::double precision / NULLIF(a.sent, 0),
@@ -29,5 +37,7 @@ LANGUAGE sql STABLE AS $$
         GROUP BY 1, 2
     ) a
     CROSS JOIN qi_settings q
+    WHERE NOT (qi_hist_usable(p_from, p_to, p_group, p_modality, p_source, p_destination, p_rule)
+               AND qi_hist_long(p_from, p_to))
     ORDER BY 1, 3
 $$;

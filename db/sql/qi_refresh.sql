@@ -1,5 +1,6 @@
 -- Recompute up to p_limit dirty studies; returns how many. Concurrent callers skip.
--- (core.qi.refresh; the public views are current whether or not it ran.)
+-- (core.qi.refresh; the public views are current whether or not it ran.) Also sums the
+-- attempt counts the events' triggers added since (qi_attempt_day_compact).
 CREATE OR REPLACE FUNCTION qi_refresh(p_limit integer DEFAULT 20000) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -8,6 +9,7 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('hub.qi_refresh')) THEN
         RETURN 0;
     END IF;
+    PERFORM qi_attempt_day_compact();
     WITH picked AS (
         SELECT d.study_id FROM qi_dirty d ORDER BY d.marked_at LIMIT p_limit FOR UPDATE SKIP LOCKED
     ), gone AS (

@@ -12,6 +12,7 @@ BEGIN
     IF TG_TABLE_NAME = 'qi_settings' OR TG_OP = 'TRUNCATE' THEN
         PERFORM qi_stage_hist_fill(NULL);
         PERFORM qi_study_cube_fill(NULL);
+        PERFORM qi_ai_day_fill(NULL);
         RETURN NULL;
     ELSIF TG_OP = 'INSERT' THEN
         SELECT array_agg(DISTINCT (r.first_received_at AT TIME ZONE v_tz)::date) INTO days FROM new_rows r;
@@ -24,6 +25,7 @@ BEGIN
     IF days IS NOT NULL THEN
         PERFORM qi_stage_hist_fill(days);
         PERFORM qi_study_cube_fill(days);
+        PERFORM qi_ai_day_fill(days);
     END IF;
     RETURN NULL;
 END $$;

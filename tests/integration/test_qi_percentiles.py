@@ -12,6 +12,14 @@ the cache truncated, TZ changed) and must still equal a full recomputation. The 
 counts per day (qi_study_cube) behind qi_study_outcomes, qi_volume and qi_volume_heatmap
 are checked the same way against count(*) over qi_study, and qi_sla_compliance against
 the states of qi_study.
+
+Migration 0014 does the same for the deliveries and attempts: qi_delivery_times
+(percentile_cont per destination and purpose, from qi_delivery_hist), qi_delivery_outcomes
+(qi_delivery_cube), qi_ai_outcomes (qi_ai_day, the round-trip histogram and the sent
+studies still without a result) and qi_attempt_failures (qi_attempt_day, kept by triggers
+on events) are checked against the same aggregates over qi_delivery, qi_study and
+qi_attempt. They answer from the per-day tables over windows of 60 days or more only
+(qi_hist_long), so the windows include long ones around the 8 days of data.
 """
 
 from __future__ import annotations
@@ -50,6 +58,13 @@ ROW = st.tuples(st.integers(0, DAYS - 1), st.integers(0, 86_399), st.tuples(*[VA
 ROWS = st.lists(ROW, min_size=0, max_size=120)
 WINDOW = st.tuples(st.integers(0, DAYS - 1), st.integers(0, DAYS - 1))
 INSTANTS = st.tuples(st.integers(-86_400, (DAYS + 1) * 86_400), st.integers(1, DAYS * 86_400))
+# (study index, destination, purpose, outcome, to_destination_s, turnaround_s): values only
+# on completed sends, as qi_delivery_live makes them (completed exactly when 'succeeded')
+DELIVERY = st.tuples(st.integers(0, 10_000), st.sampled_from(["PACS", "ARCHIVE", "AI"]),
+                     st.sampled_from(["delivery", "ai"]),
+                     st.sampled_from(["succeeded", "succeeded", "failed", "in_progress", "cancelled"]), VALUE, VALUE)
+DELIVERIES = st.lists(DELIVERY, min_size=0, max_size=80)
+LONG_DAYS = 61  # > qi_hist_long's 60 days
 
 REFERENCE_STATS = """
 SELECT qi_bucket(:grain, s.received_day, s.received_week, s.received_month) AS bucket, x.stage,
@@ -106,6 +121,61 @@ GROUP BY 1, 2 ORDER BY 1, 2
 """
 SLA = """SELECT bucket, metric, n_met, n_breached, n_pending FROM qi_sla_compliance(CAST(:f AS timestamptz),
          CAST(:t AS timestamptz), :grain) ORDER BY 1, 2"""
+REFERENCE_DELIVERY_TIMES = """
+SELECT qi_bucket(:grain, d.received_day, d.received_week, d.received_month), d.destination, d.purpose, count(*),
+       percentile_cont(ARRAY[0.5, 0.9, 0.95]) WITHIN GROUP (ORDER BY d.to_destination_s) AS td,
+       max(d.to_destination_s) AS td_max,
+       percentile_cont(ARRAY[0.5, 0.9, 0.95]) WITHIN GROUP (ORDER BY d.turnaround_s) AS ta, max(d.turnaround_s) AS ta_max
+FROM qi_delivery d
+WHERE d.first_received_at >= :f AND d.first_received_at < :t AND d.completed_at IS NOT NULL
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+DELIVERY_TIMES_COLUMNS = """bucket, destination, purpose, n, to_destination_p50, to_destination_p90,
+    to_destination_p95, to_destination_max, turnaround_p50, turnaround_p90, turnaround_p95, turnaround_max"""
+DELIVERY_TIMES = f"""SELECT {DELIVERY_TIMES_COLUMNS} FROM qi_delivery_times(CAST(:f AS timestamptz),
+                     CAST(:t AS timestamptz), :grain) ORDER BY 1, 2, 3"""
+DELIVERY_TIMES_HIST = f"""SELECT {DELIVERY_TIMES_COLUMNS} FROM qi_delivery_times_hist(CAST(:f AS timestamptz),
+                          CAST(:t AS timestamptz), :grain) ORDER BY 1, 2, 3"""
+REFERENCE_DELIVERY_OUTCOMES = """
+SELECT qi_bucket(:grain, d.received_day, d.received_week, d.received_month), d.destination, d.purpose, count(*),
+       count(*) FILTER (WHERE d.outcome = 'succeeded'), count(*) FILTER (WHERE d.outcome = 'failed'),
+       count(*) FILTER (WHERE d.outcome = 'in_progress')
+FROM qi_delivery d
+WHERE d.first_received_at >= :f AND d.first_received_at < :t AND d.outcome <> 'cancelled'
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+DELIVERY_OUTCOMES = """SELECT bucket, destination, purpose, sends, succeeded, failed, in_progress
+                       FROM qi_delivery_outcomes(CAST(:f AS timestamptz), CAST(:t AS timestamptz), :grain)
+                       ORDER BY 1, 2, 3"""
+REFERENCE_AI = """
+SELECT qi_bucket(:grain, received_day, received_week, received_month), count(*) FILTER (WHERE ai_route),
+       count(*) FILTER (WHERE ai_route AND ai_sent_at IS NULL), count(*) FILTER (WHERE ai_sent_at IS NOT NULL),
+       count(*) FILTER (WHERE ai_result_state = 'on_time'), count(*) FILTER (WHERE ai_result_state = 'late'),
+       count(*) FILTER (WHERE ai_result_state = 'overdue'), count(*) FILTER (WHERE ai_result_state = 'waiting')
+FROM qi_study
+WHERE first_received_at >= :f AND first_received_at < :t AND (ai_route OR ai_sent_at IS NOT NULL)
+GROUP BY 1 ORDER BY 1
+"""
+AI_COLUMNS = "bucket, ai_routed, not_sent, sent, on_time, late, overdue_missing, waiting"
+AI = f"""SELECT {AI_COLUMNS} FROM qi_ai_outcomes(CAST(:f AS timestamptz), CAST(:t AS timestamptz), :grain)
+         ORDER BY 1"""
+AI_HIST = f"""SELECT {AI_COLUMNS} FROM qi_ai_outcomes_hist(CAST(:f AS timestamptz), CAST(:t AS timestamptz), :grain)
+              ORDER BY 1"""
+REFERENCE_ATTEMPTS = """
+SELECT qi_bucket(:grain, at_day, at_week, at_month), CASE WHEN :bydest THEN destination ELSE 'all' END, count(*),
+       count(*) FILTER (WHERE failed), count(*) FILTER (WHERE outcome = 'failed'), count(*) FILTER (WHERE outcome = 'dead')
+FROM qi_attempt WHERE at >= :f AND at < :t GROUP BY 1, 2 ORDER BY 1, 2
+"""
+ATTEMPTS = """SELECT bucket, destination, attempts, failed, retried, dead
+              FROM qi_attempt_failures(CAST(:f AS timestamptz), CAST(:t AS timestamptz), :grain, :bydest)
+              ORDER BY 1, 2"""
+DELIVERY_TABLES = ("SELECT day, destination, purpose, metric, bucket, n, (SELECT array_agg(v ORDER BY v) FROM "
+                   "unnest(vals) v) FROM qi_delivery_hist ORDER BY 1, 2, 3, 4, 5",
+                   "SELECT * FROM qi_delivery_cube ORDER BY 1, 2, 3, 4",
+                   "SELECT * FROM qi_delivery_hist_month ORDER BY 1, 2, 3, 4, 5",
+                   "SELECT * FROM qi_ai_day ORDER BY 1, 2, 3, 4")
+ATTEMPT_DAY = """SELECT day, destination, outcome, sum(n) FROM qi_attempt_day GROUP BY 1, 2, 3 HAVING sum(n) <> 0
+                 ORDER BY 1, 2, 3"""
 CUBE_TABLE = "SELECT * FROM qi_study_cube ORDER BY 1, 2, 3, 4, 5, 6"
 HIST_TABLE = """SELECT day, stage, bucket, n, (SELECT array_agg(v ORDER BY v) FROM unnest(vals) v) FROM qi_stage_hist
                 ORDER BY 1, 2, 3"""
@@ -121,6 +191,15 @@ def same(a: Any, b: Any) -> bool:
 def reference_stats(conn: Connection, params: dict[str, Any]) -> list[tuple]:
     rows = conn.execute(text(REFERENCE_STATS), params).all()
     return [(r.bucket, r.stage, r.n, r.pc[0], r.pc[1], r.pc[2], r.mx) for r in rows]
+
+
+def reference_delivery_times(conn: Connection, params: dict[str, Any]) -> list[tuple]:
+    rows = conn.execute(text(REFERENCE_DELIVERY_TIMES), params).all()
+    return [(*r[:4], *(r.td or [None] * 3), r.td_max, *(r.ta or [None] * 3), r.ta_max) for r in rows]
+
+
+def rows_of(conn: Connection, sql: str, params: dict[str, Any]) -> list[tuple]:
+    return [tuple(r) for r in conn.execute(text(sql), params).all()]
 
 
 def assert_rows(got: list[tuple], want: list[tuple], what: str) -> None:
@@ -146,6 +225,7 @@ def fill(conn: Connection, rows: list[tuple]) -> None:
     """Cached rows only (no core tables): a dirty study then has no live row and drops out
     of qi_study, which the histograms must also account for."""
     conn.execute(text("TRUNCATE qi_study_fact"))
+    conn.execute(text("TRUNCATE qi_delivery_fact"))
     conn.execute(text("DELETE FROM qi_dirty"))
     insert(conn, rows, 1)
 
@@ -156,12 +236,60 @@ def insert(conn: Connection, rows: list[tuple], first_id: int) -> None:
         conn.execute(text(
             "INSERT INTO qi_study_fact (study_id, first_received_at, wait_stable_s, to_ai_s, ai_round_trip_s, "
             "result_settle_s, to_destinations_s, turnaround_s, modality, source_aet, routed, outcome, "
-            "delivery_expected, ready_at, ai_sent_at, ai_result_at) "
-            "VALUES (:id, :at, :v0, :v1, :v2, :v3, :v4, :v5, :m, :s, :r, :o, :expected, :ready, :sent, :result)"),
+            "delivery_expected, ready_at, ai_sent_at, ai_result_at, ai_route) "
+            "VALUES (:id, :at, :v0, :v1, :v2, :v3, :v4, :v5, :m, :s, :r, :o, :expected, :ready, :sent, :result, "
+            ":ai_route)"),
             {"id": i, "at": at + timedelta(seconds=second), **{f"v{k}": v for k, v in enumerate(values)},
-             "m": dims[0], "s": dims[1], "r": dims[2], "o": dims[3], **sla_columns(i, at, values)})
+             "m": dims[0], "s": dims[1], "r": dims[2], "o": dims[3], **sla_columns(i, at, values),
+             "ai_route": i % 3 != 1})
         if dirty and i % 3 == 0:
             conn.execute(text("INSERT INTO qi_dirty (study_id) VALUES (:id)"), {"id": i})
+
+
+def insert_deliveries(conn: Connection, deliveries: list[tuple], first_id: int, studies: int) -> None:
+    """Cached delivery rows of the studies first_id .. first_id + studies - 1, received when
+    their study was (dirty studies drop out of qi_delivery as they do of qi_study)."""
+    if not studies:
+        return
+    for k, (index, destination, purpose, outcome, td, ta) in enumerate(deliveries):
+        study = first_id + index % studies
+        done = outcome == "succeeded"
+        conn.execute(text(
+            "INSERT INTO qi_delivery_fact (study_id, purpose, destination, first_received_at, outcome, completed_at, "
+            "to_destination_s, turnaround_s) SELECT :id, :p, :d, f.first_received_at, :o, "
+            "CASE WHEN :done THEN f.first_received_at + interval '1 hour' END, :td, :ta "
+            "FROM qi_study_fact f WHERE f.study_id = :id "
+            "ON CONFLICT DO NOTHING"),  # one row per (study, purpose, destination), as qi_send makes them
+            {"id": study, "p": purpose, "d": f"{destination}{k}" if k % 4 == 0 else destination, "o": outcome,
+             "done": done, "td": td if done else None, "ta": ta if done else None})
+
+
+def check_deliveries(conn: Connection, windows: list[tuple[datetime, datetime]],
+                     long: list[tuple[datetime, datetime]]) -> None:
+    """qi_delivery_times, qi_delivery_outcomes and qi_ai_outcomes against their definitions
+    over qi_delivery / qi_study: the _hist functions directly over the short windows, the
+    public functions over the long ones (where they read the per-day tables)."""
+    qi.prepare(conn)
+    for (f, t), public in [(w, False) for w in windows] + [(w, True) for w in long]:
+        for grain in ("all", "day", "week", "month"):
+            params = {"f": f, "t": t, "grain": grain}
+            want = reference_delivery_times(conn, params)
+            got = DELIVERY_TIMES if public else DELIVERY_TIMES_HIST
+            assert_rows(rows_of(conn, got, params), want, ("delivery_times", public, params))
+            want = rows_of(conn, REFERENCE_AI, params)
+            assert_rows(rows_of(conn, AI if public else AI_HIST, params), want, ("ai_outcomes", public, params))
+            if public:
+                want = rows_of(conn, REFERENCE_DELIVERY_OUTCOMES, params)
+                assert_rows(rows_of(conn, DELIVERY_OUTCOMES, params), want, ("delivery_outcomes", params))
+
+
+def long_windows(origin: datetime, instants: tuple[int, int]) -> list[tuple[datetime, datetime]]:
+    """Windows of more than 60 days around the data: whole local days, and a partial day
+    at either end falling inside the data."""
+    start = origin + timedelta(seconds=instants[0])
+    end = origin + timedelta(seconds=instants[0] + instants[1])
+    whole = QiFilter(FIRST_DAY - timedelta(days=30), FIRST_DAY + timedelta(days=LONG_DAYS - 30)).bounds(LA)
+    return [whole, (start, start + timedelta(days=LONG_DAYS)), (end - timedelta(days=LONG_DAYS), end)]
 
 
 def check_all(conn: Connection, windows: list[tuple[datetime, datetime]]) -> None:
@@ -190,15 +318,18 @@ def check_all(conn: Connection, windows: list[tuple[datetime, datetime]]) -> Non
 
 
 def assert_hist_is_recomputed(conn: Connection) -> None:
-    kept = conn.execute(text(HIST_TABLE)).all(), conn.execute(text(CUBE_TABLE)).all()
-    conn.execute(text("SELECT qi_stage_hist_fill(NULL), qi_study_cube_fill(NULL)"))
-    assert kept == (conn.execute(text(HIST_TABLE)).all(), conn.execute(text(CUBE_TABLE)).all())
+    tables = (HIST_TABLE, CUBE_TABLE, *DELIVERY_TABLES)
+    kept = [conn.execute(text(sql)).all() for sql in tables]
+    conn.execute(text("SELECT qi_stage_hist_fill(NULL), qi_study_cube_fill(NULL), qi_ai_day_fill(NULL), "
+                      "qi_delivery_hist_fill(NULL)"))
+    assert kept == [conn.execute(text(sql)).all() for sql in tables]
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=ROWS, window=WINDOW, instants=INSTANTS, more=ROWS)
+@given(rows=ROWS, window=WINDOW, instants=INSTANTS, more=ROWS, deliveries=DELIVERIES, more_deliveries=DELIVERIES)
 def test_histogram_percentiles_equal_percentile_cont(db: Engine, rows: list[tuple], window: tuple[int, int],
-                                                     instants: tuple[int, int], more: list[tuple]) -> None:
+                                                     instants: tuple[int, int], more: list[tuple],
+                                                     deliveries: list[tuple], more_deliveries: list[tuple]) -> None:
     start, end = sorted(window)
     whole = QiFilter(FIRST_DAY + timedelta(days=start), FIRST_DAY + timedelta(days=end)).bounds(LA)
     origin = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=LA).astimezone(UTC)
@@ -206,24 +337,35 @@ def test_histogram_percentiles_equal_percentile_cont(db: Engine, rows: list[tupl
     windows = [whole, partial]
     with db.begin() as conn:
         fill(conn, rows)
+        insert_deliveries(conn, deliveries, 1, len(rows))
         values = sum(v is not None for r in rows for v in r[2])
         assert conn.execute(text("SELECT COALESCE(sum(n), 0) FROM qi_stage_hist")).scalar() == values
+        assert conn.execute(text("SELECT COALESCE(sum(n), 0) FROM qi_delivery_cube")).scalar() == \
+            conn.execute(text("SELECT count(*) FROM qi_delivery_fact")).scalar()
         check_all(conn, windows)
+        check_deliveries(conn, windows, long_windows(origin, instants))
         # the cache changes as qi_refresh / the loader change it: deletes, updates, inserts
         conn.execute(text("DELETE FROM qi_study_fact WHERE study_id % 4 = 1"))
+        conn.execute(text("DELETE FROM qi_delivery_fact WHERE study_id % 4 = 1"))
         conn.execute(text("UPDATE qi_study_fact SET turnaround_s = turnaround_s * 2, "
                           "first_received_at = first_received_at + interval '20 hours' WHERE study_id % 5 = 2"))
+        conn.execute(text("UPDATE qi_delivery_fact SET turnaround_s = turnaround_s * 2, "
+                          "first_received_at = first_received_at + interval '20 hours' WHERE study_id % 5 = 2"))
         insert(conn, more, 10_000)
+        insert_deliveries(conn, more_deliveries, 10_000, len(more))
         assert_hist_is_recomputed(conn)
         check_all(conn, windows)
+        check_deliveries(conn, windows, long_windows(origin, instants))
         conn.rollback()
 
 
 def test_histograms_follow_the_cache_and_the_time_zone(db: Engine) -> None:
     rows = [(d % DAYS, (d * 7919) % 86_400, tuple(float((d * k) % 5000) for k in range(1, 7)), False,
              ("CT", "MOD_A", True, "delivered")) for d in range(400)]
+    deliveries = [(d, "PACS", "delivery", "succeeded", float(d), float(3 * d)) for d in range(0, 400, 3)]
     with db.begin() as conn:
         fill(conn, rows)
+        insert_deliveries(conn, deliveries, 1, len(rows))
         assert conn.execute(text("SELECT count(DISTINCT day) FROM qi_stage_hist")).scalar() == DAYS
         before = conn.execute(text(HIST_TABLE)).all()
         conn.execute(text("UPDATE qi_settings SET tz = 'Asia/Tokyo'"))
@@ -232,8 +374,12 @@ def test_histograms_follow_the_cache_and_the_time_zone(db: Engine) -> None:
         assert_hist_is_recomputed(conn)
         tokyo = QiFilter(FIRST_DAY, FIRST_DAY + timedelta(days=3)).bounds(ZoneInfo("Asia/Tokyo"))
         check_all(conn, [tokyo])
-        conn.execute(text("TRUNCATE qi_study_fact"))
+        check_deliveries(conn, [tokyo], [QiFilter(FIRST_DAY - timedelta(days=30),
+                                                  FIRST_DAY + timedelta(days=40)).bounds(ZoneInfo("Asia/Tokyo"))])
+        conn.execute(text("TRUNCATE qi_study_fact, qi_delivery_fact"))
         assert conn.execute(text("SELECT count(*) FROM qi_stage_hist")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM qi_delivery_hist")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM qi_ai_day")).scalar() == 0
         conn.rollback()
 
 
@@ -254,4 +400,69 @@ def test_filters_and_groups_read_every_study(db: Engine) -> None:
         want = reference_stats(conn, {"f": f, "t": t, "grain": "all"})
         assert_rows([tuple(r) for r in filtered], want, "filtered")
         assert [tuple(r) for r in stale] != [tuple(r) for r in filtered]  # the histograms were not read
+        conn.rollback()
+
+
+# (day, second of the day, type, destination): finished attempts and other events
+EVENT = st.tuples(st.integers(-1, DAYS), st.integers(0, 86_399),
+                  st.sampled_from(["ai_sent", "delivered", "delivery_failed", "delivery_dead", "delivery_started",
+                                   "received"]),
+                  st.sampled_from([None, "PACS", "ARCHIVE", "AI"]))
+
+
+def insert_events(conn: Connection, events: list[tuple], study_ids: list[int]) -> None:
+    """One statement, as the recorder and the loader write several events at once."""
+    origin = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=LA).astimezone(UTC)
+    if events:
+        conn.execute(text("INSERT INTO events (study_id, type, at, destination) "
+                          "SELECT * FROM unnest(CAST(:s AS bigint[]), CAST(:ty AS text[]), "
+                          "CAST(:at AS timestamptz[]), CAST(:d AS text[]))"),
+                     {"s": [study_ids[i % len(study_ids)] for i in range(len(events))],
+                      "ty": [e[2] for e in events], "d": [e[3] for e in events],
+                      "at": [origin + timedelta(days=e[0], seconds=e[1]) for e in events]})
+
+
+def check_attempts(conn: Connection, windows: list[tuple[datetime, datetime]]) -> None:
+    qi.prepare(conn)
+    for f, t in windows:
+        for grain in ("all", "day", "week", "month"):
+            for bydest in (True, False):
+                params = {"f": f, "t": t, "grain": grain, "bydest": bydest}
+                want = rows_of(conn, REFERENCE_ATTEMPTS, params)
+                assert_rows(rows_of(conn, ATTEMPTS, params), want, ("attempts", params))
+
+
+def assert_attempt_days_recomputed(conn: Connection) -> None:
+    kept = conn.execute(text(ATTEMPT_DAY)).all()
+    conn.execute(text("SELECT qi_attempt_day_fill()"))
+    assert kept == conn.execute(text(ATTEMPT_DAY)).all()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(EVENT, max_size=80), more=st.lists(EVENT, max_size=40), instants=INSTANTS)
+def test_attempt_counts_per_day_equal_the_events(db: Engine, events: list[tuple], more: list[tuple],
+                                                 instants: tuple[int, int]) -> None:
+    """qi_attempt_failures over long windows counts whole days from qi_attempt_day, which
+    the events' triggers keep (inserts, deletes, a study's cascade, compaction, TZ)."""
+    origin = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=LA).astimezone(UTC)
+    with db.begin() as conn:
+        ids = [conn.execute(text("INSERT INTO studies (study_uid) VALUES (:u) RETURNING id"),
+                            {"u": f"1.2.826.0.1.{k}"}).scalar_one() for k in range(3)]
+        insert_events(conn, events, ids)
+        windows = long_windows(origin, instants)
+        check_attempts(conn, windows)
+        insert_events(conn, more, ids)
+        conn.execute(text("DELETE FROM events WHERE id % 3 = 0"))
+        check_attempts(conn, windows)
+        conn.execute(text("SELECT qi_attempt_day_compact()"))
+        assert conn.execute(text("SELECT count(*) FROM (SELECT 1 FROM qi_attempt_day GROUP BY day, destination, "
+                                 "outcome HAVING count(*) > 1 OR sum(n) = 0) x")).scalar() == 0
+        check_attempts(conn, windows)
+        conn.execute(text("DELETE FROM studies WHERE id = :id"), {"id": ids[0]})
+        assert_attempt_days_recomputed(conn)
+        check_attempts(conn, windows)
+        conn.execute(text("UPDATE qi_settings SET tz = 'Asia/Tokyo'"))
+        assert_attempt_days_recomputed(conn)
+        check_attempts(conn, [QiFilter(FIRST_DAY - timedelta(days=30),
+                                       FIRST_DAY + timedelta(days=40)).bounds(ZoneInfo("Asia/Tokyo"))])
         conn.rollback()

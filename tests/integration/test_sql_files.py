@@ -41,10 +41,18 @@ REVISION = "0008"
 ADDED_AFTER = frozenset({"qi_drill_studies", "qi_hist_stages", "qi_hist_bounds", "qi_hist_bucket",
                          "qi_stage_hist_fill", "qi_stage_hist_sync", "qi_hist_usable", "qi_hist_days",
                          "qi_hist_delta", "qi_stage_stats_hist", "qi_stage_histogram_hist",
-                         "qi_study_cube_fill", "qi_cube_rows", "qi_cube_delta", "qi_sla_compliance_hist"})
+                         "qi_study_cube_fill", "qi_cube_rows", "qi_cube_delta", "qi_sla_compliance_hist",
+                         # 0014
+                         "qi_delivery_hist_fill", "qi_delivery_hist_sync", "qi_attempt_day_fill",
+                         "qi_attempt_day_sync", "qi_attempt_day_compact", "qi_ai_day_fill", "qi_hist_long",
+                         "qi_delivery_delta", "qi_delivery_cube_rows", "qi_ai_delta", "qi_delivery_times_hist",
+                         "qi_ai_outcomes_hist"})
 # Objects whose definition a later migration loading db/sql changed (its downgrade restores them).
 CHANGED_AFTER = frozenset({"qi_stage_stats", "qi_stage_histogram", "qi_study_outcomes", "qi_volume",
-                           "qi_volume_heatmap", "qi_sla_compliance"})
+                           "qi_volume_heatmap", "qi_sla_compliance",
+                           # 0014
+                           "qi_delivery_times", "qi_delivery_outcomes", "qi_ai_outcomes", "qi_attempt_failures",
+                           "qi_refresh"})
 VERSIONS = Path(__file__).resolve().parents[2] / "db" / "migrations" / "versions"
 
 

@@ -315,7 +315,10 @@ DROP INDEX qi_study_fact_open_td_idx;
 def upgrade() -> None:
     op.execute(TABLE)
     schema_sql.load_in_migration(revision)
-    op.execute(TRIGGERS)
+    # the trigger functions exist here only when this migration loaded db/sql; else the
+    # newest loading migration creates these triggers (0014_qi_delivery_hist.py)
+    if schema_sql.is_newest_loader(revision):
+        op.execute(TRIGGERS)
 
 
 def downgrade() -> None:
