@@ -135,6 +135,7 @@ def main() -> int:
         rates: dict[str, list[float]] = {side: [] for side in ["A", *workers]}
         lags_max: dict[str, list[int]] = {side: [] for side in workers}
         drain: dict[str, list[float]] = {side: [] for side in workers}
+        whole: dict[str, list[float]] = {side: [] for side in workers}  # worker CPU until all is delivered
         cpu: dict[str, list[dict[str, float]]] = {side: [] for side in rates}
         for r in range(args.rounds):
             clear_orthanc()
@@ -147,6 +148,7 @@ def main() -> int:
                 worker = stack.worker(name=f"worker-{r}{side}", code=code)
                 baseline = settled_lag(stack, rest)
                 jobs_before = stack.count_jobs()
+                delivered_before = stack.count_jobs("succeeded")
                 samples: list[int] = []
                 stop = threading.Event()
 
@@ -157,12 +159,16 @@ def main() -> int:
                 sampler = threading.Thread(target=sample, daemon=True)
                 sampler.start()
                 window = CpuWindow({**pids, "worker": worker.proc.pid})
+                worker_cpu = cpu_seconds(worker.proc.pid)
                 rates[side].append(total / push(sets[r, side], settings))
                 cpu[side].append(window.spent())
                 ended = time.perf_counter()
                 wait_until(lambda before=jobs_before: stack.count_jobs() - before >= args.studies, timeout=300,
                            interval=0.05, what="every study of the round routed")
                 drain[side].append(time.perf_counter() - ended)
+                wait_until(lambda before=delivered_before: stack.count_jobs("succeeded") - before >= args.studies,
+                           timeout=300, interval=0.1, what="every study of the round delivered")
+                whole[side].append(cpu_seconds(worker.proc.pid) - worker_cpu)
                 stop.set()
                 sampler.join()
                 lags_max[side].append(max(samples, default=0) - baseline)
@@ -194,6 +200,13 @@ def main() -> int:
     for side in rates:
         medians = [statistics.median(w.get(part, 0.0) for w in cpu[side]) * 1000 / total for part in parts]
         print(f"| {side} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
+    print()
+    print("The worker's CPU seconds per 1,000 instances for the whole round, from its first instance until "
+          "every study is delivered (per round; the work after ingest included):")
+    print()
+    for side in workers:
+        print(f"- {side}: " + ", ".join(f"{s * 1000 / total:.2f}" for s in whole[side])
+              + f" (median {statistics.median(whole[side]) * 1000 / total:.2f})")
     print()
     print_footer("bench.ingest_bench")
     return 0
