@@ -1,7 +1,7 @@
 """OHIF's first load and a study open, through the viewer gateway, in chromium.
 
     .venv/bin/python -m bench.viewer_bench [--runs 5] [--later 3] [--instances 50] [--size 512]
-                                           [--runtime-agent] [--write]
+                                           [--runtime-agent] [--dist DIR] [--write]
 
 A real PostgreSQL and Orthanc start on free loopback ports (bench/stack.py); a CT study
 of --instances images of --size x --size pixels (16 bit) is stored in Orthanc and
@@ -17,9 +17,10 @@ attaches DevTools' console (the Runtime agent) to every tab, which no user has o
 which costs OHIF's first load 0.4-1 s here (class Chromium; --runtime-agent turns it
 on for comparison):
 
-- first load: a new browser profile (empty cache): OHIF's HTML, ~24 MB of JavaScript
-  (its 17 MB main bundle and ~40 chunks; the WebAssembly codecs are not fetched for an
-  uncompressed CT), its configuration, then the study (search, series, metadata,
+- first load: a new browser profile (empty cache): OHIF's HTML, its JavaScript as
+  installed (minified by ops/stack/ohif.py: the main bundle 11 MB, 17 MB as published,
+  and ~40 chunks; the WebAssembly codecs are not fetched for an uncompressed CT), its
+  configuration, then the study (search, series, metadata,
   frames), all through the gateway;
 - study open, second visit: the same URL in a new tab, as the app's study page opens
   it: OHIF's files from the browser's cache (immutable, hashed names), the study's data
@@ -343,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--later", type=int, default=3, help="later visits timed per run")
     parser.add_argument("--runtime-agent", action="store_true",
                         help="enable DevTools' Runtime agent in each tab, as playwright does (for comparison)")
+    parser.add_argument("--dist", type=Path, default=None,
+                        help="serve this OHIF dist instead of the installed one (ops/stack/ohif.py), e.g. the "
+                             "release as published, to compare it with the install")
     parser.add_argument("--write", action="store_true", help="add the figures to bench/RESULTS.md")
     args = parser.parse_args(argv)
     command = ".venv/bin/python -m bench.viewer_bench " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -358,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             app_flows.arrive(conn, n, datetime.now(UTC), orthanc_id=orthanc_study, description="CT BENCH",
                              modality="CT", series_orthanc_id=next(iter(series.values())), uid_prefix=UID_PREFIX)
             auth.create_user(conn, *USER, Role.VIEWER, actor="bench", source=AuditSource.SETUP, rounds=4)
-        gateway = ViewerProcess(stack.values, stack.base)
+        gateway = ViewerProcess(stack.values, stack.base, dist=args.dist)
         stack._cleanup.callback(gateway.stop)
         gateway.start(timeout=60)
         before = os.getloadavg()[0]

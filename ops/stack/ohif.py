@@ -8,10 +8,19 @@ lockfile entry. `npm pack` fetches it when npm is installed (it honours the site
 registry and proxy settings); otherwise the registry's tarball URL is read directly.
 Either way the bytes must match the pinned sha512 before anything is extracted.
 
+OHIF publishes its JavaScript unminified (a 17 MB main bundle), and a browser's first load
+of the viewer is spent parsing and compiling it (bench/RESULTS.md). So every `*.js` of the
+dist is rewritten with `esbuild --minify-whitespace` before the install counts as
+finished: whitespace and comments only (legal comments kept), no renaming, no bundling,
+the module format and the file names unchanged, so the program is the same. esbuild is
+one static binary, fetched and checked exactly as the viewer is (a second pinned npm
+tarball, @esbuild/linux-x64); it runs on x86-64 Linux only and is not kept.
+
 The files go to OHIF_ROOT/<version>/dist (OHIF_ROOT is var/ohif in the checkout, not
 committed), without the source maps (*.map, only read by a browser's developer tools).
-A finished install carries a marker naming the integrity it was checked against, so a
-second `make run` changes nothing; an interrupted one is replaced. Installs of the same
+A finished install carries a marker naming the integrity it was checked against and how it
+was minified, so a second `make run` changes nothing, while an interrupted install, or one
+made before minifying (or with other esbuild flags), is replaced. Installs of the same
 root are serialised by a lock file, so `make run` and a test session can share it.
 
     .venv/bin/python -m ops.stack.ohif [--root DIR]     install if missing, print the dist path
@@ -24,6 +33,7 @@ import base64
 import fcntl
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -45,6 +55,13 @@ MARKER = ".installed"
 SKIPPED_SUFFIXES = (".map",)
 DOWNLOAD_TIMEOUT_S = 300.0
 MAX_TARBALL_BYTES = 200 * 1024 * 1024  # the 3.13.2 tarball is 50 MB
+MINIFY_TIMEOUT_S = 600.0  # ~7 s for the 3.13.2 dist on this machine
+# Whitespace only. `--minify --keep-names` saves ~0.1-0.3 s more (bench/RESULTS.md) but rewrites code: it
+# renames locals and wraps named functions in a helper defined per file, while onnxruntime-web in OHIF's
+# chunks builds a worker from a function's source text (`fn.toString()`), which no test here exercises.
+MINIFY_FLAGS = ("--minify-whitespace",)
+ESBUILD_BINARY = PurePosixPath("package", "bin", "esbuild")
+ESBUILD_MACHINES = ("x86_64", "amd64")  # what platform.machine() says on the one binary's architecture
 
 
 class OhifError(RuntimeError):
@@ -52,8 +69,8 @@ class OhifError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class OhifRelease:
-    """One pinned npm release: `integrity` is npm's (`npm view @ohif/app@VERSION dist.integrity`)."""
+class NpmRelease:
+    """One pinned npm release: `integrity` is npm's (`npm view PACKAGE@VERSION dist.integrity`)."""
 
     package: str
     version: str
@@ -70,25 +87,36 @@ class OhifRelease:
 
 
 # Pinned: to upgrade, change both and run `make run` (README.md, "Ports": the viewer).
-OHIF = OhifRelease(
+OHIF = NpmRelease(
     package="@ohif/app",
     version="3.13.2",
     integrity="sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==",
 )
+# The minifier: esbuild's Linux x86-64 build, one binary in a package without dependencies or scripts.
+ESBUILD = NpmRelease(
+    package="@esbuild/linux-x64",
+    version="0.28.2",
+    integrity="sha512-4xTZr1FUmSoQW4XIWmit3tzQrUTZM+N3P0XV8xROKYF50XfI7xeO90+1bZvNwxIufQ9hDQVRJH5YhgPVF8A/HQ==",
+)
 
 Out = Callable[[str], None]
-Fetcher = Callable[[OhifRelease, Path], Path]
+Fetcher = Callable[[NpmRelease, Path], Path]
 
 
-def dist_dir(root: Path = OHIF_ROOT, release: OhifRelease = OHIF) -> Path:
+def dist_dir(root: Path = OHIF_ROOT, release: NpmRelease = OHIF) -> Path:
     """Where the viewer's files are once installed (what `python -m viewer --dist` serves)."""
     return root / release.version / "dist"
 
 
-def is_installed(root: Path = OHIF_ROOT, release: OhifRelease = OHIF) -> bool:
+def marker_text(release: NpmRelease = OHIF, minifier: NpmRelease = ESBUILD) -> str:
+    """What a finished install's marker says: the viewer's checked integrity and how its JavaScript was minified."""
+    return f"{release.integrity}\nminified by {minifier.spec} {' '.join(MINIFY_FLAGS)}\n"
+
+
+def is_installed(root: Path = OHIF_ROOT, release: NpmRelease = OHIF, minifier: NpmRelease = ESBUILD) -> bool:
     marker = root / release.version / MARKER
     try:
-        return marker.read_text(encoding="ascii").strip() == release.integrity and (
+        return marker.read_text(encoding="ascii") == marker_text(release, minifier) and (
             dist_dir(root, release) / "index.html").is_file()
     except OSError:
         return False
@@ -103,7 +131,7 @@ def integrity_of(path: Path) -> str:
     return "sha512-" + base64.b64encode(sha.digest()).decode("ascii")
 
 
-def fetch_with_npm(release: OhifRelease, directory: Path) -> Path:
+def fetch_with_npm(release: NpmRelease, directory: Path) -> Path:
     """`npm pack` of the pinned version into `directory` (the tarball only, no dependencies)."""
     npm = shutil.which("npm")
     if npm is None:
@@ -119,7 +147,7 @@ def fetch_with_npm(release: OhifRelease, directory: Path) -> Path:
     return directory / names[-1]
 
 
-def fetch_direct(release: OhifRelease, directory: Path, url: str | None = None) -> Path:
+def fetch_direct(release: NpmRelease, directory: Path, url: str | None = None) -> Path:
     """The registry's tarball URL read with httpx (no npm on this machine)."""
     target = directory / f"{release.package.rsplit('/', 1)[-1]}-{release.version}.tgz"
     size = 0
@@ -138,7 +166,7 @@ def fetch_direct(release: OhifRelease, directory: Path, url: str | None = None) 
     return target
 
 
-def fetch(release: OhifRelease, directory: Path) -> Path:
+def fetch(release: NpmRelease, directory: Path) -> Path:
     """npm when it is installed, else the tarball URL; the caller checks the integrity."""
     if shutil.which("npm"):
         try:
@@ -146,6 +174,65 @@ def fetch(release: OhifRelease, directory: Path) -> Path:
         except (OhifError, subprocess.TimeoutExpired):
             pass  # e.g. an npm too old for --pack-destination: the same bytes, read directly
     return fetch_direct(release, directory)
+
+
+def fetch_verified(release: NpmRelease, directory: Path, fetcher: Fetcher) -> Path:
+    """The release's tarball in `directory`, refused unless it matches its pinned integrity."""
+    tarball = fetcher(release, directory)
+    found = integrity_of(tarball)
+    if found != release.integrity:
+        raise OhifError(f"{release.spec}: the tarball's checksum is {found}, expected the pinned {release.integrity}; "
+                        "nothing was installed. The registry (or a proxy or mirror between) served other bytes "
+                        "than npm published: find out why before changing the pin in ops/stack/ohif.py")
+    return tarball
+
+
+def check_machine(minifier: NpmRelease = ESBUILD) -> None:
+    """Refuse before any download where the pinned esbuild binary cannot run."""
+    system, machine = platform.system(), platform.machine()
+    if system != "Linux" or machine.lower() not in ESBUILD_MACHINES:
+        raise OhifError(
+            f"the OHIF viewer is minified at install by {minifier.spec}, a Linux x86-64 binary, and this "
+            f"machine is {system} {machine}: install on x86-64 Linux (the compose image: build it for "
+            "linux/amd64), or pin esbuild's package for this machine (e.g. @esbuild/linux-arm64 at the "
+            f"same version, its integrity from `npm view @esbuild/linux-arm64@{minifier.version} "
+            "dist.integrity`) as ESBUILD in ops/stack/ohif.py")
+
+
+def extract_esbuild(tarball: Path, target: Path) -> Path:
+    """The esbuild binary of `tarball` (package/bin/esbuild, a regular file) written to `target`, executable."""
+    with tarfile.open(tarball, "r:gz") as archive:
+        try:
+            member = archive.getmember(ESBUILD_BINARY.as_posix())
+        except KeyError:
+            raise OhifError(f"the esbuild tarball has no {ESBUILD_BINARY}") from None
+        source = archive.extractfile(member) if member.isfile() else None
+        if source is None:
+            raise OhifError(f"{ESBUILD_BINARY} in the esbuild tarball is not a file")
+        with source, target.open("wb") as handle:
+            shutil.copyfileobj(source, handle, 1 << 20)
+    os.chmod(target, 0o755)
+    return target
+
+
+def minify(esbuild: Path, dist: Path) -> int:
+    """Rewrite every *.js under `dist` in place with MINIFY_FLAGS (one esbuild run); returns the file count.
+
+    No --bundle and no --format: each file is transformed alone and keeps its module format.
+    """
+    scripts = sorted(f"./{p.relative_to(dist).as_posix()}" for p in dist.rglob("*.js") if p.is_file())
+    if not scripts:
+        return 0
+    proc = subprocess.run(
+        [str(esbuild), *MINIFY_FLAGS, "--log-level=error", "--allow-overwrite", "--outdir=.", "--outbase=.",
+         *scripts],
+        cwd=dist, capture_output=True, text=True, timeout=MINIFY_TIMEOUT_S, check=False,
+    )
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise OhifError(f"esbuild could not minify the viewer (exit {proc.returncode}): "
+                        f"{' / '.join(detail[:3]) or 'no output'}; nothing was installed")
+    return len(scripts)
 
 
 def _members(archive: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, PurePosixPath]]:
@@ -211,13 +298,15 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def ensure_ohif(
-    root: Path = OHIF_ROOT, release: OhifRelease = OHIF, *, out: Out = print, fetcher: Fetcher = fetch,
+    root: Path = OHIF_ROOT, release: NpmRelease = OHIF, *, out: Out = print, fetcher: Fetcher = fetch,
+    minifier: NpmRelease = ESBUILD,
 ) -> Path:
-    """Install the pinned viewer into `root` unless it is there already; returns its dist directory."""
-    if is_installed(root, release):
+    """Install the pinned viewer, minified, into `root` unless it is there already; returns its dist directory."""
+    if is_installed(root, release, minifier):
         return dist_dir(root, release)
+    check_machine(minifier)
     with _locked(root):
-        if is_installed(root, release):  # installed meanwhile by another process
+        if is_installed(root, release, minifier):  # installed meanwhile by another process
             return dist_dir(root, release)
         for stale in root.glob(".install-*"):  # left by an install that was killed (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
@@ -226,19 +315,18 @@ def ensure_ohif(
             work = Path(scratch)
             downloads = work / "download"
             downloads.mkdir()
-            tarball = fetcher(release, downloads)
-            found = integrity_of(tarball)
-            if found != release.integrity:
-                raise OhifError(f"{release.spec}: the tarball's checksum is {found}, expected the pinned "
-                                f"{release.integrity}; nothing was installed")
+            tarball = fetch_verified(release, downloads, fetcher)
+            esbuild = extract_esbuild(fetch_verified(minifier, downloads, fetcher), work / "esbuild")
             staged = work / release.version
             count = extract_dist(tarball, staged / "dist")
-            (staged / MARKER).write_text(release.integrity + "\n", encoding="ascii")
+            out(f"Minifying its JavaScript with {minifier.spec} {' '.join(MINIFY_FLAGS)}")
+            scripts = minify(esbuild, staged / "dist")
+            (staged / MARKER).write_text(marker_text(release, minifier), encoding="ascii")
             final = root / release.version
             if final.exists():  # an interrupted install: replace it whole
                 shutil.rmtree(final)
             staged.rename(final)
-        out(f"OHIF viewer {release.version} installed ({count} files)")
+        out(f"OHIF viewer {release.version} installed ({count} files, {scripts} scripts minified)")
     return dist_dir(root, release)
 
 

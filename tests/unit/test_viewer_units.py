@@ -1,8 +1,11 @@
 """The viewer gateway's decisions (viewer/dicomweb.py) and the OHIF install (ops/stack/ohif.py), without servers.
 
 The install is run on small tarballs made here, so every branch (a good tarball, a
-wrong checksum, unsafe entries, an interrupted install, a download over HTTP) is
-exercised without the 50 MB release; the browser test uses the real one.
+wrong checksum, unsafe entries, an interrupted install, a download over HTTP, the
+minifying step) is exercised without the 50 MB release; esbuild is stood in for by a
+script that does to each file what esbuild's CLI does to it, and refuses what would
+change the program (bundling, a format). The browser test uses the real release and
+the real esbuild.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -156,42 +160,149 @@ GOOD = {
 }
 
 
-def _release(tarball: Path) -> ohif.OhifRelease:
-    return ohif.OhifRelease("@ohif/app", "9.9.9", ohif.integrity_of(tarball))
+# esbuild's CLI as ohif.minify uses it: flags, then entry points; each entry point's output is written to
+# --outdir at its path below --outbase (here both the dist, in place). Anything that could change the
+# program or the file names is refused.
+FAKE_ESBUILD = f"""#!{sys.executable}
+import os, sys
+flags = [a for a in sys.argv[1:] if a.startswith("--")]
+entries = [a for a in sys.argv[1:] if not a.startswith("--")]
+if os.environ.get("FAKE_ESBUILD_FAIL"):
+    sys.exit("X [ERROR] Expected ';' but found 'bundle'")
+if ("--minify-whitespace" not in flags or "--allow-overwrite" not in flags
+        or any(f.split("=")[0] in ("--bundle", "--format", "--minify", "--out-extension") for f in flags)):
+    sys.exit("unexpected flags: " + " ".join(flags))
+opts = dict(f[2:].split("=", 1) for f in flags if "=" in f)
+for entry in entries:
+    with open(entry) as handle:
+        text = handle.read()
+    out = os.path.join(opts["outdir"], os.path.relpath(entry, opts["outbase"]))
+    with open(out, "w") as handle:
+        handle.write(" ".join(text.split()) + "\\n")
+"""
+SCRIPTS = {
+    "package/dist/app.bundle.0123456789abcdef.js": b"function  main ( )  {\n    return 1;\n}\n",
+    "package/dist/ort/esm/ort.min.js": b"export  const  x = 1;\n",
+}
+
+
+def _release(tarball: Path) -> ohif.NpmRelease:
+    return ohif.NpmRelease("@ohif/app", "9.9.9", ohif.integrity_of(tarball))
+
+
+def _esbuild(tmp_path: Path) -> tuple[ohif.NpmRelease, Path]:
+    """The fake esbuild's tarball, made once per test (gzip stamps the time: a second one would not match the pin)."""
+    tarball = tmp_path / "esbuild.tgz"
+    if not tarball.exists():
+        _tarball(tarball, {"package/package.json": b"{}", "package/bin/esbuild": FAKE_ESBUILD.encode()})
+    return ohif.NpmRelease("@esbuild/linux-x64", "0.0.1", ohif.integrity_of(tarball)), tarball
 
 
 class CopyFetcher:
-    def __init__(self, tarball: Path) -> None:
-        self.tarball = tarball
-        self.calls = 0
+    """Each release's tarball by package name; the OHIF one is `tarball`, esbuild's the fake one."""
 
-    def __call__(self, release: ohif.OhifRelease, directory: Path) -> Path:
-        self.calls += 1
-        target = directory / self.tarball.name
-        target.write_bytes(self.tarball.read_bytes())
+    def __init__(self, tarball: Path, esbuild: Path | None = None) -> None:
+        self.tarballs = {"@ohif/app": tarball, "@esbuild/linux-x64": esbuild or _esbuild(tarball.parent)[1]}
+        self.calls: list[str] = []
+
+    def __call__(self, release: ohif.NpmRelease, directory: Path) -> Path:
+        self.calls.append(release.package)
+        source = self.tarballs[release.package]
+        target = directory / source.name
+        target.write_bytes(source.read_bytes())
         return target
+
+
+def _install(root: Path, tarball: Path, fetcher: CopyFetcher | None = None,
+             minifier: ohif.NpmRelease | None = None) -> Path:
+    return ohif.ensure_ohif(root, _release(tarball), out=lambda _: None, fetcher=fetcher or CopyFetcher(tarball),
+                            minifier=minifier or _esbuild(tarball.parent)[0])
 
 
 def test_install_checks_the_checksum_unpacks_dist_and_is_idempotent(tmp_path: Path) -> None:
     tarball = _tarball(tmp_path / "app.tgz", GOOD)
+    minifier = _esbuild(tmp_path)[0]
     release, fetcher, root = _release(tarball), CopyFetcher(tarball), tmp_path / "ohif"
-    dist = ohif.ensure_ohif(root, release, out=lambda _: None, fetcher=fetcher)
-    assert dist == root / "9.9.9" / "dist" and ohif.is_installed(root, release)
+    dist = _install(root, tarball, fetcher, minifier)
+    assert dist == root / "9.9.9" / "dist" and ohif.is_installed(root, release, minifier)
     assert sorted(p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file()) == [
         "app.bundle.0123456789abcdef.js", "assets/logo.svg", "index.html"]  # no source map, nothing outside dist
-    assert (root / "9.9.9" / ohif.MARKER).read_text().strip() == release.integrity
-    assert ohif.ensure_ohif(root, release, out=lambda _: None, fetcher=fetcher) == dist
-    assert fetcher.calls == 1
+    assert (root / "9.9.9" / ohif.MARKER).read_text() == (
+        f"{release.integrity}\nminified by @esbuild/linux-x64@0.0.1 --minify-whitespace\n")
+    assert _install(root, tarball, fetcher, minifier) == dist
+    assert fetcher.calls == ["@ohif/app", "@esbuild/linux-x64"]
     assert [p.name for p in root.iterdir() if p.name.startswith(".install-")] == []
+    assert not (root / "9.9.9" / "esbuild").exists()  # the binary is not kept
+
+
+def test_every_script_is_minified_in_place_and_nothing_else(tmp_path: Path) -> None:
+    tarball = _tarball(tmp_path / "app.tgz", {**GOOD, **SCRIPTS})
+    dist = _install(tmp_path / "ohif", tarball)
+    assert (dist / "app.bundle.0123456789abcdef.js").read_text() == "function main ( ) { return 1; }\n"
+    assert (dist / "ort" / "esm" / "ort.min.js").read_text() == "export const x = 1;\n"
+    assert (dist / "index.html").read_text() == "<html>OHIF</html>"
+    assert sorted(p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file()) == [
+        "app.bundle.0123456789abcdef.js", "assets/logo.svg", "index.html", "ort/esm/ort.min.js"]
+
+
+def test_an_install_made_before_minifying_is_replaced(tmp_path: Path) -> None:
+    tarball = _tarball(tmp_path / "app.tgz", {**GOOD, **SCRIPTS})
+    release, root = _release(tarball), tmp_path / "ohif"
+    (root / "9.9.9" / "dist").mkdir(parents=True)
+    (root / "9.9.9" / "dist" / "index.html").write_text("<html>OHIF</html>")
+    (root / "9.9.9" / "dist" / "app.bundle.0123456789abcdef.js").write_text("function  main ( )  {}\n")
+    (root / "9.9.9" / ohif.MARKER).write_text(release.integrity + "\n")  # the marker before minifying
+    minifier = _esbuild(tmp_path)[0]
+    assert not ohif.is_installed(root, release, minifier)
+    fetcher = CopyFetcher(tarball)
+    dist = _install(root, tarball, fetcher, minifier)
+    assert fetcher.calls == ["@ohif/app", "@esbuild/linux-x64"]
+    assert (dist / "app.bundle.0123456789abcdef.js").read_text() == "function main ( ) { return 1; }\n"
+    assert ohif.is_installed(root, release, minifier)
+    # Another pinned esbuild is another install, too.
+    assert not ohif.is_installed(root, release, ohif.NpmRelease("@esbuild/linux-x64", "0.0.2", minifier.integrity))
 
 
 def test_a_tarball_that_does_not_match_its_pin_installs_nothing(tmp_path: Path) -> None:
     tarball = _tarball(tmp_path / "app.tgz", GOOD)
-    pinned = ohif.OhifRelease("@ohif/app", "9.9.9", "sha512-" + "A" * 86 + "==")
+    pinned = ohif.NpmRelease("@ohif/app", "9.9.9", "sha512-" + "A" * 86 + "==")
     with pytest.raises(ohif.OhifError, match="checksum"):
-        ohif.ensure_ohif(tmp_path / "ohif", pinned, out=lambda _: None, fetcher=CopyFetcher(tarball))
+        ohif.ensure_ohif(tmp_path / "ohif", pinned, out=lambda _: None, fetcher=CopyFetcher(tarball),
+                         minifier=_esbuild(tmp_path)[0])
     assert not (tmp_path / "ohif" / "9.9.9").exists()
     assert not ohif.is_installed(tmp_path / "ohif", pinned)
+
+
+def test_an_esbuild_that_does_not_match_its_pin_installs_nothing(tmp_path: Path) -> None:
+    tarball = _tarball(tmp_path / "app.tgz", GOOD)
+    minifier, fake = _esbuild(tmp_path)
+    pinned = ohif.NpmRelease(minifier.package, minifier.version, "sha512-" + "A" * 86 + "==")
+    with pytest.raises(ohif.OhifError, match=r"@esbuild/linux-x64@0\.0\.1: the tarball's checksum .* nothing was"):
+        _install(tmp_path / "ohif", tarball, CopyFetcher(tarball, fake), pinned)
+    assert not (tmp_path / "ohif" / "9.9.9").exists()
+
+
+def test_a_failing_esbuild_installs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tarball = _tarball(tmp_path / "app.tgz", {**GOOD, **SCRIPTS})
+    monkeypatch.setenv("FAKE_ESBUILD_FAIL", "1")
+    with pytest.raises(ohif.OhifError, match=r"esbuild could not minify the viewer \(exit 1\): X \[ERROR\] Expected"):
+        _install(tmp_path / "ohif", tarball)
+    assert not (tmp_path / "ohif" / "9.9.9").exists()
+    assert [p.name for p in (tmp_path / "ohif").iterdir() if p.name.startswith(".install-")] == []
+
+
+@pytest.mark.parametrize(("system", "machine"), [("Linux", "aarch64"), ("Darwin", "x86_64"), ("Linux", "armv7l")])
+def test_a_machine_the_pinned_esbuild_cannot_run_on_is_refused_before_any_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, system: str, machine: str,
+) -> None:
+    monkeypatch.setattr(ohif.platform, "system", lambda: system)
+    monkeypatch.setattr(ohif.platform, "machine", lambda: machine)
+    tarball = _tarball(tmp_path / "app.tgz", GOOD)
+    fetcher = CopyFetcher(tarball)
+    with pytest.raises(ohif.OhifError, match=f"Linux x86-64 binary, and this machine is {system} {machine}: "
+                                             "install on x86-64 Linux"):
+        _install(tmp_path / "ohif", tarball, fetcher)
+    assert fetcher.calls == [] and not (tmp_path / "ohif" / "9.9.9").exists()
 
 
 @pytest.mark.parametrize("entry", ["link", "parent", "absolute"])
@@ -202,17 +313,17 @@ def test_unsafe_tarball_entries_are_refused(tmp_path: Path, entry: str) -> None:
         info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
     tarball = _tarball(tmp_path / "app.tgz", GOOD, [info])
     with pytest.raises(ohif.OhifError, match="tarball"):
-        ohif.ensure_ohif(tmp_path / "ohif", _release(tarball), out=lambda _: None, fetcher=CopyFetcher(tarball))
+        _install(tmp_path / "ohif", tarball)
     assert not (tmp_path / "ohif" / "9.9.9").exists() and not (tmp_path / "evil").exists()
 
 
 def test_an_interrupted_install_is_replaced(tmp_path: Path) -> None:
     tarball = _tarball(tmp_path / "app.tgz", GOOD)
-    release, root = _release(tarball), tmp_path / "ohif"
+    root = tmp_path / "ohif"
     (root / "9.9.9" / "dist").mkdir(parents=True)
     (root / "9.9.9" / "dist" / "half-written.js").write_text("")  # no marker: not installed
     (root / ".install-dead").mkdir()  # left by a killed install
-    dist = ohif.ensure_ohif(root, release, out=lambda _: None, fetcher=CopyFetcher(tarball))
+    dist = _install(root, tarball)
     assert not (dist / "half-written.js").exists() and (dist / "index.html").is_file()
     assert not (root / ".install-dead").exists()
 
@@ -242,10 +353,13 @@ def test_the_direct_download(tarball_server: tuple[str, Path], tmp_path: Path) -
         ohif.fetch_direct(release, tmp_path / "dl", url=f"{url}/missing.tgz")
 
 
-def test_the_pinned_release() -> None:
+def test_the_pinned_releases() -> None:
     assert ohif.OHIF.spec == "@ohif/app@3.13.2"
     assert ohif.OHIF.tarball_url == "https://registry.npmjs.org/@ohif/app/-/app-3.13.2.tgz"
     assert ohif.OHIF.integrity.startswith("sha512-") and len(ohif.OHIF.integrity) == 95
+    assert ohif.ESBUILD.spec == "@esbuild/linux-x64@0.28.2"
+    assert ohif.ESBUILD.tarball_url == "https://registry.npmjs.org/@esbuild/linux-x64/-/linux-x64-0.28.2.tgz"
+    assert ohif.ESBUILD.integrity.startswith("sha512-") and len(ohif.ESBUILD.integrity) == 95
 
 
 def test_installing_into_the_default_state_dir_creates_it_as_make_run_does(
@@ -257,11 +371,11 @@ def test_installing_into_the_default_state_dir_creates_it_as_make_run_does(
     state = tmp_path / "var"
     monkeypatch.setattr(ohif, "DEFAULT_STATE_DIR", state)
     tarball = _tarball(tmp_path / "app.tgz", GOOD)
-    ohif.ensure_ohif(state / "ohif", _release(tarball), out=lambda _: None, fetcher=CopyFetcher(tarball))
+    _install(state / "ohif", tarball)
     assert datadirs.is_marked(state) and (state.stat().st_mode & 0o777) == 0o700
     # Another root is only created, never marked.
     other = tmp_path / "elsewhere" / "ohif"
-    ohif.ensure_ohif(other, _release(tarball), out=lambda _: None, fetcher=CopyFetcher(tarball))
+    _install(other, tarball)
     assert not datadirs.is_marked(other.parent)
 
 
