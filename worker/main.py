@@ -206,17 +206,18 @@ class Worker:
                     with self.engine.begin() as conn:
                         qi.sync_qi_settings(conn, self.settings)
                     qi_synced = True
-                busy = 0
+                behind = False  # changes are waiting: step again without the poll's wait
                 self.owns_cursor = self.cursor_lock.held()
                 self.db_ok = True
                 if not self.owns_cursor:
                     self.orthanc.system()  # only the dispatcher talks to Orthanc here: check it for /health
                 else:
-                    busy += self.tailer.step()
+                    consumed = self.tailer.step()
+                    behind = self.tailer.behind
                     if time.monotonic() - last_overdue >= OVERDUE_CHECK_S:
                         check_ai_overdue(self.engine, self.settings.ai_result_timeout)
                         last_overdue = time.monotonic()
-                    if not busy and time.monotonic() - last_sweep >= STABILITY_SWEEP_S:
+                    if not consumed and time.monotonic() - last_sweep >= STABILITY_SWEEP_S:
                         self.tailer.sweep_missed_stability()
                         last_sweep = time.monotonic()
                     if time.monotonic() - last_qi_refresh >= QI_REFRESH_S:
@@ -225,7 +226,7 @@ class Worker:
                         last_qi_refresh = time.monotonic()
                 self.orthanc_ok = True
                 backoff = 1.0
-                if not busy:
+                if not behind:
                     self.stop.wait(self.settings.poll_interval)
             except ChangeFailed:
                 self.stop.wait(backoff)

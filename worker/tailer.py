@@ -93,10 +93,19 @@ class Tailer:
         self.failures: dict[int, int] = {}
         self.gaps: dict[int, float] = {}  # Seq missing below the cursor -> when first missed (monotonic)
         self.on_commit: Callable[[], None] | None = None  # wakes the dispatcher when jobs may be new
+        self.behind = False  # the last step left changes Orthanc had already logged: step again at once
 
     def step(self) -> int:
-        """Handle changes from the cursor for up to STEP_MAX_S; returns how many were consumed."""
+        """Handle changes from the cursor for up to STEP_MAX_S; returns how many were consumed.
+
+        `behind` tells the main loop whether to step again at once (a full page, or one cut
+        short by STEP_MAX_S) or to wait its POLL_INTERVAL. While studies stream in, every
+        page has a few new changes: stepping again at once for those would poll /changes,
+        write the cursor and wake the dispatcher many times a second, which costs Orthanc's
+        intake more than the changes themselves (issue 19, bench/RESULTS.md).
+        """
         started = time.monotonic()
+        self.behind = False
         with self.engine.connect() as conn:
             cursor = read_cursor(conn)
         page = self.orthanc.changes(cursor, self.settings.changes_batch)
@@ -112,8 +121,7 @@ class Tailer:
         index = 0
         while index < len(changes) and (index == 0 or time.monotonic() - started < STEP_MAX_S):
             index = self._commit_group(changes, index)
-            if self.on_commit is not None:
-                self.on_commit()
+        self.behind = index < len(changes) or not page["Done"]
         self.cursor = max(self.cursor, cursor)
         self.last_seen = last
         CURSOR_LAG.set(max(0, last - self.cursor))
@@ -215,6 +223,8 @@ class Tailer:
                 write_cursor(conn, int(changes[index - 1]["Seq"]))
         if index > start:
             self.cursor = int(changes[index - 1]["Seq"])
+        if handled and self.on_commit is not None:  # only a handled Stable* change can queue a job
+            self.on_commit()
         if failed is not None:
             raise ChangeFailed(failed)
         return index

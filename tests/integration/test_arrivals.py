@@ -9,6 +9,8 @@ and database, one /changes page at a time, through a client that counts its read
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,10 +24,12 @@ from core.orthanc_client import OrthancClient, parse_orthanc_time
 from core.settings import Settings
 from core.states import Purpose
 from testkit import app_flows
+from testkit.harness.ports import free_port
 from testkit.harness.waiting import wait_until
 from testkit.harness.worker_proc import send
 from testkit.synthetic import make_study
 from worker import tailer as tailer_module
+from worker.main import Worker
 from worker.rules_watch import RulesHolder
 from worker.tailer import Tailer, check_ai_overdue, read_cursor
 
@@ -187,3 +191,60 @@ def test_a_step_returns_after_its_time_with_the_rest_of_the_page_left_for_the_ne
     with engine.connect() as conn:
         assert read_cursor(conn) == log[-1]["Seq"]
         assert conn.execute(text("SELECT count(*) FROM studies WHERE stable_at IS NOT NULL")).scalar_one() == 1
+
+
+def test_a_caught_up_step_lets_the_loop_wait_and_only_stable_changes_wake_the_dispatcher(
+        qi_db, engine, client, hub_settings, tmp_path):
+    """A page Orthanc says is complete ends the burst of steps; NewInstance/NewSeries queue no job."""
+    send(make_study(1, 3, "CR CAUGHT UP"), hub_settings)
+    log = changes(client)
+    ingest = next((i for i, c in enumerate(log) if c["ChangeType"].startswith("Stable")), len(log))
+    wakes: list[int] = []
+    tailer = make_tailer(qi_db.settings.model_copy(update={"changes_batch": ingest - 1}), engine, client,
+                         tmp_path)
+    tailer.on_commit = lambda: wakes.append(tailer.cursor)
+    tailer.step()
+    assert tailer.behind, "a full page: more changes are waiting"
+    assert wakes == [], "no Stable* change yet, so no job can be new"
+    tailer.settings = qi_db.settings
+    tailer.step()
+    assert not tailer.behind, "Orthanc's page was Done"
+
+    wait_until(lambda: any(c["ChangeType"] == "StableSeries" for c in changes(client)), timeout=30,
+               what="series stable in Orthanc")
+    tailer.step()
+    assert wakes, "a StableSeries was handled: the dispatcher is woken"
+
+
+def test_while_instances_stream_in_a_caught_up_worker_polls_changes_once_per_poll_interval(
+        qi_db, engine, hub_settings, tmp_path, clean_orthanc):
+    """Each new instance is a change: stepping again at once for it would poll /changes,
+    write the cursor and wake the dispatcher many times a second through a whole burst."""
+    rules = tmp_path / "routing.yml"
+    rules.write_text("rules: []\n")
+    settings = qi_db.settings.model_copy(update={
+        "poll_interval": 1.0, "routing_rules": rules, "worker_health_port": free_port()})
+    worker = Worker(settings)
+    steps: list[float] = []
+    step = worker.tailer.step
+
+    def counted() -> int:
+        steps.append(time.monotonic())
+        return step()
+
+    worker.tailer.step = counted  # type: ignore[method-assign]
+    thread = threading.Thread(target=worker.run, name="worker-under-test")
+    thread.start()
+    try:
+        wait_until(lambda: worker.owns_cursor, timeout=30, what="the worker tailing")
+        began = time.monotonic()
+        for n in range(3):
+            send(make_study(1, 40, f"CT STREAM {n}"), hub_settings)
+        elapsed = time.monotonic() - began
+        during = [t for t in steps if began <= t <= began + elapsed]
+    finally:
+        worker.stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+    # One step per POLL_INTERVAL, plus the one under way when the burst began.
+    assert len(during) <= elapsed / settings.poll_interval + 2, (len(during), round(elapsed, 1))
