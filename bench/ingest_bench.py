@@ -1,7 +1,7 @@
 """Ingest headroom: Orthanc's C-STORE intake with and without the worker running.
 
     .venv/bin/python -m bench.ingest_bench [--studies 60] [--instances 10] [--senders 4] [--rounds 3]
-                                           [--baseline DIR]
+                                           [--baseline DIR [DIR ...]]
 
 One real PostgreSQL, one real Orthanc (TCP_NODELAY=1) and a dcmtk `storescp --ignore`
 peer. The study set is written to files once and pushed by `--senders` parallel dcmtk
@@ -11,10 +11,10 @@ realistic case: ingest and forwarding share the machine). Before every round all
 studies are deleted from Orthanc, and every round sends its own fresh studies of the
 same size (new UIDs, so the worker records and forwards each of them).
 
-With `--baseline DIR` (a checkout of another revision, e.g. `git worktree add DIR REV`,
-migrated by this tree's schema) each round adds a side C: the same with DIR's worker, so
-a change to the worker is measured before and after in one run, under the same load (B
-and C take turns going first).
+With `--baseline DIR [DIR ...]` (checkouts of other revisions, e.g. `git worktree add DIR
+REV`, migrated by this tree's schema) each round adds a side C (D, ...): the same with that
+DIR's worker, so a change to the worker is measured before and after in one run, under the
+same load (the worker sides take turns going first).
 
 During B (and C) rounds the worker's cursor lag (Orthanc's last change minus the worker's
 cursor) is sampled every 0.2 s; the report gives its maximum above the settled lag
@@ -103,9 +103,10 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=10)
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs")
-    parser.add_argument("--baseline", type=Path, help="a checkout whose worker runs as side C, for a before/after")
+    parser.add_argument("--baseline", type=Path, nargs="+", default=[],
+                        help="checkouts whose workers run as sides C, D, ..., for a before/after")
     args = parser.parse_args()
-    workers = {"B": PROJECT_ROOT, **({"C": args.baseline.resolve()} if args.baseline else {})}
+    workers = {"B": PROJECT_ROOT, **{chr(ord("C") + i): d.resolve() for i, d in enumerate(args.baseline)}}
 
     with bench_stack("ingest") as stack:
         settings, base = stack.settings, stack.base
@@ -142,8 +143,9 @@ def main() -> int:
             window = CpuWindow(pids)
             rates["A"].append(total / push(sets[r, "A"], settings))
             cpu["A"].append(window.spent())
-            # B and C take turns going first, so neither gains from the machine's drift within a round.
-            for side, code in (list(workers.items())[::-1] if r % 2 else workers.items()):
+            # The worker sides take turns going first, so none gains from the machine's drift within a round.
+            order = list(workers.items())
+            for side, code in order[r % len(order):] + order[:r % len(order)]:
                 clear_orthanc()
                 worker = stack.worker(name=f"worker-{r}{side}", code=code)
                 baseline = settled_lag(stack, rest)
@@ -177,7 +179,8 @@ def main() -> int:
     a_rates = rates["A"]
     print(f"{args.studies} studies x {args.instances} instances = {total} per round, {args.senders} "
           f"storescu senders, {args.rounds} rounds (A without the worker, B with this tree's worker forwarding "
-          f"to a peer{f', C the same with the worker of {args.baseline}' if args.baseline else ''})")
+          "to a peer" + "".join(f", {side} the same with the worker of {code}" for side, code in workers.items()
+                                if side != "B") + ")")
     for side in workers:
         side_rates = rates[side]
         ratio = statistics.median(side_rates) / statistics.median(a_rates)

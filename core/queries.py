@@ -280,20 +280,6 @@ def studies_without_arrival(conn: Connection) -> int:
     return conn.execute(text("SELECT count(*) FROM studies WHERE first_received_at IS NULL")).scalar_one()
 
 
-@dataclass(frozen=True)
-class Arriving:
-    """Series Orthanc is receiving that the hub records once they are stable (recorder.series_arrived)."""
-
-    series: int
-    oldest_at: datetime | None
-
-
-def series_arriving(conn: Connection) -> Arriving:
-    """How many series are arriving, not yet stable, so not yet in the study list; and since when."""
-    row = conn.execute(text("SELECT count(*), min(arrived_at) FROM series_arrivals")).one()
-    return Arriving(int(row[0]), row[1])
-
-
 def recent_destinations(conn: Connection, since: datetime) -> list[str]:
     """Destinations that had a job queued since `since` (served by events_type_at_idx)."""
     return list(

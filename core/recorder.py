@@ -487,28 +487,6 @@ def mark_grown_series(conn: Connection, series_orthanc_ids: Sequence[str]) -> li
     ]
 
 
-def series_arrived(conn: Connection, arrivals: Sequence[tuple[str, datetime]]) -> None:
-    """Note series Orthanc has begun to receive (NewSeries: Orthanc id, when), nothing read yet.
-
-    One statement for a whole /changes group, in its transaction. The series is recorded,
-    and its row taken, at StableSeries (docs/architecture.md, "Facts checked on this machine").
-    """
-    if arrivals:
-        conn.execute(
-            text("INSERT INTO series_arrivals (orthanc_id, arrived_at) "
-                 "SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) "
-                 "ON CONFLICT (orthanc_id) DO NOTHING"),
-            {"ids": [oid for oid, _ in arrivals], "ats": [at for _, at in arrivals]},
-        )
-
-
-def take_arrival(conn: Connection, orthanc_id: str) -> bool:
-    """Remove a series' arrival as it is recorded (or found gone); True if one was waiting."""
-    return conn.execute(
-        text("DELETE FROM series_arrivals WHERE orthanc_id = :oid"), {"oid": orthanc_id}
-    ).rowcount > 0
-
-
 def save_worker_state(conn: Connection, name: str, value: int) -> None:
     """Store one named worker value (the /changes cursor), in the caller's transaction."""
     conn.execute(

@@ -29,7 +29,6 @@ from worker.metrics import (
     REGISTRY,
     RETENTION_LAST_RUN,
     RETENTION_STUDIES_PURGED,
-    SERIES_ARRIVING,
 )
 
 log = logging.getLogger(__name__)
@@ -77,12 +76,6 @@ def refresh_retention_gauges(engine: Engine) -> None:
     RETENTION_LAST_RUN.set(state["ran_at"].timestamp() if state["ran_at"] else 0)
 
 
-def refresh_arrival_gauge(engine: Engine) -> None:
-    """hub_series_arriving: the series between their NewSeries and their recording at StableSeries."""
-    with engine.connect() as conn:
-        SERIES_ARRIVING.set(queries.series_arriving(conn).series)
-
-
 def serve(host: str, port: int, engine: Engine, health: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
     """Start the HTTP server in a daemon thread and return it (call .shutdown() to stop)."""
 
@@ -100,7 +93,6 @@ def serve(host: str, port: int, engine: Engine, health: Callable[[], dict[str, A
                         refresh_destination_gauges(engine)
                         refresh_incident_gauges(engine)
                         refresh_retention_gauges(engine)
-                        refresh_arrival_gauge(engine)
                     except Exception:  # metrics must still answer while the database is down
                         log.warning("job and destination gauges not refreshed: database unavailable")
                     metrics = generate_latest(REGISTRY)

@@ -78,9 +78,6 @@ RETENTION_STUDIES_PURGED = Gauge(
     "hub_retention_studies_purged", "Studies marked purged in the QI database (deleted from Orthanc by retention)",
     registry=REGISTRY,
 )
-SERIES_ARRIVING = Gauge(
-    "hub_series_arriving", "Series Orthanc is receiving, recorded once stable (series_arrivals)", registry=REGISTRY,
-)
 RETENTION_LAST_RUN = Gauge(
     "hub_retention_last_run_timestamp_seconds", "Unix time of the last retention run (0: never)", registry=REGISTRY,
 )

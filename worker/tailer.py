@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,8 +39,8 @@ from worker.rules_watch import RulesHolder
 log = logging.getLogger(__name__)
 CURSOR = "changes_cursor"
 CURSOR_LOCK_KEY = 0x0A7C_0001
-NEW_SERIES = "NewSeries"
-HANDLED = {NEW_SERIES, "StableSeries", "StableStudy"}
+STABLE_STUDY = "StableStudy"  # the one change that routes, so may queue jobs
+HANDLED = {"NewSeries", "StableSeries", STABLE_STUDY}
 MAX_CHANGE_FAILURES = 5
 GROUP_MAX = 50
 GROUP_S = 0.25
@@ -63,11 +63,6 @@ GAPS_MAX = 10000
 
 class ChangeFailed(RuntimeError):
     """Processing a change failed for a reason other than connectivity; it will be retried."""
-
-
-def _arrival(change: dict[str, Any]) -> tuple[str, datetime]:
-    """A NewSeries change as an arrival: the series' Orthanc id and the change's date, no read of Orthanc."""
-    return change["ID"], parse_orthanc_time(change.get("Date")) or datetime.now(UTC)
 
 
 def read_cursor(conn: Connection) -> int:
@@ -192,23 +187,20 @@ class Tailer:
         """
         began = time.monotonic()
         handled = 0
+        routed = False
         index = start
         failed: int | None = None
-        arrivals: list[tuple[str, datetime]] = []  # NewSeries, written in one statement (recorder.series_arrived)
         with self.engine.begin() as conn:
             while index < len(changes) and handled < GROUP_MAX and time.monotonic() - began < GROUP_S:
                 change = changes[index]
                 seq = int(change["Seq"])
-                if change["ChangeType"] == NEW_SERIES:
-                    arrivals.append(_arrival(change))
-                elif change["ChangeType"] in HANDLED:
-                    recorder.series_arrived(conn, arrivals)  # before a Stable* change that may take one
-                    arrivals.clear()
+                if change["ChangeType"] in HANDLED:
                     try:
                         with conn.begin_nested():
                             self.handle(conn, change)
                         failpoints.hit(Failpoint.TAILER_MID_BATCH)
                         handled += 1
+                        routed = routed or change["ChangeType"] == STABLE_STUDY
                         self.failures.pop(seq, None)
                     except (OperationalError, InterfaceError, OrthancUnavailable):
                         raise
@@ -218,12 +210,11 @@ class Tailer:
                             break
                 CHANGES_PROCESSED.labels(change["ChangeType"]).inc()
                 index += 1
-            recorder.series_arrived(conn, arrivals)
             if index > start:
                 write_cursor(conn, int(changes[index - 1]["Seq"]))
         if index > start:
             self.cursor = int(changes[index - 1]["Seq"])
-        if handled and self.on_commit is not None:  # only a handled Stable* change can queue a job
+        if routed and self.on_commit is not None:
             self.on_commit()
         if failed is not None:
             raise ChangeFailed(failed)
@@ -245,12 +236,12 @@ class Tailer:
         now = datetime.now(UTC)
         at = parse_orthanc_time(change.get("Date")) or now
         try:
-            if change["ChangeType"] == "StableStudy":
+            if change["ChangeType"] == STABLE_STUDY:
                 self._stable_study(conn, change["ID"], at, now)
             elif change["ChangeType"] == "StableSeries":
                 self._stable_series(conn, change["ID"], at, now)
             else:
-                recorder.series_arrived(conn, [_arrival(change)])
+                self._record(conn, change["ID"], now)
         except OrthancError as exc:
             if exc.status == 404:  # deleted since the change was logged: nothing left to record
                 log.info("resource gone before it was processed", extra={"fields": {"path": change["Path"]}})
@@ -261,26 +252,20 @@ class Tailer:
         fetched = ingest.fetch_series(self.orthanc, series_id)
         return ingest.record_series(conn, fetched, self.ai_senders, now)
 
-    def _recorded(self, conn: Connection, series_id: str, now: datetime) -> tuple[ingest.RecordedSeries, bool]:
-        """The series' record, and whether it was read from Orthanc just now.
-
-        Orthanc is read when the series is unknown, or arrived anew since it was recorded
-        (a NewSeries after retention purged it): its arrival row says so, and is taken.
-        """
-        arrived = recorder.take_arrival(conn, series_id)
-        known = None if arrived else ingest.known_series(conn, series_id)
-        return (known, False) if known is not None else (self._record(conn, series_id, now), True)
-
     def _stable_series(self, conn: Connection, series_id: str, at: datetime, now: datetime) -> None:
-        known, fresh = self._recorded(conn, series_id, now)
-        if not fresh:
+        known = ingest.known_series(conn, series_id)
+        if known is None:
+            known = self._record(conn, series_id, now)
+        else:
             ingest.refresh_counts(conn, known.series_id, self.orthanc.series(series_id))
         if recorder.mark_series_stable(conn, known.series_id, at) and known.kind == SeriesKind.AI_RESULT:
             recorder.add_event(conn, known.study_id, EventType.AI_RESULT_STABLE, at, series_id=known.series_id)
 
     def _stable_study(self, conn: Connection, study_id: str, at: datetime, now: datetime) -> None:
         study = self.orthanc.study(study_id)
-        recorded = [self._recorded(conn, sid, now)[0] for sid in study.get("Series", [])]
+        recorded = [
+            ingest.known_series(conn, sid) or self._record(conn, sid, now) for sid in study.get("Series", [])
+        ]
         if self._still_arriving_elsewhere(study):
             return
         for study_row in {r.study_id for r in recorded if r.kind == SeriesKind.ORIGINAL}:
@@ -317,12 +302,10 @@ class Tailer:
         Orthanc keeps its stability timers in memory. A study received shortly before
         Orthanc stopped (a crash, a restart) is never announced stable afterwards, yet
         GET /studies/{id} reports IsStable. Such a study would wait for ever. This sweep
-        finds series still unrouted well after StableAge, and arrivals never recorded
-        (their StableSeries never came either), and handles their study as a
+        finds series still unrouted well after StableAge and handles their study as a
         StableStudy change would, dated when Orthanc would have announced it.
         """
         now = datetime.now(UTC)
-        cutoff = now - timedelta(seconds=self.settings.stable_age + STABILITY_GRACE_S)
         with self.engine.connect() as conn:
             study_ids = conn.execute(
                 text(
@@ -330,14 +313,11 @@ class Tailer:
                     "WHERE se.routed_at IS NULL AND se.kind <> :rejected AND st.orthanc_id IS NOT NULL "
                     "AND coalesce(se.last_received_at, se.created_at) BETWEEN :since AND :cutoff LIMIT 100"
                 ),
-                {"since": now - STABILITY_WINDOW, "rejected": SeriesKind.REJECTED, "cutoff": cutoff},
-            ).scalars().all()
-            arrived = conn.execute(
-                text("SELECT orthanc_id FROM series_arrivals WHERE arrived_at < :cutoff ORDER BY arrived_at LIMIT 100"),
-                {"cutoff": cutoff},
+                {"since": now - STABILITY_WINDOW, "rejected": SeriesKind.REJECTED,
+                 "cutoff": now - timedelta(seconds=self.settings.stable_age + STABILITY_GRACE_S)},
             ).scalars().all()
         recovered = 0
-        for orthanc_id in dict.fromkeys([*study_ids, *self._parent_studies(arrived)]):
+        for orthanc_id in study_ids:
             try:
                 study = self.orthanc.study(orthanc_id)
             except OrthancError as exc:
@@ -358,26 +338,9 @@ class Tailer:
                         extra={"fields": {"study": orthanc_id}})
         return recovered
 
-    def _parent_studies(self, series_ids: Sequence[str]) -> list[str]:
-        """The Orthanc studies of arrived series; an arrival whose series is gone is dropped."""
-        studies = []
-        for series_id in series_ids:
-            try:
-                studies.append(self.orthanc.series(series_id)["ParentStudy"])
-            except OrthancError as exc:
-                if exc.status != 404:
-                    raise
-                with self.engine.begin() as conn:
-                    recorder.take_arrival(conn, series_id)
-        return studies
-
 
 def check_ai_overdue(engine: Engine, timeout_s: int) -> int:
-    """Raise `ai_overdue` once for each study whose AI result is later than the timeout.
-
-    A series that arrived within a study's timeout but is not recorded yet (it is recorded
-    once stable) may be that study's result: the study waits until it is recorded.
-    """
+    """Raise `ai_overdue` once for each study whose AI result is later than the timeout."""
     now = datetime.now(UTC)
     with engine.begin() as conn:
         rows = conn.execute(
@@ -390,12 +353,10 @@ def check_ai_overdue(engine: Engine, timeout_s: int) -> int:
                 WHERE s.status = :ai_pending AND sent.at < :limit
                   AND NOT EXISTS (SELECT 1 FROM series r WHERE r.study_id = s.id AND r.kind = :ai_result)
                   AND NOT EXISTS (SELECT 1 FROM events o WHERE o.study_id = s.id AND o.type = :ai_overdue)
-                  AND NOT EXISTS (SELECT 1 FROM series_arrivals a WHERE a.arrived_at BETWEEN sent.at AND sent.at + :timeout)
                 FOR UPDATE OF s SKIP LOCKED
                 """
             ),
-            {"limit": now - timedelta(seconds=timeout_s), "timeout": timedelta(seconds=timeout_s),
-             "ai_sent": EventType.AI_SENT,
+            {"limit": now - timedelta(seconds=timeout_s), "ai_sent": EventType.AI_SENT,
              "ai_pending": StudyStatus.AI_PENDING, "ai_result": SeriesKind.AI_RESULT,
              "ai_overdue": EventType.AI_OVERDUE},
         ).all()

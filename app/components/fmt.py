@@ -14,8 +14,6 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-from core.queries import Arriving
-
 TS_FORMAT = "%Y-%m-%d %H:%M:%S"
 # (unit, its name, the next smaller unit, its name) for `age`, largest first
 _AGE_UNITS = ((86400, "d", 3600, "h"), (3600, "h", 60, "min"), (60, "min", 1, "s"))
@@ -51,14 +49,6 @@ def short_age(seconds: float | None) -> str:
         if s >= size:
             return f"{sign}{s // size} {unit}"
     return f"{sign}{s} s"
-
-
-def arriving_text(arriving: Arriving, zone: ZoneInfo, tz_name: str) -> str:
-    """The series Orthanc is receiving but the hub lists only once stable (docs/architecture.md, "Facts checked on this machine")."""
-    if not arriving.series:
-        return "No series arriving."
-    return (f"{arriving.series} series arriving since {local(arriving.oldest_at, zone)} {tz_name}: "
-            "each is recorded, and its study listed, once Orthanc reports the series stable.")
 
 
 def dicom_datetime(date: str | None, time: str | None) -> str:

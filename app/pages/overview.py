@@ -19,7 +19,7 @@ from streamlit.delta_generator import DeltaGenerator
 from app.components.access import require_role
 from app.components.db import describe, reading, show_error
 from app.components.drill import STUDIES_PAGE, counted
-from app.components.fmt import age, arriving_text, local, short_age, table
+from app.components.fmt import age, local, short_age, table
 from app.components.holds import hold_banners
 from app.components.kpi import health_card, metric
 from app.components.live import live_section
@@ -118,7 +118,6 @@ def measure() -> None:
             data["workers"] = queries.worker_heartbeats(conn)
             data["backlog"] = queries.job_backlog(conn)
             data["today"] = queries.day_counts(conn, today)
-            data["arriving"] = queries.series_arriving(conn)
             data["last24"] = queries.failure_counts(conn, now - timedelta(hours=24))
             data["held"] = queries.held_destinations(conn)
             data["rules"] = queries.config_status(conn, RULES_STATUS)
@@ -220,7 +219,6 @@ def measure() -> None:
     with cols[0]:
         metric("Studies received", counts["received"], "Studies whose first instance arrived today.")
         studies_link(counts["received"], {"received": today.date().isoformat()})
-        st.caption(arriving_text(data["arriving"], zone, settings.tz))
     with cols[1]:
         metric(f"Sent to {settings.ai_modality}", counts["ai_sent"], "Studies with a successful AI send today.")
         studies_link(counts["ai_sent"], {"event": EventType.AI_SENT, "since": since})

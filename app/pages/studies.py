@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.components import confirm, pager
 from app.components.access import can, needs, require_role
 from app.components.db import reading, show_error, writing
-from app.components.fmt import arriving_text, table
+from app.components.fmt import table
 from app.components.links import study_link, study_link_column
 from app.components.orthanc import modalities
 from app.context import get_settings
@@ -242,7 +242,6 @@ def render(user: dict) -> None:
         with reading() as conn:
             page = queries.search_studies(conn, flt, cursor=cursor, limit=page_size, show_phi=show_phi)
             undated = queries.studies_without_arrival(conn) if pager.page_number("studies") == 1 else 0
-            arriving = queries.series_arriving(conn)
     except SQLAlchemyError as exc:
         show_error("The study search failed", exc)
         return
@@ -284,7 +283,7 @@ def render(user: dict) -> None:
             _open(int(chosen))
     note = f" {undated} study(ies) have no arrival time yet and are not listed." if undated else ""
     st.caption(f"Newest arrivals first. Query took {elapsed_ms:.0f} ms.{note} A study number opens the study; "
-               f"select rows for the bulk actions. {arriving_text(arriving, zone, settings.tz)}")
+               "select rows for the bulk actions.")
     if page.rows:
         _bulk_actions(user, selected)
 

@@ -32,7 +32,7 @@ FIRST_PARTY = {"core", "worker", "api", "viewer", "app", "ops", "testkit", "benc
 # docs/architecture.md, "One writer").
 CORE_TABLES = ("studies", "series", "events", "routing_jobs", "job_series", "destination_holds",
                "destination_outages", "worker_state", "worker_heartbeats", "config_status", "audit_log",
-               "incidents", "alert_deliveries", "retention_status", "series_arrivals")
+               "incidents", "alert_deliveries", "retention_status")
 WRITER = "core/recorder.py"
 # Writes that are not records of the pipeline, each with its reason.
 WRITE_EXCEPTIONS = {

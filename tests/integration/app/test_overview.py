@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import recorder
 from core.envfile import read_env_file
 from testkit.app_flows import Flow
 from testkit.harness.ports import free_port
@@ -97,18 +96,3 @@ def test_postgres_down_shows_as_down_without_a_traceback(app_env: AppEnv, open_p
     assert "**Orthanc** &nbsp; :green[● Up]" in text
     assert any("database is unavailable" in e.value for e in at.error)
     assert "Traceback" not in frame_text(at)
-
-
-def test_series_still_arriving_are_counted_on_the_overview_and_the_studies_page(
-    app_env: AppEnv, open_page: Callable[..., AppTest]
-) -> None:
-    """A study is listed once its first series is stable; until then its series are counted."""
-    at = open_page("overview", as_="viewer")
-    assert "No series arriving." in cards(at)
-    since = datetime(2026, 12, 6, 18, 5, 9, tzinfo=UTC)
-    with app_env.engine.begin() as conn:
-        recorder.series_arrived(conn, [("a" * 8, since), ("b" * 8, since + timedelta(seconds=30))])
-    local_since = since.astimezone(app_env.settings.zone).strftime("%Y-%m-%d %H:%M:%S")
-    expected = f"2 series arriving since {local_since} {app_env.settings.tz}"
-    assert expected in cards(open_page("overview", as_="viewer"))
-    assert expected in "\n".join(c.value for c in open_page("studies", as_="viewer").caption)
