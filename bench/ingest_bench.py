@@ -1,7 +1,7 @@
 """Ingest headroom: Orthanc's C-STORE intake with and without the worker running.
 
     .venv/bin/python -m bench.ingest_bench [--studies 60] [--instances 10] [--senders 4] [--rounds 3]
-                                           [--baseline DIR [DIR ...]]
+                                           [--baseline DIR [DIR ...]] [--record-only]
 
 One real PostgreSQL, one real Orthanc (TCP_NODELAY=1) and a dcmtk `storescp --ignore`
 peer. The study set is written to files once and pushed by `--senders` parallel dcmtk
@@ -14,7 +14,9 @@ same size (new UIDs, so the worker records and forwards each of them).
 With `--baseline DIR [DIR ...]` (checkouts of other revisions, e.g. `git worktree add DIR
 REV`, migrated by this tree's schema) each round adds a side C (D, ...): the same with that
 DIR's worker, so a change to the worker is measured before and after in one run, under the
-same load (the worker sides take turns going first).
+same load (the worker sides take turns going first). `--record-only` adds a side R: this
+tree's worker with rules that route nothing, so it records every study and sends none,
+which separates what recording costs Orthanc's intake from what forwarding does.
 
 During B (and C) rounds the worker's cursor lag (Orthanc's last change minus the worker's
 cursor) is sampled every 0.2 s; the report gives its maximum above the settled lag
@@ -34,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.stack import BenchStack, bench_stack, print_footer
+from bench.stack import ALL_TO_PEER, BenchStack, bench_stack, print_footer
 from bench.worker_bench import cpu_seconds
 from core.settings import PROJECT_ROOT
 from testkit.harness.ports import free_port
@@ -43,6 +45,7 @@ from testkit.harness.waiting import wait_until
 from testkit.synthetic import make_study, write_datasets
 
 LAG_SAMPLE_S = 0.2
+ROUTE_NOTHING = "rules: []\n"
 
 
 def push(files: list[list[Path]], settings) -> float:
@@ -105,8 +108,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs")
     parser.add_argument("--baseline", type=Path, nargs="+", default=[],
                         help="checkouts whose workers run as sides C, D, ..., for a before/after")
+    parser.add_argument("--record-only", action="store_true",
+                        help="add a side R: this tree's worker recording every study and forwarding none")
     args = parser.parse_args()
-    workers = {"B": PROJECT_ROOT, **{chr(ord("C") + i): d.resolve() for i, d in enumerate(args.baseline)}}
+    workers = {"B": (PROJECT_ROOT, ALL_TO_PEER),
+               **{chr(ord("C") + i): (d.resolve(), ALL_TO_PEER) for i, d in enumerate(args.baseline)},
+               **({"R": (PROJECT_ROOT, ROUTE_NOTHING)} if args.record_only else {})}
 
     with bench_stack("ingest") as stack:
         settings, base = stack.settings, stack.base
@@ -145,12 +152,13 @@ def main() -> int:
             cpu["A"].append(window.spent())
             # The worker sides take turns going first, so none gains from the machine's drift within a round.
             order = list(workers.items())
-            for side, code in order[r % len(order):] + order[:r % len(order)]:
+            for side, (code, rules) in order[r % len(order):] + order[:r % len(order)]:
                 clear_orthanc()
-                worker = stack.worker(name=f"worker-{r}{side}", code=code)
+                worker = stack.worker(rules, name=f"worker-{r}{side}", code=code)
                 baseline = settled_lag(stack, rest)
                 jobs_before = stack.count_jobs()
                 delivered_before = stack.count_jobs("succeeded")
+                stable_before = stack.count_stable_studies()
                 samples: list[int] = []
                 stop = threading.Event()
 
@@ -165,11 +173,16 @@ def main() -> int:
                 rates[side].append(total / push(sets[r, side], settings))
                 cpu[side].append(window.spent())
                 ended = time.perf_counter()
-                wait_until(lambda before=jobs_before: stack.count_jobs() - before >= args.studies, timeout=300,
-                           interval=0.05, what="every study of the round routed")
-                drain[side].append(time.perf_counter() - ended)
-                wait_until(lambda before=delivered_before: stack.count_jobs("succeeded") - before >= args.studies,
-                           timeout=300, interval=0.1, what="every study of the round delivered")
+                if rules == ROUTE_NOTHING:
+                    wait_until(lambda before=stable_before: stack.count_stable_studies() - before >= args.studies,
+                               timeout=300, interval=0.05, what="every study of the round seen stable")
+                    drain[side].append(time.perf_counter() - ended)
+                else:
+                    wait_until(lambda before=jobs_before: stack.count_jobs() - before >= args.studies, timeout=300,
+                               interval=0.05, what="every study of the round routed")
+                    drain[side].append(time.perf_counter() - ended)
+                    wait_until(lambda before=delivered_before: stack.count_jobs("succeeded") - before >= args.studies,
+                               timeout=300, interval=0.1, what="every study of the round delivered")
                 whole[side].append(cpu_seconds(worker.proc.pid) - worker_cpu)
                 stop.set()
                 sampler.join()
@@ -179,15 +192,16 @@ def main() -> int:
     a_rates = rates["A"]
     print(f"{args.studies} studies x {args.instances} instances = {total} per round, {args.senders} "
           f"storescu senders, {args.rounds} rounds (A without the worker, B with this tree's worker forwarding "
-          "to a peer" + "".join(f", {side} the same with the worker of {code}" for side, code in workers.items()
-                                if side != "B") + ")")
+          "to a peer" + "".join(f", {side} the same with the worker of {code}"
+                                for side, (code, rules) in workers.items() if side != "B" and rules == ALL_TO_PEER)
+          + (", R this tree's worker routing nothing" if args.record_only else "") + ")")
     for side in workers:
         side_rates = rates[side]
         ratio = statistics.median(side_rates) / statistics.median(a_rates)
         pair_ratio = statistics.median(b / a for a, b in zip(a_rates, side_rates, strict=True))
         print()
         print(f"| round | A: Orthanc alone (inst/s) | {side}: with the worker (inst/s) | {side}/A "
-              "| max cursor lag (changes) | last study routed, s after ingest |")
+              "| max cursor lag (changes) | last study routed (R: seen stable), s after ingest |")
         print("|---|---:|---:|---:|---:|---:|")
         for i, (a, b, m, d) in enumerate(zip(a_rates, side_rates, lags_max[side], drain[side], strict=True), 1):
             print(f"| {i} | {a:.0f} | {b:.0f} | {b / a:.2f} | {m} | {d:.2f} |")
@@ -205,7 +219,7 @@ def main() -> int:
         print(f"| {side} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
     print()
     print("The worker's CPU seconds per 1,000 instances for the whole round, from its first instance until "
-          "every study is delivered (per round; the work after ingest included):")
+          "every study is delivered (R: seen stable; per round; the work after ingest included):")
     print()
     for side in workers:
         print(f"- {side}: " + ", ".join(f"{s * 1000 / total:.2f}" for s in whole[side])

@@ -76,6 +76,11 @@ class BenchStack:
             cursor = conn.execute(text("SELECT max(value) FROM worker_state")).scalar_one() or 0
         return max(0, last - cursor)
 
+    def count_stable_studies(self) -> int:
+        """Studies the worker has seen stable (routed or not)."""
+        with self.engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM studies WHERE stable_at IS NOT NULL")).scalar_one()
+
     def count_jobs(self, state: str | None = None) -> int:
         """Routing jobs in `state` (all of them when None)."""
         with self.engine.connect() as conn:
