@@ -40,11 +40,11 @@ SLA_METRICS: tuple[str, ...] = ("turnaround", "ai_round_trip", "to_destinations"
 READER_ROLE = "grafana_ro"
 # What a read-only reader (Grafana) may select: views without patient names or ids.
 # qi_stage_hist and qi_study_cube (migration 0012), qi_delivery_hist, qi_delivery_hist_month,
-# qi_delivery_cube, qi_ai_day and qi_attempt_day (0014) hold per-day counts and durations only; the
-# aggregates grafana_ro may call read them.
+# qi_delivery_cube, qi_ai_day and qi_attempt_day (0014) and qi_stage_hist_month (0015) hold per-day
+# or per-month counts and durations only; the aggregates grafana_ro may call read them.
 READABLE_RELATIONS: tuple[str, ...] = ("qi_settings", "qi_study", "qi_delivery", "qi_attempt", "qi_stage_hist",
                                        "qi_study_cube", "qi_delivery_hist", "qi_delivery_hist_month",
-                                       "qi_delivery_cube", "qi_ai_day", "qi_attempt_day")
+                                       "qi_delivery_cube", "qi_ai_day", "qi_attempt_day", "qi_stage_hist_month")
 
 # One line per metric, shown under each chart and in the docs.
 DEFINITIONS: dict[str, str] = {

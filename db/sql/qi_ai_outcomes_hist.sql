@@ -5,7 +5,8 @@
 --   overdue / waiting  sent, no result yet: by the clock.
 -- A round trip implies a send and a result (qi_study_live.sql), so late is the count of
 -- ai_round_trip values above the timeout, from the per-day histograms (qi_stage_hist,
--- stage 3, as qi_sla_compliance_hist counts against a threshold), and on time is the
+-- stage 3, through qi_hist_counts: whole months from qi_stage_hist_month, migration 0015,
+-- as qi_sla_compliance_hist counts against a threshold), and on time is the
 -- studies with a result less those. The studies routed / sent / with a result per day are
 -- counted in qi_ai_day (+ qi_ai_delta). Only the sent studies without a result, whose
 -- state depends on now(), are read from qi_study, through the partial index
@@ -37,14 +38,17 @@ LANGUAGE sql STABLE AS $$
                         'infinity') AS bk, sum(x.late) AS late
         FROM (
             SELECT h.day,
-                   CASE WHEN h.bucket < cardinality(b.th) AND b.th[h.bucket + 1] <= q.ai_result_timeout_s THEN 0
-                        WHEN h.bucket >= 1 AND b.th[h.bucket] > q.ai_result_timeout_s THEN h.n
-                        ELSE (SELECT count(*) FROM unnest(h.vals) AS u (v) WHERE u.v > q.ai_result_timeout_s)
+                   CASE WHEN h.hb < cardinality(b.th) AND b.th[h.hb + 1] <= q.ai_result_timeout_s THEN 0
+                        WHEN h.hb >= 1 AND b.th[h.hb] > q.ai_result_timeout_s THEN h.n
+                        WHEN h.vals IS NOT NULL
+                        THEN (SELECT count(*) FROM unnest(h.vals) AS u (v) WHERE u.v > q.ai_result_timeout_s)
+                        ELSE (SELECT count(*) FROM qi_stage_hist v CROSS JOIN LATERAL unnest(v.vals) AS u (v)
+                              WHERE v.stage = 3 AND v.bucket = h.hb AND v.day BETWEEN h.day AND h.d_last
+                                AND u.v > q.ai_result_timeout_s)
                    END::bigint AS late
             FROM (SELECT qi_hist_bounds() AS th) b
             CROSS JOIN qi_settings q
-            CROSS JOIN qi_hist_days(p_from, p_to) w
-            JOIN qi_stage_hist h ON h.stage = 3 AND h.day BETWEEN w.d1 AND w.d2
+            CROSS JOIN qi_hist_counts(p_from, p_to, p_grain, ARRAY[3]::smallint[]) h
             UNION ALL
             SELECT d.day, CASE WHEN d.v > q.ai_result_timeout_s THEN d.sgn ELSE 0 END
             FROM qi_hist_delta(p_from, p_to) d CROSS JOIN qi_settings q

@@ -5,7 +5,9 @@
 -- So met and breached-with-a-value are counted from the per-day histograms (a bucket
 -- wholly at or below the threshold, or wholly above it, counts as a whole; the values of
 -- the one bucket around the threshold are compared one by one; qi_hist_delta corrects
--- for dirty studies and partial days). Studies without a value whose SLA applies, the
+-- for dirty studies and partial days; over whole months the counts are
+-- qi_stage_hist_month's, through qi_hist_counts, and only the bucket around the threshold
+-- reads its days' values, migration 0015). Studies without a value whose SLA applies, the
 -- only ones whose state depends on now(), are read from qi_study through partial indexes
 -- (migration 0012) and keep qi_study's own states. Called by qi_sla_compliance.
 CREATE OR REPLACE FUNCTION qi_sla_compliance_hist(p_from timestamptz, p_to timestamptz, p_grain text)
@@ -22,14 +24,16 @@ LANGUAGE sql STABLE AS $$
         SELECT COALESCE(qi_bucket(p_grain, x.day, date_trunc('week', x.day)::date, date_trunc('month', x.day)::date),
                         'infinity') AS bk, x.metric, sum(x.n) AS n, sum(x.met) AS met
         FROM (
-            SELECT h.day, thr.metric, h.n::bigint AS n,
-                   CASE WHEN h.bucket < cardinality(b.th) AND b.th[h.bucket + 1] <= thr.t THEN h.n
-                        WHEN h.bucket >= 1 AND b.th[h.bucket] > thr.t THEN 0
-                        ELSE (SELECT count(*) FROM unnest(h.vals) AS u (v) WHERE u.v <= thr.t) END::bigint AS met
+            SELECT h.day, thr.metric, h.n,
+                   CASE WHEN h.hb < cardinality(b.th) AND b.th[h.hb + 1] <= thr.t THEN h.n
+                        WHEN h.hb >= 1 AND b.th[h.hb] > thr.t THEN 0
+                        WHEN h.vals IS NOT NULL THEN (SELECT count(*) FROM unnest(h.vals) AS u (v) WHERE u.v <= thr.t)
+                        ELSE (SELECT count(*) FROM qi_stage_hist v CROSS JOIN LATERAL unnest(v.vals) AS u (v)
+                              WHERE v.stage = h.stage AND v.bucket = h.hb AND v.day BETWEEN h.day AND h.d_last
+                                AND u.v <= thr.t) END::bigint AS met
             FROM (SELECT qi_hist_bounds() AS th) b
-            CROSS JOIN qi_hist_days(p_from, p_to) w
-            CROSS JOIN thr
-            JOIN qi_stage_hist h ON h.stage = thr.stage AND h.day BETWEEN w.d1 AND w.d2
+            CROSS JOIN qi_hist_counts(p_from, p_to, p_grain, ARRAY[3, 5, 6]::smallint[]) h
+            JOIN thr ON thr.stage = h.stage
             UNION ALL
             SELECT d.day, thr.metric, d.sgn, CASE WHEN d.v <= thr.t THEN d.sgn ELSE 0 END
             FROM qi_hist_delta(p_from, p_to) d JOIN thr ON thr.stage = d.stage

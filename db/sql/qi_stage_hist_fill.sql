@@ -2,11 +2,14 @@
 -- cached rows qi_study_fact, all days when p_days is NULL. Called by the triggers of
 -- qi_study_fact (qi_stage_hist_sync), so qi_refresh, qi_rebuild and the loader of db/sql
 -- keep it in step with the cache, and when qi_settings.tz changes (the day of a study
--- depends on it). Per (day, stage, bucket): the count and the values themselves.
+-- depends on it). Per (day, stage, bucket): the count and the values themselves. Then the
+-- bucket counts of the months those days are in are summed again into qi_stage_hist_month
+-- (migration 0015), so that a year's ranks sum a dozen months' counts (qi_hist_counts).
 CREATE OR REPLACE FUNCTION qi_stage_hist_fill(p_days date[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_tz text := (SELECT q.tz FROM qi_settings q);
+    v_months date[] := (SELECT array_agg(DISTINCT date_trunc('month', d)::date) FROM unnest(p_days) AS d);
 BEGIN
     IF p_days IS NULL THEN
         DELETE FROM qi_stage_hist;
@@ -33,4 +36,17 @@ BEGIN
         WHERE x.v IS NOT NULL
         GROUP BY 1, 2, 3;
     END IF;
+    IF p_days IS NULL THEN
+        DELETE FROM qi_stage_hist_month;
+    ELSE
+        DELETE FROM qi_stage_hist_month WHERE month = ANY (v_months);
+    END IF;
+    INSERT INTO qi_stage_hist_month (month, stage, bucket, n)
+    SELECT date_trunc('month', h.day)::date, h.stage, h.bucket, sum(h.n)
+    FROM qi_stage_hist h
+    WHERE p_days IS NULL
+       OR (h.day >= (SELECT min(m) FROM unnest(v_months) AS m)
+           AND h.day < (SELECT (max(m) + interval '1 month')::date FROM unnest(v_months) AS m)
+           AND date_trunc('month', h.day)::date = ANY (v_months))
+    GROUP BY 1, 2, 3;
 END $$;

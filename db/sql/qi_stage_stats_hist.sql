@@ -8,57 +8,59 @@
 -- holding each rank needed (lo and hi may fall in two); only the values of those buckets
 -- are sorted, and the rank inside them picks the value. Buckets never overlap in value
 -- (qi_hist_bucket), so this is the value percentile_cont sorts to that rank. max is the
--- value at rank N - 1. Called by qi_stage_stats.
+-- value at rank N - 1. The counts come from qi_hist_counts (whole calendar months from
+-- qi_stage_hist_month when the buckets are months or the whole window, migration 0015),
+-- for the asked stages only (qi_hist_stage_ids, a constant in core.qi's custom plans).
+-- Called by qi_stage_stats.
 CREATE OR REPLACE FUNCTION qi_stage_stats_hist(p_from timestamptz, p_to timestamptz, p_grain text,
                                                p_stages text[])
 RETURNS TABLE (bucket date, bucket_start timestamptz, grp text, stage text, n bigint,
                p50 double precision, p90 double precision, p95 double precision, max double precision)
 LANGUAGE sql STABLE AS $$
-    WITH w AS (
+    WITH w AS MATERIALIZED (  -- once, so that the bounds of vals' day range are known values
         SELECT * FROM qi_hist_days(p_from, p_to)
-    ), st AS (
-        SELECT array_agg(s.i::smallint) AS ids
-        FROM unnest(qi_hist_stages()) WITH ORDINALITY AS s (name, i) WHERE qi_wants(p_stages, s.name)
     ), d AS MATERIALIZED (
         SELECT COALESCE(qi_bucket(p_grain, x.day, date_trunc('week', x.day)::date, date_trunc('month', x.day)::date),
                         'infinity') AS bk, x.stage, x.hb, x.sgn, x.v
-        FROM st CROSS JOIN qi_hist_delta(p_from, p_to) x WHERE x.stage = ANY (st.ids)
+        FROM qi_hist_delta(p_from, p_to) x WHERE x.stage = ANY (qi_hist_stage_ids(p_stages))
     ), c AS (
         SELECT y.bk, y.stage, y.hb, sum(y.n)::bigint AS n
         FROM (
             SELECT COALESCE(qi_bucket(p_grain, h.day, date_trunc('week', h.day)::date,
                                       date_trunc('month', h.day)::date), 'infinity') AS bk,
-                   h.stage, h.bucket AS hb, h.n::bigint AS n
-            FROM st CROSS JOIN w JOIN qi_stage_hist h ON h.day BETWEEN w.d1 AND w.d2
-            WHERE h.stage = ANY (st.ids)
+                   h.stage, h.hb, h.n
+            FROM qi_hist_counts(p_from, p_to, p_grain, qi_hist_stage_ids(p_stages)) h
             UNION ALL
             SELECT d.bk, d.stage, d.hb, d.sgn FROM d
         ) y
         GROUP BY 1, 2, 3
         HAVING sum(y.n) <> 0
-    ), cum AS (   -- each bucket's first rank, and the ranks needed (floor and ceil of p(N-1), N-1)
-        SELECT c.*, sum(c.n) OVER (PARTITION BY c.bk, c.stage ORDER BY c.hb) - c.n AS before,
-               sum(c.n) OVER (PARTITION BY c.bk, c.stage) AS total
+    ), cum AS (   -- each bucket's first rank, and the series' count (summed as float8: whole
+                  -- numbers below 2^53 exactly, without numeric's per-row arithmetic)
+        SELECT c.bk, c.stage, c.hb, c.n,
+               sum(c.n::double precision) OVER (PARTITION BY c.bk, c.stage ORDER BY c.hb) - c.n AS before,
+               sum(c.n::double precision) OVER (PARTITION BY c.bk, c.stage) AS total
         FROM c
-    ), tg AS MATERIALIZED (  -- the histogram buckets holding a rank needed
+    ), tg AS MATERIALIZED (  -- the histogram buckets holding a rank needed (floor and ceil of p(N-1), N-1)
         SELECT cum.bk, cum.stage, cum.hb, cum.before::bigint AS before, r.ranks
         FROM cum
         CROSS JOIN LATERAL (
-            SELECT ARRAY[floor(0.5::double precision * (cum.total - 1)::double precision),
-                         ceil(0.5::double precision * (cum.total - 1)::double precision),
-                         floor(0.9::double precision * (cum.total - 1)::double precision),
-                         ceil(0.9::double precision * (cum.total - 1)::double precision),
-                         floor(0.95::double precision * (cum.total - 1)::double precision),
-                         ceil(0.95::double precision * (cum.total - 1)::double precision),
-                         cum.total - 1]::bigint[] AS ranks) r
+            SELECT ARRAY[floor(0.5::double precision * (cum.total - 1)), ceil(0.5::double precision * (cum.total - 1)),
+                         floor(0.9::double precision * (cum.total - 1)), ceil(0.9::double precision * (cum.total - 1)),
+                         floor(0.95::double precision * (cum.total - 1)),
+                         ceil(0.95::double precision * (cum.total - 1)), cum.total - 1]::bigint[] AS ranks) r
         WHERE int8range(cum.before::bigint, (cum.before + cum.n)::bigint) @> ANY (r.ranks)
     ), vals AS (  -- their values: the histograms' plus the delta's, less the delta's stale ones
         (SELECT tg.bk, tg.stage, tg.hb, u.v
          FROM tg CROSS JOIN w
-         JOIN qi_stage_hist h ON h.stage = tg.stage AND h.bucket = tg.hb
-          AND h.day BETWEEN GREATEST(w.d1, CASE WHEN p_grain IN ('day', 'week', 'month') THEN tg.bk END)
-                        AND LEAST(w.d2, CASE p_grain WHEN 'day' THEN tg.bk WHEN 'week' THEN tg.bk + 6
-                                                     WHEN 'month' THEN (tg.bk + interval '1 month')::date - 1 END)
+         CROSS JOIN LATERAL (  -- through the index, target by target (OFFSET 0 keeps it so: a hash
+                               -- join of every stage's rows with thousands of day targets took seconds)
+             SELECT h.vals FROM qi_stage_hist h
+             WHERE h.stage = tg.stage AND h.bucket = tg.hb
+               AND h.day BETWEEN GREATEST(w.d1, CASE WHEN p_grain IN ('day', 'week', 'month') THEN tg.bk END)
+                             AND LEAST(w.d2, CASE p_grain WHEN 'day' THEN tg.bk WHEN 'week' THEN tg.bk + 6
+                                                          WHEN 'month' THEN (tg.bk + interval '1 month')::date - 1 END)
+             OFFSET 0) h
          CROSS JOIN LATERAL unnest(h.vals) AS u (v)
          UNION ALL
          SELECT d.bk, d.stage, d.hb, d.v FROM d JOIN tg ON tg.bk = d.bk AND tg.stage = d.stage AND tg.hb = d.hb

@@ -20,6 +20,13 @@ studies still without a result) and qi_attempt_failures (qi_attempt_day, kept by
 on events) are checked against the same aggregates over qi_delivery, qi_study and
 qi_attempt. They answer from the per-day tables over windows of 60 days or more only
 (qi_hist_long), so the windows include long ones around the 8 days of data.
+
+Migration 0015 sums the stage histograms per calendar month (qi_stage_hist_month): with
+buckets of months or the whole window, the counts of the months wholly inside a window come
+from there and only the days before and after them from qi_stage_hist. So the 8 days lie on
+both sides of two month boundaries, and qi_stage_stats (also for some stages only),
+qi_sla_compliance, qi_stage_histogram and qi_ai_outcomes are checked over windows holding
+whole months with partial months (and partial days) at either end, and over whole months.
 """
 
 from __future__ import annotations
@@ -40,16 +47,25 @@ from core.qi import QiFilter
 pytestmark = pytest.mark.integration
 
 LA = ZoneInfo("America/Los_Angeles")
-FIRST_DAY = date(2026, 3, 5)  # the spring DST change (2026-03-08) falls inside the 8 days
-DAYS = 8
+# The local days the studies fall on (a row's day is an index): both sides of the month
+# boundaries Jan/Feb and Feb/Mar (0015's month rollup) and the spring DST change (2026-03-08).
+DAY_DATES = (date(2026, 1, 31), date(2026, 2, 1), date(2026, 2, 14), date(2026, 2, 28), date(2026, 3, 1),
+             date(2026, 3, 7), date(2026, 3, 8), date(2026, 3, 9))
+FIRST_DAY = DAY_DATES[0]
+DAYS = len(DAY_DATES)
+SPAN = (DAY_DATES[-1] - FIRST_DAY).days + 1
+EVENTS_FIRST_DAY = date(2026, 3, 5)  # the attempts' 8 days, across the DST change
 STAGES = ("wait_stable", "to_ai", "ai_round_trip", "result_settle", "to_destinations", "turnaround")
 
-# Durations drawn so that ties, bucket edges and extremes are frequent.
+# Durations drawn so that ties, bucket edges and extremes are frequent. Not below 1e-318
+# (subnormals above it stay): binning divides by the bin width, and PostgreSQL raises
+# "underflow" for a quotient that rounds to 0 (e.g. 5e-324 / 150), in the reference and in
+# qi_stage_histogram / qi_drill_studies alike; durations are whole seconds in practice.
 VALUE = st.one_of(
     st.none(),
     st.sampled_from([0.0, 1.0, 5.0, 63.0, 64.0, 65.0, 600.0, 3600.0, 1e12, math.inf]),
     st.integers(min_value=0, max_value=20_000).map(float),
-    st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False),
+    st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False).map(lambda v: 0.0 if v < 1e-318 else v),
 )
 DIMS = st.tuples(st.sampled_from([None, "CT", "MR"]), st.sampled_from([None, "MOD_A", "MOD_B"]), st.booleans(),
                  st.sampled_from(["unrouted", "delivered", "failed", "in_progress", "no_delivery"]))
@@ -57,7 +73,7 @@ ROW = st.tuples(st.integers(0, DAYS - 1), st.integers(0, 86_399), st.tuples(*[VA
                 DIMS)
 ROWS = st.lists(ROW, min_size=0, max_size=120)
 WINDOW = st.tuples(st.integers(0, DAYS - 1), st.integers(0, DAYS - 1))
-INSTANTS = st.tuples(st.integers(-86_400, (DAYS + 1) * 86_400), st.integers(1, DAYS * 86_400))
+INSTANTS = st.tuples(st.integers(-86_400, (SPAN + 1) * 86_400), st.integers(1, SPAN * 86_400))
 # (study index, destination, purpose, outcome, to_destination_s, turnaround_s): values only
 # on completed sends, as qi_delivery_live makes them (completed exactly when 'succeeded')
 DELIVERY = st.tuples(st.integers(0, 10_000), st.sampled_from(["PACS", "ARCHIVE", "AI"]),
@@ -80,6 +96,9 @@ STATS = """SELECT bucket, stage, n, p50, p90, p95, max FROM qi_stage_stats(CAST(
            CAST(:t AS timestamptz), :grain) ORDER BY 1, 2"""
 STATS_HIST = """SELECT bucket, stage, n, p50, p90, p95, max FROM qi_stage_stats_hist(CAST(:f AS timestamptz),
                 CAST(:t AS timestamptz), :grain, NULL) ORDER BY 1, 2"""
+SOME_STAGES = ("to_ai", "turnaround")
+STATS_SOME = """SELECT bucket, stage, n, p50, p90, p95, max FROM qi_stage_stats(CAST(:f AS timestamptz),
+                CAST(:t AS timestamptz), :grain, p_stages => CAST(:stages AS text[])) ORDER BY 1, 2"""
 REFERENCE_HISTOGRAM = """
 SELECT CASE WHEN v >= :mx THEN :mx ELSE floor(v / :bin) * :bin END AS lo, count(*) AS n
 FROM (SELECT s.turnaround_s AS v FROM qi_study s
@@ -179,6 +198,7 @@ ATTEMPT_DAY = """SELECT day, destination, outcome, sum(n) FROM qi_attempt_day GR
 CUBE_TABLE = "SELECT * FROM qi_study_cube ORDER BY 1, 2, 3, 4, 5, 6"
 HIST_TABLE = """SELECT day, stage, bucket, n, (SELECT array_agg(v ORDER BY v) FROM unnest(vals) v) FROM qi_stage_hist
                 ORDER BY 1, 2, 3"""
+HIST_MONTH_TABLE = "SELECT * FROM qi_stage_hist_month ORDER BY 1, 2, 3"
 
 
 def same(a: Any, b: Any) -> bool:
@@ -200,6 +220,16 @@ def reference_delivery_times(conn: Connection, params: dict[str, Any]) -> list[t
 
 def rows_of(conn: Connection, sql: str, params: dict[str, Any]) -> list[tuple]:
     return [tuple(r) for r in conn.execute(text(sql), params).all()]
+
+
+BINS = ((150.0, 5400.0), (1.0, 100.0), (7.0, 1e9))
+
+
+def assert_histogram(conn: Connection, f: datetime, t: datetime, bins: tuple[tuple[float, float], ...] = BINS) -> None:
+    for bin_s, max_s in bins:
+        params = {"f": f, "t": t, "bin": bin_s, "mx": max_s}
+        want = rows_of(conn, REFERENCE_HISTOGRAM, params)
+        assert_rows(rows_of(conn, HISTOGRAM, params), want, ("bins", params))
 
 
 def assert_rows(got: list[tuple], want: list[tuple], what: str) -> None:
@@ -232,7 +262,7 @@ def fill(conn: Connection, rows: list[tuple]) -> None:
 
 def insert(conn: Connection, rows: list[tuple], first_id: int) -> None:
     for i, (day, second, values, dirty, dims) in enumerate(rows, start=first_id):
-        at = datetime.combine(FIRST_DAY + timedelta(days=day), datetime.min.time(), tzinfo=LA).astimezone(UTC)
+        at = datetime.combine(DAY_DATES[day], datetime.min.time(), tzinfo=LA).astimezone(UTC)
         conn.execute(text(
             "INSERT INTO qi_study_fact (study_id, first_received_at, wait_stable_s, to_ai_s, ai_round_trip_s, "
             "result_settle_s, to_destinations_s, turnaround_s, modality, source_aet, routed, outcome, "
@@ -283,13 +313,19 @@ def check_deliveries(conn: Connection, windows: list[tuple[datetime, datetime]],
                 assert_rows(rows_of(conn, DELIVERY_OUTCOMES, params), want, ("delivery_outcomes", params))
 
 
-def long_windows(origin: datetime, instants: tuple[int, int]) -> list[tuple[datetime, datetime]]:
+def long_windows(origin: datetime, instants: tuple[int, int], first: date = FIRST_DAY) -> list[tuple[datetime, datetime]]:
     """Windows of more than 60 days around the data: whole local days, and a partial day
-    at either end falling inside the data."""
+    at either end falling inside the data (for the studies' days, months wholly inside
+    and partial months at either end)."""
     start = origin + timedelta(seconds=instants[0])
     end = origin + timedelta(seconds=instants[0] + instants[1])
-    whole = QiFilter(FIRST_DAY - timedelta(days=30), FIRST_DAY + timedelta(days=LONG_DAYS - 30)).bounds(LA)
+    whole = QiFilter(first - timedelta(days=30), first + timedelta(days=LONG_DAYS - 30)).bounds(LA)
     return [whole, (start, start + timedelta(days=LONG_DAYS)), (end - timedelta(days=LONG_DAYS), end)]
+
+
+# Whole months: January to March, and February alone (the data on either side of it).
+MONTH_WINDOWS = [QiFilter(date(2026, 1, 1), date(2026, 3, 31)).bounds(LA),
+                 QiFilter(date(2026, 2, 1), date(2026, 2, 28)).bounds(LA)]
 
 
 def check_all(conn: Connection, windows: list[tuple[datetime, datetime]]) -> None:
@@ -311,14 +347,30 @@ def check_all(conn: Connection, windows: list[tuple[datetime, datetime]]) -> Non
         params = {"f": f, "t": t}
         want = [tuple(r) for r in conn.execute(text(REFERENCE_HEATMAP), params).all()]
         assert_rows([tuple(r) for r in conn.execute(text(HEATMAP), params).all()], want, ("heatmap", params))
-        for bin_s, max_s in ((150.0, 5400.0), (1.0, 100.0), (7.0, 1e9)):
-            params = {"f": f, "t": t, "bin": bin_s, "mx": max_s}
-            want = [tuple(r) for r in conn.execute(text(REFERENCE_HISTOGRAM), params).all()]
-            assert_rows([tuple(r) for r in conn.execute(text(HISTOGRAM), params).all()], want, ("bins", params))
+        assert_histogram(conn, f, t)
+
+
+def check_months(conn: Connection, windows: list[tuple[datetime, datetime]]) -> None:
+    """What 0015 answers from whole months (grains 'all' and 'month'): qi_stage_stats,
+    qi_sla_compliance and qi_stage_histogram over windows holding whole calendar months;
+    and qi_stage_stats for some stages only (qi_hist_stage_ids), over the whole window and
+    per day as the pages ask."""
+    qi.prepare(conn)
+    for f, t in windows:
+        for grain in ("all", "month", "day"):
+            params = {"f": f, "t": t, "grain": grain}
+            want = reference_stats(conn, params)
+            if grain != "day":
+                assert_rows(rows_of(conn, STATS, params), want, ("stats", params))
+                assert_rows(rows_of(conn, SLA, params), rows_of(conn, REFERENCE_SLA, params), ("sla", params))
+            if grain != "month":
+                some = [w for w in want if w[1] in SOME_STAGES]
+                assert_rows(rows_of(conn, STATS_SOME, {**params, "stages": list(SOME_STAGES)}), some, ("some", params))
+        assert_histogram(conn, f, t, BINS[:1])
 
 
 def assert_hist_is_recomputed(conn: Connection) -> None:
-    tables = (HIST_TABLE, CUBE_TABLE, *DELIVERY_TABLES)
+    tables = (HIST_TABLE, HIST_MONTH_TABLE, CUBE_TABLE, *DELIVERY_TABLES)
     kept = [conn.execute(text(sql)).all() for sql in tables]
     conn.execute(text("SELECT qi_stage_hist_fill(NULL), qi_study_cube_fill(NULL), qi_ai_day_fill(NULL), "
                       "qi_delivery_hist_fill(NULL)"))
@@ -331,7 +383,7 @@ def test_histogram_percentiles_equal_percentile_cont(db: Engine, rows: list[tupl
                                                      instants: tuple[int, int], more: list[tuple],
                                                      deliveries: list[tuple], more_deliveries: list[tuple]) -> None:
     start, end = sorted(window)
-    whole = QiFilter(FIRST_DAY + timedelta(days=start), FIRST_DAY + timedelta(days=end)).bounds(LA)
+    whole = QiFilter(DAY_DATES[start], DAY_DATES[end]).bounds(LA)
     origin = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=LA).astimezone(UTC)
     partial = (origin + timedelta(seconds=instants[0]), origin + timedelta(seconds=instants[0] + instants[1]))
     windows = [whole, partial]
@@ -343,6 +395,7 @@ def test_histogram_percentiles_equal_percentile_cont(db: Engine, rows: list[tupl
         assert conn.execute(text("SELECT COALESCE(sum(n), 0) FROM qi_delivery_cube")).scalar() == \
             conn.execute(text("SELECT count(*) FROM qi_delivery_fact")).scalar()
         check_all(conn, windows)
+        check_months(conn, [long_windows(origin, instants)[1], MONTH_WINDOWS[0]])
         check_deliveries(conn, windows, long_windows(origin, instants))
         # the cache changes as qi_refresh / the loader change it: deletes, updates, inserts
         conn.execute(text("DELETE FROM qi_study_fact WHERE study_id % 4 = 1"))
@@ -355,6 +408,7 @@ def test_histogram_percentiles_equal_percentile_cont(db: Engine, rows: list[tupl
         insert_deliveries(conn, more_deliveries, 10_000, len(more))
         assert_hist_is_recomputed(conn)
         check_all(conn, windows)
+        check_months(conn, [long_windows(origin, instants)[2], MONTH_WINDOWS[1]])
         check_deliveries(conn, windows, long_windows(origin, instants))
         conn.rollback()
 
@@ -374,6 +428,7 @@ def test_histograms_follow_the_cache_and_the_time_zone(db: Engine) -> None:
         assert_hist_is_recomputed(conn)
         tokyo = QiFilter(FIRST_DAY, FIRST_DAY + timedelta(days=3)).bounds(ZoneInfo("Asia/Tokyo"))
         check_all(conn, [tokyo])
+        check_months(conn, [QiFilter(date(2026, 1, 1), date(2026, 3, 31)).bounds(ZoneInfo("Asia/Tokyo"))])
         check_deliveries(conn, [tokyo], [QiFilter(FIRST_DAY - timedelta(days=30),
                                                   FIRST_DAY + timedelta(days=40)).bounds(ZoneInfo("Asia/Tokyo"))])
         conn.execute(text("TRUNCATE qi_study_fact, qi_delivery_fact"))
@@ -392,7 +447,7 @@ def test_filters_and_groups_read_every_study(db: Engine) -> None:
         fill(conn, rows)
         conn.execute(text("ALTER TABLE qi_study_fact DISABLE TRIGGER qi_stage_hist_upd"))
         conn.execute(text("UPDATE qi_study_fact SET modality = 'CT', turnaround_s = turnaround_s + 1"))
-        f, t = QiFilter(FIRST_DAY, FIRST_DAY + timedelta(days=DAYS)).bounds(LA)
+        f, t = QiFilter(FIRST_DAY, DAY_DATES[-1]).bounds(LA)
         stale = conn.execute(text(STATS), {"f": f, "t": t, "grain": "all"}).all()
         filtered = conn.execute(text(
             "SELECT bucket, stage, n, p50, p90, p95, max FROM qi_stage_stats(CAST(:f AS timestamptz), "
@@ -412,7 +467,7 @@ EVENT = st.tuples(st.integers(-1, DAYS), st.integers(0, 86_399),
 
 def insert_events(conn: Connection, events: list[tuple], study_ids: list[int]) -> None:
     """One statement, as the recorder and the loader write several events at once."""
-    origin = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=LA).astimezone(UTC)
+    origin = datetime.combine(EVENTS_FIRST_DAY, datetime.min.time(), tzinfo=LA).astimezone(UTC)
     if events:
         conn.execute(text("INSERT INTO events (study_id, type, at, destination) "
                           "SELECT * FROM unnest(CAST(:s AS bigint[]), CAST(:ty AS text[]), "
@@ -444,12 +499,12 @@ def test_attempt_counts_per_day_equal_the_events(db: Engine, events: list[tuple]
                                                  instants: tuple[int, int]) -> None:
     """qi_attempt_failures over long windows counts whole days from qi_attempt_day, which
     the events' triggers keep (inserts, deletes, a study's cascade, compaction, TZ)."""
-    origin = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=LA).astimezone(UTC)
+    origin = datetime.combine(EVENTS_FIRST_DAY, datetime.min.time(), tzinfo=LA).astimezone(UTC)
     with db.begin() as conn:
         ids = [conn.execute(text("INSERT INTO studies (study_uid) VALUES (:u) RETURNING id"),
                             {"u": f"1.2.826.0.1.{k}"}).scalar_one() for k in range(3)]
         insert_events(conn, events, ids)
-        windows = long_windows(origin, instants)
+        windows = long_windows(origin, instants, EVENTS_FIRST_DAY)
         check_attempts(conn, windows)
         insert_events(conn, more, ids)
         conn.execute(text("DELETE FROM events WHERE id % 3 = 0"))
@@ -463,6 +518,6 @@ def test_attempt_counts_per_day_equal_the_events(db: Engine, events: list[tuple]
         check_attempts(conn, windows)
         conn.execute(text("UPDATE qi_settings SET tz = 'Asia/Tokyo'"))
         assert_attempt_days_recomputed(conn)
-        check_attempts(conn, [QiFilter(FIRST_DAY - timedelta(days=30),
-                                       FIRST_DAY + timedelta(days=40)).bounds(ZoneInfo("Asia/Tokyo"))])
+        check_attempts(conn, [QiFilter(EVENTS_FIRST_DAY - timedelta(days=30),
+                                       EVENTS_FIRST_DAY + timedelta(days=40)).bounds(ZoneInfo("Asia/Tokyo"))])
         conn.rollback()

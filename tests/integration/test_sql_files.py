@@ -46,7 +46,9 @@ ADDED_AFTER = frozenset({"qi_drill_studies", "qi_hist_stages", "qi_hist_bounds",
                          "qi_delivery_hist_fill", "qi_delivery_hist_sync", "qi_attempt_day_fill",
                          "qi_attempt_day_sync", "qi_attempt_day_compact", "qi_ai_day_fill", "qi_hist_long",
                          "qi_delivery_delta", "qi_delivery_cube_rows", "qi_ai_delta", "qi_delivery_times_hist",
-                         "qi_ai_outcomes_hist"})
+                         "qi_ai_outcomes_hist",
+                         # 0015
+                         "qi_hist_stage_ids", "qi_hist_counts"})
 # Objects whose definition a later migration loading db/sql changed (its downgrade restores them).
 CHANGED_AFTER = frozenset({"qi_stage_stats", "qi_stage_histogram", "qi_study_outcomes", "qi_volume",
                            "qi_volume_heatmap", "qi_sla_compliance",
