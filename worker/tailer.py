@@ -96,8 +96,8 @@ class Tailer:
         `behind` tells the main loop whether to step again at once (a full page, or one cut
         short by STEP_MAX_S) or to wait its POLL_INTERVAL. While studies stream in, every
         page has a few new changes: stepping again at once for those would poll /changes,
-        write the cursor and wake the dispatcher many times a second, which costs Orthanc's
-        intake more than the changes themselves (issue 19, bench/RESULTS.md).
+        write the cursor and wake the dispatcher many times a second, for changes the
+        worker mostly ignores (issue 19, bench/RESULTS.md).
         """
         started = time.monotonic()
         self.behind = False
