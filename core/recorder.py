@@ -702,15 +702,16 @@ def jobs_waiting(
         refresh_study_status(conn, study_id)
 
 
-def outage_started(conn: Connection, destination: str, *, at: datetime, error: str, next_probe_at: datetime) -> bool:
+def outage_started(conn: Connection, destination: str, *, at: datetime, error: str, next_probe_at: datetime,
+                   reason: str = "not answering C-ECHO") -> bool:
     """Put `destination` on an automatic outage hold; False when it was already held (any kind)."""
     held = conn.execute(
         text(
             "INSERT INTO destination_holds (destination, held_at, held_by, reason, kind, next_probe_at, last_error) "
-            "VALUES (:d, :at, :by, 'not answering C-ECHO', :outage, :probe, :err) ON CONFLICT DO NOTHING"
+            "VALUES (:d, :at, :by, :reason, :outage, :probe, :err) ON CONFLICT DO NOTHING"
         ),
-        {"d": destination, "at": at, "by": OUTAGE_HELD_BY, "probe": next_probe_at, "err": error[:2000],
-         "outage": HoldKind.OUTAGE},
+        {"d": destination, "at": at, "by": OUTAGE_HELD_BY, "reason": reason, "probe": next_probe_at,
+         "err": error[:2000], "outage": HoldKind.OUTAGE},
     ).rowcount == 1
     if held:
         conn.execute(

@@ -85,6 +85,10 @@ INTENT_SETTLE_S = 10.0
 # Orthanc's job times are whole seconds, ours are not; both clocks are the same host's.
 INTENT_CLOCK_SLACK_S = 2.0
 ORTHANC_DOWN_RETRY_S = 3.0  # Orthanc itself unreachable: try again soon, spending no attempt
+# What Orthanc 1.10.1's store job reports when it could not open a TCP connection to the
+# peer (refused, unreachable, timed out): 'DicomAssociation - connecting to AET "X": TCP
+# Initialization Error: Connection refused'. A rejected association is not this.
+UNREACHABLE = "TCP Initialization Error"
 # A cancelled store job stops after the instance it is sending, whose C-STORE Orthanc
 # bounds by the store's DIMSE timeout (OrthancClient.store_async, 60 s): its outcome is
 # recorded once Orthanc stopped it, or after this long in any case.
@@ -563,6 +567,10 @@ class Dispatcher:
 
         A destination that does not answer is put on an outage hold and the batch waits,
         its attempt taken back: an outage of any length then never makes a job `dead`.
+        So is one Orthanc could not even connect to (UNREACHABLE in the error), whatever
+        the echo says: a peer that was down when the store ran and is back for the echo
+        (a restart, a flapping link) must not spend an attempt; the prober's first echo
+        then lifts the hold.
         """
         destination = batch[0].destination
         ids = _ids(batch)
@@ -571,21 +579,21 @@ class Dispatcher:
         except OrthancUnavailable as exc:
             self._wait_for_orthanc(ids, f"{error}; then {exc}", code, uncount=True, keep_intent=False)
             return
-        if echo.ok:
+        if echo.ok and UNREACHABLE not in error:
             self._fail(batch, error, code, start)
             return
         now = datetime.now(UTC)
+        why = "not answering C-ECHO" if not echo.ok else "could not be connected to"
 
         def hold(conn: Connection) -> bool:
-            new = recorder.outage_started(conn, destination, at=now, error=echo.error or error,
+            new = recorder.outage_started(conn, destination, at=now, error=echo.error or error, reason=why,
                                           next_probe_at=now + timedelta(seconds=first_probe_delay(self.settings)))
-            recorder.jobs_waiting(conn, ids, at=now, error=f"{error} (not answering C-ECHO: outage hold)",
-                                  code=code, uncount=True)
+            recorder.jobs_waiting(conn, ids, at=now, error=f"{error} ({why}: outage hold)", code=code, uncount=True)
             return new
 
         if self._write(hold):
-            log.warning("destination not answering C-ECHO: outage hold, its jobs wait",
-                        extra={"fields": {"destination": destination, "error": (echo.error or "")[:300]}})
+            log.warning(f"destination {why}: outage hold, its jobs wait",
+                        extra={"fields": {"destination": destination, "error": (echo.error or error)[:300]}})
         SEND_SECONDS.labels(destination, "failure").observe(time.monotonic() - start)
         FAILURES.labels(destination).inc(len(batch))
 
